@@ -58,7 +58,7 @@ export function makeRunner(log: Logger): Runner {
     if (result.failed) {
       const stderr = result.timedOut ? `timed out after ${String(options.timeoutMs ?? 60_000)} ms` : result.stderr;
       log.warn({ argv, exitCode: result.exitCode, stderr: summarise(stderr), durationMs }, 'command failed');
-      throw new CommandFailed(argv, result.exitCode, stderr || result.shortMessage, { cause: result.cause });
+      throw new CommandFailed(argv, result.exitCode, stderr || (result.shortMessage ?? ''), { cause: result.cause });
     }
     log.debug({ argv, durationMs }, 'command');
     return { stdout: result.stdout, stderr: result.stderr };

@@ -1,0 +1,71 @@
+/**
+ * Wiring: config → adapters → use cases → gRPC services. No logic of its own.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { VolumeService } from './controller/volumes.js';
+import { controllerService } from './csi/controller.js';
+import { makeHandle } from './csi/handle.js';
+import { identityService } from './csi/identity.js';
+import { KeyedLocks } from './csi/locks.js';
+import { packageRoot } from './csi/proto.js';
+import type { Services } from './csi/server.js';
+import { Ledger } from './storage/ledger.js';
+import { linuxProbes, Mounts } from './storage/mounts.js';
+import { VolumeStore } from './storage/volume-store.js';
+import { makeRunner } from './system/command.js';
+import { makeQemuImg } from './system/qemu-img.js';
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export interface App {
+  services: Services;
+  /** Work to do once before serving (removing leftovers of interrupted work). */
+  prepare(): Promise<void>;
+}
+
+export function buildApp(config: Config, log: Logger): App {
+  const run = makeRunner(log.child({ component: 'command' }));
+  const qemuImg = makeQemuImg(run);
+  const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
+  const store = new VolumeStore(mounts, log.child({ component: 'store' }));
+  const ledger = new Ledger(store);
+  const handle = makeHandle(log, new KeyedLocks());
+  const controller = config.mode !== 'node';
+  const volumes = new VolumeService(config, mounts, store, ledger, qemuImg);
+
+  let toolsOkAt = 0;
+  const ready = async (rpcLog: Logger): Promise<boolean> => {
+    if (Date.now() - toolsOkAt > 30_000) {
+      try {
+        await qemuImg.version();
+        toolsOkAt = Date.now();
+      } catch (e) {
+        rpcLog.warn({ err: e }, 'qemu-img does not run');
+        return false;
+      }
+    }
+    return (await mounts.usable()).length > 0;
+  };
+
+  return {
+    services: {
+      identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
+      ...(controller ? { controller: controllerService(handle, { ...config, volumes, mounts, store, ledger }) } : {}),
+    },
+    async prepare() {
+      for (const h of await mounts.all()) {
+        if (!h.usable) {
+          log.warn({ mount: h.name, path: h.path, reason: h.reason }, 'mount is not usable; nothing will be written there');
+          continue;
+        }
+        if (controller) await store.cleanTemp(mounts.layout(h.name));
+      }
+    },
+  };
+}

@@ -1,0 +1,221 @@
+/**
+ * Volume use cases of the Controller service: create, delete, expand, get,
+ * validate. Each checks the mounts' state first and acts so that a repeat is a
+ * no-op (CSI idempotency).
+ */
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { checkCapabilities, unsupportedReason, type Capability } from '../domain/capabilities.js';
+import { alreadyExists, exhausted, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
+import { checkId, idFromName } from '../domain/ids.js';
+import { isThin, parseParameters, type VolumeParameters } from '../domain/parameters.js';
+import { place, roomFor, type Segment } from '../domain/placement.js';
+import { fitsRange, formatBytes, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
+import { topologyKey } from '../domain/topology.js';
+import type { QemuImg } from '../system/qemu-img.js';
+import { Layout } from '../storage/layout.js';
+import type { Ledger } from '../storage/ledger.js';
+import type { Mounts } from '../storage/mounts.js';
+import { SCHEMA, type VolumeRecord } from '../storage/records.js';
+import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
+import { roomsOf } from './rooms.js';
+
+export interface ControllerSettings {
+  driverName: string;
+  defaultFormat: VolumeParameters['format'];
+  defaultSizeBytes: bigint;
+  overSubscription: number;
+}
+
+export interface CreateVolumeInput {
+  name: string;
+  capacity: CapacityRange;
+  capabilities: Capability[];
+  parameters: Record<string, string>;
+  requisite: Segment[];
+  preferred: Segment[];
+}
+
+export interface VolumeView {
+  id: string;
+  mount: string;
+  sizeBytes: bigint;
+  record: VolumeRecord;
+}
+
+export type Condition = { abnormal: false; message: string } | { abnormal: true; message: string };
+
+const K8S_PREFIX = 'csi.storage.k8s.io/';
+
+/** Parameters that define the volume (the provisioner's metadata keys do not). */
+function defining(params: Record<string, string>): string {
+  const keys = Object.keys(params).filter((k) => !k.startsWith(K8S_PREFIX)).sort();
+  return JSON.stringify(keys.map((k) => [k, params[k]]));
+}
+
+export function view(found: Pick<FoundVolume, 'mount' | 'record'>): VolumeView {
+  return { id: found.record.id, mount: found.mount, sizeBytes: BigInt(found.record.sizeBytes), record: found.record };
+}
+
+export class VolumeService {
+  constructor(
+    private readonly settings: ControllerSettings,
+    private readonly mounts: Mounts,
+    private readonly store: VolumeStore,
+    private readonly ledger: Ledger,
+    private readonly qemuImg: QemuImg,
+  ) {}
+
+  keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
+
+  async create(input: CreateVolumeInput, log: Logger): Promise<VolumeView> {
+    if (input.name === '') throw invalid('name is required');
+    const params = parseParameters(input.parameters, this.settings.defaultFormat);
+    for (const m of params.mounts ?? []) {
+      if (!this.mounts.has(m)) throw invalid(`StorageClass mounts names ${m}, which is not configured (known: ${this.mounts.names().join(', ')})`);
+    }
+    checkCapabilities(input.capabilities, params.format);
+    const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes);
+    const id = idFromName(input.name);
+
+    const existing = await this.store.find(id);
+    if (existing !== undefined) return this.reuse(existing, input);
+
+    const rooms = await roomsOf(this.mounts, this.ledger);
+    const placement = place(rooms, {
+      sizeBytes,
+      thin: isThin(params),
+      ratio: this.settings.overSubscription,
+      allowed: params.mounts,
+      requisite: input.requisite,
+      preferred: input.preferred,
+      keyOf: this.keyOf,
+    });
+    if (placement.mount === undefined) {
+      throw exhausted(`no mount can hold volume ${input.name} of ${formatBytes(sizeBytes)}: ${placement.reasons.join('; ')}`);
+    }
+    const mount = placement.mount;
+    const layout = await this.mounts.requireUsable(mount);
+    const record: VolumeRecord = {
+      schema: SCHEMA,
+      id,
+      name: input.name,
+      format: params.format,
+      sizeBytes: sizeBytes.toString(),
+      createdAt: new Date().toISOString(),
+      parameters: input.parameters,
+      contentSource: null,
+      pvc: params.pvcName === undefined ? null : { name: params.pvcName, namespace: params.pvcNamespace ?? '' },
+      publishedNodes: [],
+    };
+    const created = await this.store.create(layout, record, (dir) =>
+      this.qemuImg.create(join(dir, Layout.imageName(params.format)), params.format, sizeBytes, {
+        preallocation: params.preallocation,
+        ...(params.clusterSize === undefined ? {} : { clusterSize: params.clusterSize }),
+      }),
+    );
+    if (!created) {
+      const raced = await this.store.find(id);
+      if (raced === undefined) throw precondition(`volume ${id} appeared and vanished while being created; retry`);
+      return this.reuse(raced, input);
+    }
+    this.ledger.note(mount, id, sizeBytes);
+    log.info({ volumeId: id, mount, format: params.format, sizeBytes: sizeBytes.toString() }, 'volume created');
+    return view({ mount, record });
+  }
+
+  /** A repeated CreateVolume: the same volume when compatible, ALREADY_EXISTS otherwise. */
+  private reuse(found: FoundVolume, input: CreateVolumeInput): VolumeView {
+    const r = found.record;
+    const why: string[] = [];
+    if (r.name !== input.name) why.push(`its id ${r.id} belongs to request name ${r.name}`);
+    if (defining(r.parameters) !== defining(input.parameters)) why.push('the StorageClass parameters differ');
+    if (!fitsRange(BigInt(r.sizeBytes), input.capacity)) why.push(`its size ${r.sizeBytes} is outside the requested range`);
+    for (const cap of input.capabilities) {
+      const reason = unsupportedReason(cap, r.format);
+      if (reason !== undefined) why.push(reason);
+    }
+    if (why.length > 0) {
+      throw alreadyExists(`volume ${input.name} already exists on mount ${found.mount} and is incompatible: ${why.join('; ')}`);
+    }
+    return view(found);
+  }
+
+  async delete(id: string, log: Logger): Promise<void> {
+    checkId(id, 'volume_id');
+    const found = await this.store.find(id);
+    if (found === undefined) return;
+    if (found.record.publishedNodes.length > 0) {
+      throw precondition(`volume ${id} is still published to node(s) ${found.record.publishedNodes.join(', ')}`);
+    }
+    const layout = await this.mounts.requireUsable(found.mount);
+    await this.store.remove(layout, id);
+    this.ledger.forget(found.mount, id);
+    log.info({ volumeId: id, mount: found.mount }, 'volume deleted');
+  }
+
+  async require(id: string): Promise<FoundVolume> {
+    checkId(id, 'volume_id');
+    const found = await this.store.find(id);
+    if (found === undefined) throw notFound(`volume ${id} does not exist`);
+    return found;
+  }
+
+  /** Grows the image (never shrinks); the node grows what sits on it. */
+  async expand(id: string, range: CapacityRange, log: Logger): Promise<VolumeView> {
+    if (range.requiredBytes === 0n && range.limitBytes === 0n) throw invalid('capacity_range is required');
+    const found = await this.require(id);
+    const current = BigInt(found.record.sizeBytes);
+    const wanted = roundUp(range.requiredBytes, MiB);
+    if (range.limitBytes > 0n && wanted > range.limitBytes) {
+      throw outOfRange(`volume ${id}: ${range.requiredBytes} bytes rounded to ${wanted} exceeds limit_bytes ${range.limitBytes}`);
+    }
+    if (range.limitBytes > 0n && current > range.limitBytes) {
+      throw outOfRange(`volume ${id} is already ${current} bytes, above limit_bytes ${range.limitBytes}; volumes never shrink`);
+    }
+    if (wanted <= current) return view(found);
+    const layout = await this.mounts.requireUsable(found.mount);
+    const params = parseParameters(found.record.parameters, found.record.format);
+    const room = (await roomsOf(this.mounts, this.ledger)).find((r) => r.name === found.mount);
+    const growth = wanted - current;
+    if (room === undefined || roomFor(room, isThin(params), this.settings.overSubscription) < growth) {
+      throw exhausted(`mount ${found.mount} has no room to grow volume ${id} by ${formatBytes(growth)}`);
+    }
+    const image = layout.imagePath(id, found.record.format);
+    try {
+      await this.qemuImg.resize(image, found.record.format, wanted);
+    } catch (e) {
+      // A qcow2 image attached on a node is held by its qemu export: the node
+      // grows it online (NodeExpandVolume) to the size recorded here.
+      if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) throw e;
+      log.info({ volumeId: id }, 'image in use; the node will grow it online');
+    }
+    const record = { ...found.record, sizeBytes: wanted.toString() };
+    await this.store.update(layout, record);
+    this.ledger.note(found.mount, id, wanted);
+    log.info({ volumeId: id, from: current.toString(), to: wanted.toString() }, 'volume expanded');
+    return view({ mount: found.mount, record });
+  }
+
+  async condition(found: FoundVolume): Promise<Condition> {
+    if (!found.writable) return { abnormal: true, message: `mount ${found.mount} is not usable: ${found.reason ?? 'unknown'}` };
+    const image = found.layout.imagePath(found.record.id, found.record.format);
+    try {
+      await stat(image);
+    } catch {
+      return { abnormal: true, message: `image ${image} is missing` };
+    }
+    const check = await this.qemuImg.check(image, found.record.format);
+    if (!check.ok) return { abnormal: true, message: `qemu-img check failed: ${check.problem}` };
+    return { abnormal: false, message: 'volume is healthy' };
+  }
+
+  /** The capabilities this volume cannot serve, as a message; undefined when all are fine. */
+  async validate(id: string, caps: Capability[]): Promise<string | undefined> {
+    if (caps.length === 0) throw invalid('volume_capabilities is required');
+    const found = await this.require(id);
+    const reasons = caps.map((c) => unsupportedReason(c, found.record.format)).filter((r) => r !== undefined);
+    return reasons.length === 0 ? undefined : reasons.join('; ');
+  }
+}

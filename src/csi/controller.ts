@@ -1,0 +1,180 @@
+/**
+ * CSI Controller service: parse → act → reply. Business rules live in
+ * src/controller; this file only translates messages.
+ */
+import { capacity, type CapacityInput } from '../controller/capacity.js';
+import { listVolumes } from '../controller/listing.js';
+import type { VolumeService, VolumeView } from '../controller/volumes.js';
+import { view } from '../controller/volumes.js';
+import { invalid } from '../domain/errors.js';
+import { idFromName } from '../domain/ids.js';
+import type { Format } from '../domain/parameters.js';
+import type { Ledger } from '../storage/ledger.js';
+import type { Mounts } from '../storage/mounts.js';
+import type { VolumeStore } from '../storage/volume-store.js';
+import type { Handle } from './handle.js';
+import {
+  parseCapabilities,
+  parseRange,
+  parseTopology,
+  requireString,
+  type CsiCapability,
+  type CsiCapacityRange,
+  type CsiTopology,
+  type CsiTopologyRequirement,
+} from './requests.js';
+
+export interface ControllerDeps {
+  volumes: VolumeService;
+  mounts: Mounts;
+  store: VolumeStore;
+  ledger: Ledger;
+  driverName: string;
+  defaultFormat: Format;
+  overSubscription: number;
+}
+
+export const CONTROLLER_CAPABILITIES = [
+  'CREATE_DELETE_VOLUME',
+  'GET_CAPACITY',
+  'LIST_VOLUMES',
+  'EXPAND_VOLUME',
+  'GET_VOLUME',
+  'VOLUME_CONDITION',
+] as const;
+
+interface VolumeRequest {
+  volume_id?: string;
+  secrets?: Record<string, string>;
+}
+interface CreateVolumeRequest {
+  name?: string;
+  capacity_range?: CsiCapacityRange | null;
+  volume_capabilities?: CsiCapability[];
+  parameters?: Record<string, string>;
+  accessibility_requirements?: CsiTopologyRequirement | null;
+  volume_content_source?: object | null;
+}
+
+const byVolume = (r: VolumeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
+const volumeIds = (r: VolumeRequest): Record<string, string> => ({ volumeId: r.volume_id ?? '' });
+
+export function toCsiVolume(v: VolumeView, keyOf: (mount: string) => string) {
+  return {
+    volume_id: v.id,
+    capacity_bytes: v.sizeBytes.toString(),
+    volume_context: { format: v.record.format, mount: v.mount },
+    content_source: null,
+    accessible_topology: [{ segments: { [keyOf(v.mount)]: 'true' } }],
+  };
+}
+
+function condition(c: { abnormal: boolean; message: string }) {
+  return { abnormal: c.abnormal, message: c.message };
+}
+
+export function controllerService(handle: Handle, deps: ControllerDeps) {
+  const { volumes } = deps;
+  const csiVolume = (v: VolumeView) => toCsiVolume(v, volumes.keyOf);
+  return {
+    ControllerGetCapabilities: handle('ControllerGetCapabilities', {}, async () => ({
+      capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })),
+    })),
+
+    CreateVolume: handle(
+      'CreateVolume',
+      {
+        ids: (r: CreateVolumeRequest) => ({ name: r.name ?? '' }),
+        locks: (r: CreateVolumeRequest) => [`volume:${idFromName(r.name ?? '')}`],
+      },
+      async (r: CreateVolumeRequest, log) => {
+        const name = requireString(r.name, 'name');
+        if (r.volume_content_source) {
+          throw invalid('volume_content_source is not supported yet: filedriver does not advertise CLONE_VOLUME');
+        }
+        const v = await volumes.create(
+          {
+            name,
+            capacity: parseRange(r.capacity_range),
+            capabilities: parseCapabilities(r.volume_capabilities, true),
+            parameters: r.parameters ?? {},
+            ...parseTopology(r.accessibility_requirements),
+          },
+          log,
+        );
+        return { volume: csiVolume(v) };
+      },
+    ),
+
+    DeleteVolume: handle('DeleteVolume', { ids: volumeIds, locks: byVolume }, async (r: VolumeRequest, log) => {
+      await volumes.delete(requireString(r.volume_id, 'volume_id'), log);
+      return {};
+    }),
+
+    ValidateVolumeCapabilities: handle(
+      'ValidateVolumeCapabilities',
+      { ids: volumeIds },
+      async (r: VolumeRequest & { volume_capabilities?: CsiCapability[]; volume_context?: Record<string, string>; parameters?: Record<string, string> }) => {
+        const id = requireString(r.volume_id, 'volume_id');
+        const caps = parseCapabilities(r.volume_capabilities, true);
+        const problem = await volumes.validate(id, caps);
+        if (problem !== undefined) return { confirmed: null, message: problem };
+        return {
+          confirmed: {
+            volume_context: r.volume_context ?? {},
+            volume_capabilities: r.volume_capabilities ?? [],
+            parameters: r.parameters ?? {},
+          },
+          message: '',
+        };
+      },
+    ),
+
+    ListVolumes: handle('ListVolumes', {}, async (r: { max_entries?: number; starting_token?: string }) => {
+      const page = await listVolumes(r.max_entries ?? 0, r.starting_token ?? '', deps);
+      const entries = await Promise.all(
+        page.entries.map(async (found) => ({
+          volume: csiVolume(view(found)),
+          status: { published_node_ids: [], volume_condition: condition(await volumes.condition(found)) },
+        })),
+      );
+      return { entries, next_token: page.nextToken };
+    }),
+
+    GetCapacity: handle(
+      'GetCapacity',
+      {},
+      async (r: { volume_capabilities?: CsiCapability[]; parameters?: Record<string, string>; accessible_topology?: CsiTopology | null }) => {
+        const input: CapacityInput = {
+          capabilities: parseCapabilities(r.volume_capabilities, false),
+          parameters: r.parameters ?? {},
+          topology: r.accessible_topology?.segments ?? undefined,
+        };
+        const c = await capacity(input, deps);
+        return {
+          available_capacity: c.availableBytes.toString(),
+          maximum_volume_size: { value: c.maximumVolumeBytes.toString() },
+          minimum_volume_size: { value: c.minimumVolumeBytes.toString() },
+        };
+      },
+    ),
+
+    ControllerExpandVolume: handle(
+      'ControllerExpandVolume',
+      { ids: volumeIds, locks: byVolume },
+      async (r: VolumeRequest & { capacity_range?: CsiCapacityRange | null; volume_capability?: CsiCapability | null }, log) => {
+        const v = await volumes.expand(requireString(r.volume_id, 'volume_id'), parseRange(r.capacity_range), log);
+        // Block and filesystem volumes alike: the node must refresh the device it attached.
+        return { capacity_bytes: v.sizeBytes.toString(), node_expansion_required: true };
+      },
+    ),
+
+    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds }, async (r: VolumeRequest) => {
+      const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
+      return {
+        volume: csiVolume(view(found)),
+        status: { published_node_ids: found.record.publishedNodes, volume_condition: condition(await volumes.condition(found)) },
+      };
+    }),
+  };
+}

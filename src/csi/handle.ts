@@ -1,0 +1,67 @@
+/**
+ * The per-RPC choke point: lock, child logger, timing, error → status, and the
+ * one place that turns a promise into grpc-js's callback (grpc-js ignores the
+ * promise an async handler returns, so a rejection would hang the call).
+ */
+import { status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { KeyedLocks } from './locks.js';
+import { codeName, toStatus } from './status.js';
+
+export interface RpcOptions<Req> {
+  /** Ids worth logging (never secrets). */
+  ids?: (req: Req) => Record<string, string>;
+  /** Keys to lock for the call's duration. */
+  locks?: (req: Req) => string[];
+  /** Log level of the closing line (Probe logs at trace). */
+  level?: 'trace' | 'debug' | 'info';
+}
+
+export type UnaryHandler<Req, Res> = (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
+
+export function makeHandle(root: Logger, locks: KeyedLocks) {
+  return function handle<Req, Res>(
+    method: string,
+    options: RpcOptions<Req>,
+    fn: (req: Req, log: Logger) => Promise<Res>,
+  ): UnaryHandler<Req, Res> {
+    return (call, callback) => {
+      const started = performance.now();
+      const req = call.request;
+      let ids: Record<string, string> = {};
+      try {
+        ids = options.ids?.(req) ?? {};
+      } catch {
+        ids = {};
+      }
+      const log = root.child({ rpc: method, ...ids });
+      const run = async (): Promise<Res> => {
+        const release = locks.acquire(options.locks?.(req) ?? []);
+        try {
+          return await fn(req, log);
+        } finally {
+          release();
+        }
+      };
+      run().then(
+        (res) => {
+          log[options.level ?? 'info']({ code: 'OK', durationMs: elapsed(started) }, `${method} OK`);
+          callback(null, res);
+        },
+        (e: unknown) => {
+          const s = toStatus(e);
+          const line = { code: codeName(s.code), durationMs: elapsed(started), error: s.details };
+          if (s.code === status.INTERNAL) log.error(line, `${method} failed`);
+          else log.info(line, `${method} ${codeName(s.code)}`);
+          callback({ code: s.code, details: s.details, name: codeName(s.code), message: s.details });
+        },
+      );
+    };
+  };
+}
+
+export type Handle = ReturnType<typeof makeHandle>;
+
+function elapsed(started: number): number {
+  return Math.round((performance.now() - started) * 10) / 10;
+}

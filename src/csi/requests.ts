@@ -1,0 +1,75 @@
+/**
+ * CSI messages (snake_case, as @grpc/proto-loader hands them over with
+ * keepCase, longs as strings, enums as names) → validated domain inputs.
+ * Nothing here touches the system.
+ */
+import { ACCESS_MODES, DEFAULT_FS_TYPE, isFsType, type AccessMode, type Capability } from '../domain/capabilities.js';
+import { invalid } from '../domain/errors.js';
+import type { Segment } from '../domain/placement.js';
+import { parseBytes, type CapacityRange } from '../domain/sizes.js';
+
+export interface CsiCapability {
+  block?: object | null;
+  mount?: { fs_type?: string; mount_flags?: string[]; volume_mount_group?: string } | null;
+  access_mode?: { mode?: string | number } | null;
+  access_type?: string;
+}
+export interface CsiCapacityRange {
+  required_bytes?: string | number;
+  limit_bytes?: string | number;
+}
+export interface CsiTopology {
+  segments?: Record<string, string>;
+}
+export interface CsiTopologyRequirement {
+  requisite?: CsiTopology[];
+  preferred?: CsiTopology[];
+}
+
+export function parseCapability(c: CsiCapability | null | undefined): Capability {
+  if (c === null || c === undefined) throw invalid('volume_capability is required');
+  const modeName = String(c.access_mode?.mode ?? 'UNKNOWN');
+  if (!(ACCESS_MODES as readonly string[]).includes(modeName)) {
+    throw invalid(`access_mode ${modeName} is not supported; use one of ${ACCESS_MODES.join(', ')}`);
+  }
+  const mode = modeName as AccessMode;
+  const kind = c.access_type ?? (c.block ? 'block' : c.mount ? 'mount' : undefined);
+  if (kind === 'block') return { access: 'block', mode };
+  if (kind !== 'mount' || c.mount === null || c.mount === undefined) {
+    throw invalid('volume_capability needs an access type: block or mount');
+  }
+  const fsType = c.mount.fs_type === undefined || c.mount.fs_type === '' ? DEFAULT_FS_TYPE : c.mount.fs_type;
+  if (!isFsType(fsType)) throw invalid(`fs_type ${fsType} is not supported; use ext4 or xfs`);
+  return {
+    access: 'mount',
+    mode,
+    fsType,
+    mountFlags: c.mount.mount_flags ?? [],
+    volumeMountGroup: c.mount.volume_mount_group ?? '',
+  };
+}
+
+export function parseCapabilities(list: CsiCapability[] | undefined | null, required: boolean): Capability[] {
+  const caps = (list ?? []).map(parseCapability);
+  if (required && caps.length === 0) throw invalid('volume_capabilities is required');
+  return caps;
+}
+
+export function parseRange(r: CsiCapacityRange | null | undefined): CapacityRange {
+  return {
+    requiredBytes: parseBytes(r?.required_bytes, 'required_bytes'),
+    limitBytes: parseBytes(r?.limit_bytes, 'limit_bytes'),
+  };
+}
+
+export function parseTopology(t: CsiTopologyRequirement | null | undefined): { requisite: Segment[]; preferred: Segment[] } {
+  return {
+    requisite: (t?.requisite ?? []).map((s) => s.segments ?? {}),
+    preferred: (t?.preferred ?? []).map((s) => s.segments ?? {}),
+  };
+}
+
+export function requireString(value: string | undefined | null, field: string): string {
+  if (value === undefined || value === null || value === '') throw invalid(`${field} is required`);
+  return value;
+}

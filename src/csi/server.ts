@@ -1,0 +1,65 @@
+/**
+ * The gRPC server on a unix socket: a stale socket file is replaced, the new
+ * one is not world-writable, and shutdown lets in-flight calls finish (bounded).
+ */
+import { lstat, mkdir, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { loadCsi } from './proto.js';
+
+export interface Services {
+  identity: UntypedServiceImplementation;
+  controller?: UntypedServiceImplementation;
+  node?: UntypedServiceImplementation;
+}
+
+export interface RunningServer {
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+async function clearStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => undefined);
+  if (st === undefined) return;
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  await unlink(path);
+}
+
+export async function startServer(socketPath: string, services: Services, log: Logger): Promise<RunningServer> {
+  const csi = loadCsi();
+  const server = new Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  server.addService(csi.Identity.service, services.identity);
+  if (services.controller) server.addService(csi.Controller.service, services.controller);
+  if (services.node) server.addService(csi.Node.service, services.node);
+
+  await mkdir(dirname(socketPath), { recursive: true });
+  await clearStaleSocket(socketPath);
+  // The socket is created with mode 0660: kubelet and the sidecars run as root
+  // or share our group; nobody else may drive the driver.
+  const previous = process.umask(0o117);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
+    });
+  } finally {
+    process.umask(previous);
+  }
+  log.info({ socket: socketPath }, 'serving CSI');
+
+  return {
+    async shutdown(graceMs = 10_000) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          log.warn({ graceMs }, 'in-flight calls did not finish in time; forcing shutdown');
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      await unlink(socketPath).catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,38 @@
+/**
+ * Where the driver's files live on one mount. Everything filedriver writes is
+ * under `<mount>/filedriver/`; nothing outside it is touched.
+ */
+import { join } from 'node:path';
+import type { Format } from '../domain/parameters.js';
+
+export const TREE = 'filedriver';
+
+export class Layout {
+  readonly root: string;
+  readonly volumes: string;
+  readonly snapshots: string;
+  readonly tmp: string;
+
+  constructor(readonly mountPath: string) {
+    this.root = join(mountPath, TREE);
+    this.volumes = join(this.root, 'volumes');
+    this.snapshots = join(this.root, 'snapshots');
+    this.tmp = join(this.root, 'tmp');
+  }
+
+  volumeDir(id: string): string {
+    return join(this.volumes, id);
+  }
+
+  static imageName(format: Format): string {
+    return `disk.${format}`;
+  }
+
+  imagePath(id: string, format: Format): string {
+    return join(this.volumeDir(id), Layout.imageName(format));
+  }
+
+  metaPath(id: string): string {
+    return join(this.volumeDir(id), 'volume.json');
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The admin's pre-mounted shares and their health. A mount is usable only when
+ * its path is a mount point (mountinfo, not "the directory exists") and a probe
+ * file can be created and removed in the driver tree: an unmounted NFS
+ * mountpoint is an empty local directory, and writing there fills the node's
+ * root disk. Health is cached briefly so hot RPCs stay cheap.
+ */
+import { mkdir, realpath, statfs, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { MountConfig } from '../config.js';
+import { describe, unavailable } from '../domain/errors.js';
+import { mountAt, readMountInfo, type MountEntry } from '../system/mountinfo.js';
+import { Layout } from './layout.js';
+
+export interface MountHealth {
+  name: string;
+  path: string;
+  /** The path is a mount point: its contents are the share's, safe to read. */
+  mounted: boolean;
+  /** Mounted and writable: the only state in which the driver writes there. */
+  usable: boolean;
+  reason: string | undefined;
+  freeBytes: bigint;
+  totalBytes: bigint;
+}
+
+export interface MountProbes {
+  mountInfo(): Promise<MountEntry[]>;
+  realpath(path: string): Promise<string>;
+  /** Creates the driver tree and a probe file, then removes the probe. */
+  writeProbe(layout: Layout): Promise<void>;
+  space(path: string): Promise<{ freeBytes: bigint; totalBytes: bigint }>;
+}
+
+export const linuxProbes: MountProbes = {
+  mountInfo: () => readMountInfo(),
+  realpath: (p) => realpath(p),
+  async writeProbe(layout) {
+    await mkdir(layout.volumes, { recursive: true });
+    await mkdir(layout.snapshots, { recursive: true });
+    await mkdir(layout.tmp, { recursive: true });
+    const probe = join(layout.tmp, `.probe-${process.pid}`);
+    await writeFile(probe, 'filedriver probe\n');
+    await unlink(probe);
+  },
+  async space(path) {
+    // statfs in-process: no `df` spawn on the hot path of GetCapacity.
+    const s = await statfs(path, { bigint: true });
+    return { freeBytes: s.bavail * s.bsize, totalBytes: s.blocks * s.bsize };
+  },
+};
+
+export class Mounts {
+  private readonly cache = new Map<string, { at: number; health: Promise<MountHealth> }>();
+  private readonly byName: ReadonlyMap<string, MountConfig>;
+
+  constructor(
+    readonly configs: readonly MountConfig[],
+    private readonly probes: MountProbes,
+    private readonly cacheMs: number,
+    private readonly log: Logger,
+  ) {
+    this.byName = new Map(configs.map((m) => [m.name, m]));
+  }
+
+  names(): string[] {
+    return this.configs.map((m) => m.name);
+  }
+
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  layout(name: string): Layout {
+    const m = this.byName.get(name);
+    if (m === undefined) throw new Error(`unknown mount ${name}`);
+    return new Layout(m.path);
+  }
+
+  async health(name: string): Promise<MountHealth> {
+    const hit = this.cache.get(name);
+    const now = Date.now();
+    if (hit !== undefined && now - hit.at < this.cacheMs) return hit.health;
+    const health = this.check(name);
+    this.cache.set(name, { at: now, health });
+    return health;
+  }
+
+  async all(): Promise<MountHealth[]> {
+    return Promise.all(this.names().map((n) => this.health(n)));
+  }
+
+  async usable(): Promise<MountHealth[]> {
+    return (await this.all()).filter((h) => h.usable);
+  }
+
+  /** The mount's layout, or UNAVAILABLE naming why it may not be used. */
+  async requireUsable(name: string): Promise<Layout> {
+    const h = await this.health(name);
+    if (!h.usable) throw unavailable(`mount ${name} (${h.path}) is not usable: ${h.reason ?? 'unknown'}`);
+    return this.layout(name);
+  }
+
+  /** Forget cached health, e.g. after a write failed. */
+  invalidate(name: string): void {
+    this.cache.delete(name);
+  }
+
+  private async check(name: string): Promise<MountHealth> {
+    const config = this.byName.get(name);
+    if (config === undefined) throw new Error(`unknown mount ${name}`);
+    const down = (reason: string, mounted = false): MountHealth => {
+      this.log.warn({ mount: name, path: config.path, reason }, 'mount unusable');
+      return { name, path: config.path, mounted, usable: false, reason, freeBytes: 0n, totalBytes: 0n };
+    };
+    try {
+      const real = await this.probes.realpath(config.path).catch(() => undefined);
+      if (real === undefined) return down(`${config.path} does not exist`);
+      if (mountAt(await this.probes.mountInfo(), real) === undefined) {
+        return down(`${config.path} is not a mount point (is the share mounted?)`);
+      }
+      const layout = new Layout(config.path);
+      try {
+        await this.probes.writeProbe(layout);
+      } catch (e) {
+        return down(`cannot write to ${layout.root}: ${describe(e)}`, true);
+      }
+      const space = await this.probes.space(config.path);
+      return { name, path: config.path, mounted: true, usable: true, reason: undefined, ...space };
+    } catch (e) {
+      return down(describe(e));
+    }
+  }
+}

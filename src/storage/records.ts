@@ -1,0 +1,72 @@
+/**
+ * volume.json: what the driver knows about a volume besides its image.
+ * Written whole to a temp file and renamed, so a reader never sees half a record.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readFile, rename, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Format } from '../domain/parameters.js';
+
+export const SCHEMA = 1;
+
+export interface VolumeRecord {
+  schema: number;
+  id: string;
+  /** The CreateVolume request name the id was derived from. */
+  name: string;
+  format: Format;
+  /** Decimal bytes: sizes can exceed 2^53. */
+  sizeBytes: string;
+  createdAt: string;
+  /** StorageClass parameters as given, for idempotency checks. */
+  parameters: Record<string, string>;
+  contentSource: { type: 'snapshot' | 'volume'; id: string } | null;
+  pvc: { name: string; namespace: string } | null;
+  /** Nodes the volume is published to (ControllerPublishVolume). */
+  publishedNodes: string[];
+}
+
+export function uniqueSuffix(): string {
+  return randomBytes(6).toString('hex');
+}
+
+/** Writes JSON durably: temp file, fsync, rename over the target. */
+export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  const tmp = join(dirname(path), `.${uniqueSuffix()}.tmp`);
+  const fh = await open(tmp, 'wx', 0o644);
+  try {
+    await fh.writeFile(`${JSON.stringify(value, null, 2)}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+export async function readRecord(path: string): Promise<VolumeRecord | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  const r = JSON.parse(text) as Partial<VolumeRecord>;
+  return {
+    schema: r.schema ?? SCHEMA,
+    id: r.id ?? '',
+    name: r.name ?? '',
+    format: r.format === 'raw' ? 'raw' : 'qcow2',
+    sizeBytes: r.sizeBytes ?? '0',
+    createdAt: r.createdAt ?? new Date(0).toISOString(),
+    parameters: r.parameters ?? {},
+    contentSource: r.contentSource ?? null,
+    pvc: r.pvc ?? null,
+    publishedNodes: r.publishedNodes ?? [],
+  };
+}

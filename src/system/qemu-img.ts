@@ -1,0 +1,101 @@
+/**
+ * qemu-img: create, inspect, resize and check images. Image locking stays on;
+ * read-only inspection of an image another process holds uses -U (force-share),
+ * which qemu allows for readers.
+ */
+import { CommandFailed, type Runner } from './command.js';
+import { precondition } from '../domain/errors.js';
+import type { Format, Preallocation } from '../domain/parameters.js';
+
+export interface CreateOptions {
+  preallocation?: Preallocation;
+  clusterSize?: bigint;
+}
+
+export interface ImageInfo {
+  format: string;
+  virtualSize: bigint;
+  actualSize: bigint;
+  backingFile: string | undefined;
+}
+
+export type CheckResult = { ok: true } | { ok: false; problem: string };
+
+export interface QemuImg {
+  version(): Promise<string>;
+  create(path: string, format: Format, sizeBytes: bigint, options?: CreateOptions): Promise<void>;
+  info(path: string): Promise<ImageInfo>;
+  resize(path: string, format: Format, sizeBytes: bigint): Promise<void>;
+  check(path: string, format: Format): Promise<CheckResult>;
+}
+
+/** Integers from qemu-img JSON, read as text: sizes can exceed 2^53. */
+function jsonInteger(json: string, key: string): bigint | undefined {
+  const m = new RegExp(`"${key}"\\s*:\\s*(\\d+)`).exec(json);
+  return m?.[1] === undefined ? undefined : BigInt(m[1]);
+}
+
+export function parseInfo(json: string): ImageInfo {
+  const data = JSON.parse(json) as { format?: string; 'backing-filename'?: string };
+  return {
+    format: data.format ?? 'unknown',
+    virtualSize: jsonInteger(json, 'virtual-size') ?? 0n,
+    actualSize: jsonInteger(json, 'actual-size') ?? 0n,
+    backingFile: data['backing-filename'],
+  };
+}
+
+const LOCK_ERROR = /Failed to get ".*" lock|Is another process using the image/;
+
+/** Turns qemu's lock conflict into a precondition failure naming the image. */
+function lockAware(path: string, e: unknown): never {
+  if (e instanceof CommandFailed && LOCK_ERROR.test(e.stderr)) {
+    throw precondition(`image ${path} is in use by another qemu process (qemu image lock held)`);
+  }
+  throw e;
+}
+
+// Preallocating a large image on a slow share can take long; everything else is quick.
+const SLOW_MS = 60 * 60_000;
+const QUICK_MS = 120_000;
+
+export function makeQemuImg(run: Runner): QemuImg {
+  return {
+    async version() {
+      const { stdout } = await run(['qemu-img', '--version'], { timeoutMs: 10_000 });
+      return stdout.split('\n')[0] ?? stdout;
+    },
+    async create(path, format, sizeBytes, options = {}) {
+      const opts: string[] = [];
+      if (options.preallocation !== undefined && options.preallocation !== 'off') {
+        opts.push(`preallocation=${options.preallocation}`);
+      }
+      if (options.clusterSize !== undefined) opts.push(`cluster_size=${options.clusterSize}`);
+      const argv = ['qemu-img', 'create', '-q', '-f', format];
+      if (opts.length > 0) argv.push('-o', opts.join(','));
+      argv.push(path, String(sizeBytes));
+      const slow = options.preallocation === 'falloc' || options.preallocation === 'full';
+      await run(argv, { timeoutMs: slow ? SLOW_MS : QUICK_MS });
+    },
+    async info(path) {
+      const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', path], { timeoutMs: QUICK_MS });
+      return parseInfo(stdout);
+    },
+    async resize(path, format, sizeBytes) {
+      await run(['qemu-img', 'resize', '-q', '-f', format, path, String(sizeBytes)], { timeoutMs: QUICK_MS }).catch(
+        (e: unknown) => lockAware(path, e),
+      );
+    },
+    async check(path, format) {
+      if (format === 'raw') return { ok: true }; // raw has no metadata to check
+      try {
+        await run(['qemu-img', 'check', '-U', '-q', '-f', format, path], { timeoutMs: QUICK_MS });
+        return { ok: true };
+      } catch (e) {
+        if (e instanceof CommandFailed && e.exitCode === 3) return { ok: true }; // leaked clusters only: harmless
+        if (e instanceof CommandFailed) return { ok: false, problem: e.message };
+        throw e;
+      }
+    },
+  };
+}

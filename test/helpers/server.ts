@@ -1,0 +1,76 @@
+/**
+ * Runs the real `filedriver serve` (built JS) as a child process on a temp
+ * unix socket, as kubelet and the sidecars would see it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, createWriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { connect, type CsiClient } from './client.js';
+
+export const MAIN = resolve(import.meta.dirname, '../../dist/src/main.js');
+
+export interface Driver {
+  endpoint: string;
+  client: CsiClient;
+  process: ChildProcess;
+  logFile: string;
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL, as a crash. */
+  kill(): Promise<void>;
+}
+
+export interface DriverOptions {
+  mounts: Record<string, string>;
+  args?: string[];
+  env?: Record<string, string>;
+  /** Reuse a socket directory (restart tests). */
+  dir?: string;
+}
+
+export async function startDriver(options: DriverOptions): Promise<Driver> {
+  const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'fdtest-sock-'));
+  const socket = join(dir, 'csi.sock');
+  const endpoint = `unix://${socket}`;
+  const logFile = join(dir, `driver-${Date.now()}.log`);
+  const args = [MAIN, 'serve', '--endpoint', endpoint, '--node-id', 'node-a', '--log-level', 'debug'];
+  for (const [name, path] of Object.entries(options.mounts)) args.push('--mount', `${name}=${path}`);
+  args.push(...(options.args ?? []));
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...options.env },
+  });
+  const log = createWriteStream(logFile);
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  for (let i = 0; i < 200 && !existsSync(socket); i++) {
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!existsSync(socket)) {
+    child.kill('SIGKILL');
+    throw new Error(`driver did not start; see ${logFile}`);
+  }
+  const client = connect(endpoint);
+  const cleanupDir = options.dir === undefined;
+  return {
+    endpoint,
+    client,
+    process: child,
+    logFile,
+    async stop() {
+      client.close();
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const code = await exited;
+      if (cleanupDir) rmSync(dir, { recursive: true, force: true });
+      return code;
+    },
+    async kill() {
+      client.close();
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}

@@ -1,0 +1,135 @@
+/**
+ * The server as a process: crash safety of creation, start-up clean-up,
+ * signals, socket handling, and the command line.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createRequest, GiB, MiB } from '../helpers/csi.js';
+import { isRoot, rootOnlyReason } from '../helpers/root.js';
+import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { MAIN, startDriver } from '../helpers/server.js';
+
+describe.skipIf(!isRoot)('crash safety', () => {
+  let share: Scratch;
+  let dir: string;
+  beforeEach(() => {
+    rootOnlyReason();
+    share = makeScratch('xfs', 1024);
+    dir = mkdtempSync(join(tmpdir(), 'fdtest-sock-'));
+  });
+  afterEach(() => {
+    share.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('leaves no half volume after kill -9 mid-create, and a retry succeeds', async () => {
+    const tree = join(share.path, 'filedriver');
+    const driver = await startDriver({ mounts: { s: share.path }, dir });
+    // Fully preallocated raw images take a while to write: the kill lands mid-work.
+    const names = Array.from({ length: 8 }, (_, i) => `pvc-crash-${i}`);
+    const req = (name: string) => createRequest(name, { capacity_range: { required_bytes: String(96n * MiB) }, parameters: { format: 'raw', preallocation: 'full' } });
+    const pending = names.map((n) => driver.client.controller('CreateVolume', req(n)).catch(() => undefined));
+    while (readdirSync(join(tree, 'tmp')).length === 0 && readdirSync(join(tree, 'volumes')).length < names.length) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await driver.kill();
+    await Promise.all(pending);
+
+    for (const id of readdirSync(join(tree, 'volumes'))) {
+      expect(readdirSync(join(tree, 'volumes', id)).sort()).toEqual(['disk.raw', 'volume.json']);
+      expect(statSync(join(tree, 'volumes', id, 'disk.raw')).size).toBe(Number(96n * MiB));
+    }
+    const again = await startDriver({ mounts: { s: share.path }, dir });
+    try {
+      expect(readdirSync(join(tree, 'tmp'))).toEqual([]);
+      for (const n of names) {
+        const res = await again.client.controller('CreateVolume', req(n));
+        expect(res.volume.capacity_bytes).toBe(String(96n * MiB));
+      }
+      expect(readdirSync(join(tree, 'volumes')).sort()).toEqual([...names].sort());
+    } finally {
+      await again.stop();
+    }
+  });
+
+  it('round-trips sizes above 2^53 bytes exactly', async () => {
+    const driver = await startDriver({ mounts: { s: share.path }, dir, args: ['--over-subscription', '100000000'] });
+    try {
+      const required = (1n << 53n) + 1n;
+      const expected = (1n << 53n) + MiB;
+      const res = await driver.client.controller(
+        'CreateVolume',
+        createRequest('pvc-huge', { capacity_range: { required_bytes: required.toString() }, parameters: { clusterSize: '2M' } }),
+      );
+      expect(res.volume.capacity_bytes).toBe(expected.toString());
+      const info = execFileSync('qemu-img', ['info', '--output=json', join(share.path, 'filedriver/volumes/pvc-huge/disk.qcow2')], { encoding: 'utf8' });
+      expect(/"virtual-size":\s*(\d+)/.exec(info)?.[1]).toBe(expected.toString());
+      const got = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-huge' });
+      expect(got.volume.capacity_bytes).toBe(expected.toString());
+      const grown = await driver.client.controller('ControllerExpandVolume', {
+        volume_id: 'pvc-huge',
+        capacity_range: { required_bytes: (expected + GiB).toString() },
+      });
+      expect(grown.capacity_bytes).toBe((expected + GiB).toString());
+    } finally {
+      await driver.stop();
+    }
+  });
+
+  it('replaces a stale socket, makes it 0660, and exits 0 on SIGTERM', async () => {
+    const socket = join(dir, 'csi.sock');
+    // A crashed server leaves its socket file behind: listen, then die by SIGKILL.
+    spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(socket)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(statSync(socket).isSocket()).toBe(true);
+    const driver = await startDriver({ mounts: { s: share.path }, dir });
+    expect(statSync(socket).mode & 0o777).toBe(0o660);
+    expect((await driver.client.identity('Probe')).ready.value).toBe(true);
+    expect(await driver.stop()).toBe(0);
+    expect(existsSync(socket)).toBe(false);
+  });
+});
+
+describe('command line', () => {
+  const cli = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 20_000 });
+
+  it('prints help and version', () => {
+    expect(cli(['--help']).stdout).toMatch(/serve/);
+    expect(cli(['serve', '--help']).stdout).toMatch(/--mount/);
+    const v = cli(['--version']);
+    expect(v.status).toBe(0);
+    expect(v.stdout).toMatch(/^filedriver \d+\.\d+\.\d+/);
+  });
+
+  it('lists every invalid setting, one line each, and exits 2', () => {
+    const r = cli(['serve', '--endpoint', 'tcp://x', '--mount', 'Bad_Name=/x', '--mount', 'ok=relative', '--mode', 'both', '--default-format', 'vmdk']);
+    expect(r.status).toBe(2);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(5);
+    expect(r.stderr).toMatch(/--endpoint tcp:\/\/x must be unix:\/\//);
+    expect(r.stderr).toMatch(/Bad_Name/);
+    expect(r.stderr).toMatch(/path must be absolute/);
+    expect(r.stderr).toMatch(/--mode both/);
+    expect(r.stderr).toMatch(/--default-format vmdk/);
+  });
+
+  it('reads settings from a config file and the environment, flags winning', () => {
+    const d = mkdtempSync(join(tmpdir(), 'fdtest-cfg-'));
+    try {
+      const file = join(d, 'config.yaml');
+      writeFileSync(file, 'endpoint: unix:///tmp/x.sock\nmounts:\n  - name: a\n    path: /srv/a\ndefaultFormat: qcow3\n');
+      const r = cli(['serve', '--config', file], { FILEDRIVER_MODE: 'sideways' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/--default-format qcow3/);
+      expect(r.stderr).toMatch(/--mode sideways/);
+      const fixed = cli(['serve', '--config', file, '--default-format', 'raw', '--mode', 'wrong2'], { FILEDRIVER_MODE: 'sideways' });
+      expect(fixed.stderr).not.toMatch(/default-format/);
+      expect(fixed.stderr).toMatch(/--mode wrong2/);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,79 @@
+/**
+ * A share that is not mounted, or mounted read-only, is never written to:
+ * an unmounted NFS mountpoint is a local directory on the node's root disk.
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { codeOf } from '../helpers/client.js';
+import { createRequest } from '../helpers/csi.js';
+import { isRoot, rootOnlyReason } from '../helpers/root.js';
+import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { startDriver, type Driver } from '../helpers/server.js';
+
+describe.skipIf(!isRoot)('mount safety', () => {
+  let good: Scratch;
+  let bare: Scratch;
+  let readOnly: Scratch;
+  let driver: Driver;
+
+  beforeAll(async () => {
+    rootOnlyReason();
+    good = makeScratch('tmpfs', 128);
+    bare = makeScratch('dir');
+    readOnly = makeScratch('tmpfs', 64);
+    execFileSync('mount', ['-o', 'remount,ro', readOnly.path]);
+    driver = await startDriver({ mounts: { good: good.path, bare: bare.path, ro: readOnly.path } });
+  });
+  afterAll(async () => {
+    await driver?.stop();
+    for (const s of [good, bare, readOnly]) s?.cleanup();
+  });
+
+  it('never writes into a bare directory or a read-only mount', async () => {
+    const req = createRequest('pvc-only-bare', { parameters: { mounts: 'bare,ro' } });
+    const err = await driver.client.controller('CreateVolume', req).catch((e: unknown) => e as { code: number; details: string });
+    expect(err.code).toBe(status.RESOURCE_EXHAUSTED);
+    expect(err.details).toMatch(/bare: unusable .*not a mount point/);
+    expect(err.details).toMatch(/ro: unusable .*cannot write/);
+    await driver.client.controller('CreateVolume', createRequest('pvc-good'));
+    await driver.client.controller('GetCapacity', {});
+    await driver.client.controller('ListVolumes', {});
+    expect(readdirSync(bare.path)).toEqual([]);
+    expect(readdirSync(readOnly.path)).toEqual([]);
+  });
+
+  it('excludes unusable mounts from capacity', async () => {
+    const cap = await driver.client.controller('GetCapacity', { parameters: { mounts: 'bare,ro' } });
+    expect(cap.available_capacity).toBe('0');
+    const all = await driver.client.controller('GetCapacity', {});
+    expect(BigInt(all.available_capacity)).toBeGreaterThan(0n);
+  });
+
+  it('answers UNAVAILABLE, not success, for a volume it cannot see while a mount is down', async () => {
+    expect(await codeOf(driver.client.controller('DeleteVolume', { volume_id: 'pvc-somewhere' }))).toBe(status.UNAVAILABLE);
+    expect(await codeOf(driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-somewhere' }))).toBe(status.UNAVAILABLE);
+    // A volume on a reachable mount is still served.
+    const got = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-good' });
+    expect(got.volume.volume_context.mount).toBe('good');
+  });
+
+  it('is still ready while one mount is usable', async () => {
+    expect((await driver.client.identity('Probe')).ready.value).toBe(true);
+  });
+});
+
+describe.skipIf(!isRoot)('readiness without usable mounts', () => {
+  it('is not ready when no mount is usable', async () => {
+    const bare = makeScratch('dir');
+    const driver = await startDriver({ mounts: { bare: bare.path } });
+    try {
+      expect((await driver.client.identity('Probe')).ready.value).toBe(false);
+      expect(readdirSync(bare.path)).toEqual([]);
+    } finally {
+      await driver.stop();
+      bare.cleanup();
+    }
+  });
+});
