@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
+import { PublishService } from './controller/publish.js';
 import { VolumeService } from './controller/volumes.js';
 import { controllerService } from './csi/controller.js';
 import { makeHandle } from './csi/handle.js';
@@ -38,6 +39,7 @@ export function buildApp(config: Config, log: Logger): App {
   const handle = makeHandle(log, new KeyedLocks());
   const controller = config.mode !== 'node';
   const volumes = new VolumeService(config, mounts, store, ledger, qemuImg);
+  const publishing = new PublishService(volumes, mounts, store);
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -56,7 +58,7 @@ export function buildApp(config: Config, log: Logger): App {
   return {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
-      ...(controller ? { controller: controllerService(handle, { ...config, volumes, mounts, store, ledger }) } : {}),
+      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, mounts, store, ledger }) } : {}),
     },
     async prepare() {
       for (const h of await mounts.all()) {

@@ -107,7 +107,7 @@ export class VolumeService {
       parameters: input.parameters,
       contentSource: null,
       pvc: params.pvcName === undefined ? null : { name: params.pvcName, namespace: params.pvcNamespace ?? '' },
-      publishedNodes: [],
+      publications: [],
     };
     const created = await this.store.create(layout, record, (dir) =>
       this.qemuImg.create(join(dir, Layout.imageName(params.format)), params.format, sizeBytes, {
@@ -146,8 +146,9 @@ export class VolumeService {
     checkId(id, 'volume_id');
     const found = await this.store.find(id);
     if (found === undefined) return;
-    if (found.record.publishedNodes.length > 0) {
-      throw precondition(`volume ${id} is still published to node(s) ${found.record.publishedNodes.join(', ')}`);
+    const nodes = found.record.publications.map((p) => p.node);
+    if (nodes.length > 0) {
+      throw precondition(`volume ${id} is still published to node(s) ${nodes.join(', ')}; unpublish it first`);
     }
     const layout = await this.mounts.requireUsable(found.mount);
     await this.store.remove(layout, id);

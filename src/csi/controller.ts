@@ -4,10 +4,11 @@
  */
 import { capacity, type CapacityInput } from '../controller/capacity.js';
 import { listVolumes } from '../controller/listing.js';
+import type { PublishService } from '../controller/publish.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
 import { view } from '../controller/volumes.js';
 import { invalid } from '../domain/errors.js';
-import { idFromName } from '../domain/ids.js';
+import { checkId, idFromName } from '../domain/ids.js';
 import type { Format } from '../domain/parameters.js';
 import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -15,6 +16,7 @@ import type { VolumeStore } from '../storage/volume-store.js';
 import type { Handle } from './handle.js';
 import {
   parseCapabilities,
+  parseCapability,
   parseRange,
   parseTopology,
   requireString,
@@ -26,6 +28,7 @@ import {
 
 export interface ControllerDeps {
   volumes: VolumeService;
+  publishing: PublishService;
   mounts: Mounts;
   store: VolumeStore;
   ledger: Ledger;
@@ -41,6 +44,9 @@ export const CONTROLLER_CAPABILITIES = [
   'EXPAND_VOLUME',
   'GET_VOLUME',
   'VOLUME_CONDITION',
+  'PUBLISH_UNPUBLISH_VOLUME',
+  'LIST_VOLUMES_PUBLISHED_NODES',
+  'PUBLISH_READONLY',
 ] as const;
 
 interface VolumeRequest {
@@ -135,7 +141,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       const entries = await Promise.all(
         page.entries.map(async (found) => ({
           volume: csiVolume(view(found)),
-          status: { published_node_ids: [], volume_condition: condition(await volumes.condition(found)) },
+          status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found)) },
         })),
       );
       return { entries, next_token: page.nextToken };
@@ -169,11 +175,37 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
     ),
 
+    ControllerPublishVolume: handle(
+      'ControllerPublishVolume',
+      { ids: (r: VolumeRequest & { node_id?: string }) => ({ volumeId: r.volume_id ?? '', nodeId: r.node_id ?? '' }), locks: byVolume },
+      async (r: VolumeRequest & { node_id?: string; volume_capability?: CsiCapability | null; readonly?: boolean }, log) => {
+        const publish_context = await deps.publishing.publish(
+          {
+            volumeId: requireString(r.volume_id, 'volume_id'),
+            nodeId: requireString(r.node_id, 'node_id'),
+            capability: parseCapability(r.volume_capability),
+            readonly: r.readonly ?? false,
+          },
+          log,
+        );
+        return { publish_context };
+      },
+    ),
+
+    ControllerUnpublishVolume: handle(
+      'ControllerUnpublishVolume',
+      { ids: (r: VolumeRequest & { node_id?: string }) => ({ volumeId: r.volume_id ?? '', nodeId: r.node_id ?? '' }), locks: byVolume },
+      async (r: VolumeRequest & { node_id?: string }, log) => {
+        await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id ?? '', log);
+        return {};
+      },
+    ),
+
     ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds }, async (r: VolumeRequest) => {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),
-        status: { published_node_ids: found.record.publishedNodes, volume_condition: condition(await volumes.condition(found)) },
+        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found)) },
       };
     }),
   };

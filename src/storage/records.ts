@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import type { AccessMode } from '../domain/capabilities.js';
 import type { Format } from '../domain/parameters.js';
 
 export const SCHEMA = 1;
@@ -22,8 +23,14 @@ export interface VolumeRecord {
   parameters: Record<string, string>;
   contentSource: { type: 'snapshot' | 'volume'; id: string } | null;
   pvc: { name: string; namespace: string } | null;
-  /** Nodes the volume is published to (ControllerPublishVolume). */
-  publishedNodes: string[];
+  /** Nodes the volume is published to (ControllerPublishVolume): the fence. */
+  publications: Publication[];
+}
+
+export interface Publication {
+  node: string;
+  mode: AccessMode;
+  readonly: boolean;
 }
 
 export function uniqueSuffix(): string {
@@ -67,6 +74,6 @@ export async function readRecord(path: string): Promise<VolumeRecord | undefined
     parameters: r.parameters ?? {},
     contentSource: r.contentSource ?? null,
     pvc: r.pvc ?? null,
-    publishedNodes: r.publishedNodes ?? [],
+    publications: r.publications ?? [],
   };
 }

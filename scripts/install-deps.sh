@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the system tools filedriver runs and its tests use (Debian 12, as root).
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (apt-get)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# qemu-utils: qemu-img; qemu-system-common: qemu-storage-daemon (qcow2 export);
+# e2fsprogs/xfsprogs: mkfs and online grow; fuse3: FUSE exports; util-linux: losetup, blkid, mount.
+apt-get install -y -qq --no-install-recommends \
+  qemu-utils qemu-system-common e2fsprogs xfsprogs fuse3 util-linux kmod procps ca-certificates >/dev/null
+# Loop devices are built in on Debian's kernel; load the module where they are not.
+modprobe loop 2>/dev/null || true
+echo "install-deps: $(qemu-img --version | head -1); $(mkfs.xfs -V)"
