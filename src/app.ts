@@ -16,8 +16,17 @@ import type { Services } from './csi/server.js';
 import { Ledger } from './storage/ledger.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
-import { makeRunner } from './system/command.js';
+import { makeRunner, type Runner } from './system/command.js';
 import { makeQemuImg } from './system/qemu-img.js';
+import { makeFilesystems } from './system/filesystems.js';
+import { makeLoopDevices } from './system/loop-devices.js';
+import { makeQemuExports } from './system/qemu-export.js';
+import { nodeService } from './csi/node.js';
+import { NodeHealth } from './node/health.js';
+import { Publisher } from './node/publish.js';
+import { Stager } from './node/stage.js';
+import { StageState } from './node/state.js';
+import type { NodeSystem } from './node/system.js';
 
 export function version(): string {
   const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
@@ -30,6 +39,21 @@ export interface App {
   prepare(): Promise<void>;
 }
 
+/** The node plugin's state lives in its own directory under kubelet's plugins/. */
+export function stateDir(config: Config): string {
+  return join(config.kubeletDir, 'plugins', config.driverName);
+}
+
+function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore) {
+  const sys: NodeSystem = {
+    loops: makeLoopDevices(run),
+    exports: makeQemuExports(run, log.child({ component: 'qemu-export' })),
+    fs: makeFilesystems(run),
+  };
+  const state = new StageState(stateDir(config));
+  return { stager: new Stager(store, state, sys), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys) };
+}
+
 export function buildApp(config: Config, log: Logger): App {
   const run = makeRunner(log.child({ component: 'command' }));
   const qemuImg = makeQemuImg(run);
@@ -38,6 +62,7 @@ export function buildApp(config: Config, log: Logger): App {
   const ledger = new Ledger(store);
   const handle = makeHandle(log, new KeyedLocks());
   const controller = config.mode !== 'node';
+  const node = config.mode !== 'controller';
   const volumes = new VolumeService(config, mounts, store, ledger, qemuImg);
   const publishing = new PublishService(volumes, mounts, store);
 
@@ -59,6 +84,7 @@ export function buildApp(config: Config, log: Logger): App {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, mounts, store, ledger }) } : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, run, store), mounts }) } : {}),
     },
     async prepare() {
       for (const h of await mounts.all()) {

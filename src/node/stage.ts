@@ -1,0 +1,144 @@
+/**
+ * NodeStageVolume / NodeUnstageVolume: attach the image (raw → loop device;
+ * qcow2 → qemu-storage-daemon FUSE export → loop device), then for filesystem
+ * volumes create the filesystem only on a blank device and mount it at the
+ * staging path. Each step is recorded before the next, so unstage can undo a
+ * half-done stage after a crash.
+ */
+import { mkdir } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { isReadOnlyMode, type Capability } from '../domain/capabilities.js';
+import { alreadyExists, notFound, precondition } from '../domain/errors.js';
+import type { VolumeStore } from '../storage/volume-store.js';
+import type { NodeSystem } from './system.js';
+import type { StageRecord, StageState } from './state.js';
+
+export interface StageInput {
+  volumeId: string;
+  stagingPath: string;
+  capability: Capability;
+  /** From ControllerPublishVolume (PUBLISH_READONLY). */
+  readonly: boolean;
+}
+
+export function fingerprint(cap: Capability, readonly: boolean): string {
+  return cap.access === 'block'
+    ? `block:${cap.mode}:${String(readonly)}`
+    : `mount:${cap.mode}:${cap.fsType}:${cap.mountFlags.join(',')}:${String(readonly)}`;
+}
+
+export class Stager {
+  constructor(
+    private readonly store: VolumeStore,
+    private readonly state: StageState,
+    private readonly sys: NodeSystem,
+  ) {}
+
+  async stage(input: StageInput, log: Logger): Promise<void> {
+    const print = fingerprint(input.capability, input.readonly);
+    const existing = await this.state.read(input.volumeId);
+    if (existing !== undefined) {
+      if (existing.stagingPath !== input.stagingPath || existing.capability !== print) {
+        throw alreadyExists(`volume ${input.volumeId} is already staged at ${existing.stagingPath} with another capability`);
+      }
+      if (await this.isComplete(existing)) return;
+      // A stage interrupted half-way: undo what it did and start again.
+      await this.unstageRecord(existing);
+    }
+    const found = await this.store.find(input.volumeId);
+    if (found === undefined) throw notFound(`volume ${input.volumeId} does not exist on any mount of this node`);
+    const { record: volume, layout, mount } = found;
+    const cap = input.capability;
+    const readOnly = input.readonly || isReadOnlyMode(cap.mode);
+    const rec: StageRecord = {
+      volumeId: input.volumeId,
+      image: layout.imagePath(volume.id, volume.format),
+      format: volume.format,
+      mount,
+      stagingPath: input.stagingPath,
+      access: cap.access,
+      fsType: cap.access === 'mount' ? cap.fsType : undefined,
+      readOnly,
+      capability: print,
+      export: undefined,
+      loopFile: undefined,
+      device: undefined,
+      mounted: false,
+      stagedAt: new Date().toISOString(),
+    };
+    await this.state.write(rec);
+    try {
+      await this.attach(rec);
+      if (cap.access === 'mount') await this.mountFilesystem(rec, cap.mountFlags, log);
+    } catch (e) {
+      await this.unstageRecord(rec).catch((cleanup: unknown) => log.error({ err: cleanup }, 'cleanup after failed stage failed'));
+      throw e;
+    }
+    log.info({ volumeId: rec.volumeId, device: rec.device, format: rec.format, access: rec.access }, 'volume staged');
+  }
+
+  private async attach(rec: StageRecord): Promise<void> {
+    if (rec.format === 'qcow2') {
+      rec.export = await this.sys.exports.start(rec.image, {
+        format: 'qcow2',
+        readOnly: rec.readOnly,
+        stateDir: this.state.exportDir(rec.volumeId),
+      });
+      rec.loopFile = rec.export.exportFile;
+    } else {
+      rec.loopFile = rec.image;
+    }
+    await this.state.write(rec);
+    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo: true });
+    rec.device = loop.device;
+    await this.state.write(rec);
+  }
+
+  private async mountFilesystem(rec: StageRecord, flags: string[], log: Logger): Promise<void> {
+    const device = rec.device ?? '';
+    const fsType = rec.fsType ?? 'ext4';
+    const found = await this.sys.fs.probe(device);
+    if (found.kind === 'blank') {
+      if (rec.readOnly) throw precondition(`volume ${rec.volumeId} has no filesystem yet and is staged read-only; it cannot be formatted`);
+      log.info({ volumeId: rec.volumeId, device, fsType }, 'creating filesystem on a blank device');
+      await this.sys.fs.format(device, fsType);
+    } else if (found.kind === 'other') {
+      throw precondition(`volume ${rec.volumeId} carries ${found.description}; refusing to format over it`);
+    } else if (found.fsType !== fsType) {
+      throw precondition(`volume ${rec.volumeId} holds a ${found.fsType} filesystem but ${fsType} was asked for; refusing to format over it`);
+    }
+    await mkdir(rec.stagingPath, { recursive: true });
+    await this.sys.fs.mount(device, rec.stagingPath, { fsType, flags, readOnly: rec.readOnly });
+    rec.mounted = true;
+    await this.state.write(rec);
+  }
+
+  private async isComplete(rec: StageRecord): Promise<boolean> {
+    if (rec.device === undefined) return false;
+    if (rec.access === 'block') return true;
+    return rec.mounted && (await this.sys.fs.isMountPoint(rec.stagingPath));
+  }
+
+  /** Idempotent; works from the record alone (restart), and when the image is already gone. */
+  async unstage(volumeId: string, stagingPath: string, log: Logger): Promise<void> {
+    const rec = await this.state.read(volumeId);
+    if (rec === undefined) {
+      // Nothing recorded: at most a mount we do not know of (kubelet's view).
+      await this.sys.fs.unmount(stagingPath);
+      return;
+    }
+    await this.unstageRecord(rec);
+    log.info({ volumeId }, 'volume unstaged');
+  }
+
+  private async unstageRecord(rec: StageRecord): Promise<void> {
+    await this.sys.fs.unmount(rec.stagingPath);
+    // Only devices that still read our file: a recorded device number may
+    // since have been reused for another volume.
+    if (rec.loopFile !== undefined) {
+      for (const loop of await this.sys.loops.findByFile(rec.loopFile)) await this.sys.loops.detach(loop.device);
+    }
+    if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
+    await this.state.remove(rec.volumeId);
+  }
+}

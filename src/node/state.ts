@@ -1,0 +1,69 @@
+/**
+ * What a NodeStageVolume created, recorded as it goes, so NodeUnstageVolume
+ * can undo all of it even after the node plugin restarted. One directory per
+ * volume under the plugin's state directory (kubelet's plugins/<driver>/).
+ */
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { FsType } from '../domain/capabilities.js';
+import type { Format } from '../domain/parameters.js';
+import { writeJsonAtomic } from '../storage/records.js';
+import type { ExportHandle } from '../system/qemu-export.js';
+
+export interface StageRecord {
+  volumeId: string;
+  image: string;
+  format: Format;
+  mount: string;
+  stagingPath: string;
+  access: 'mount' | 'block';
+  fsType: FsType | undefined;
+  readOnly: boolean;
+  /** Capability fingerprint: a stage with a different one is a conflict. */
+  capability: string;
+  /** qemu export of a qcow2 image, once started. */
+  export: ExportHandle | undefined;
+  /** The file the loop device reads: the image (raw) or the export file (qcow2). */
+  loopFile: string | undefined;
+  device: string | undefined;
+  /** Whether the filesystem is mounted at stagingPath. */
+  mounted: boolean;
+  stagedAt: string;
+}
+
+export class StageState {
+  constructor(readonly dir: string) {}
+
+  volumeDir(volumeId: string): string {
+    return join(this.dir, 'volumes', volumeId);
+  }
+
+  /** Where a qcow2 export keeps its pid file, QMP socket and export file. */
+  exportDir(volumeId: string): string {
+    return join(this.volumeDir(volumeId), 'export');
+  }
+
+  async read(volumeId: string): Promise<StageRecord | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.volumeDir(volumeId), 'stage.json'), 'utf8')) as StageRecord;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+
+  async write(record: StageRecord): Promise<void> {
+    await mkdir(this.volumeDir(record.volumeId), { recursive: true });
+    await writeJsonAtomic(join(this.volumeDir(record.volumeId), 'stage.json'), record);
+  }
+
+  async remove(volumeId: string): Promise<void> {
+    await rm(this.volumeDir(volumeId), { recursive: true, force: true });
+  }
+
+  async list(): Promise<StageRecord[]> {
+    const ids = await readdir(join(this.dir, 'volumes')).catch(() => [] as string[]);
+    const records = await Promise.all(ids.map((id) => this.read(id)));
+    return records.filter((r): r is StageRecord => r !== undefined);
+  }
+}
