@@ -14,11 +14,10 @@ import { loadCsi } from '../csi/proto.js';
 import { startServer } from '../csi/server.js';
 import { makeRunner } from '../system/command.js';
 import { makeScratchShare } from './scratch.js';
-import { nodeSteps } from './node-steps.js';
+import { nodeSteps, type Call } from './node-steps.js';
 
 const say = (text: string): boolean => process.stdout.write(`${text}\n`);
 
-type Call = (method: string, request: object) => Promise<Record<string, any>>;
 
 function caller(client: Client): Call {
   return (method, request) =>
@@ -27,14 +26,6 @@ function caller(client: Client): Call {
       if (fn === undefined) return reject(new Error(`no method ${method}`));
       fn.call(client, request, (err: ServiceError | null, res: Record<string, any>) => (err ? reject(err) : resolve(res)));
     });
-}
-
-export interface DemoContext {
-  controller: Call;
-  node: Call;
-  identity: Call;
-  say: (text: string) => void;
-  workDir: string;
 }
 
 async function main(): Promise<void> {

@@ -4,6 +4,7 @@
  * volume under the plugin's state directory (kubelet's plugins/<driver>/).
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { FsType } from '../domain/capabilities.js';
 import type { Format } from '../domain/parameters.js';
@@ -38,9 +39,12 @@ export class StageState {
     return join(this.dir, 'volumes', volumeId);
   }
 
-  /** Where a qcow2 export keeps its pid file, QMP socket and export file. */
+  /**
+   * Where a qcow2 export keeps its pid file, QMP socket and export file. Short
+   * and hashed: a unix socket path may not exceed 107 bytes, and ids reach 128.
+   */
   exportDir(volumeId: string): string {
-    return join(this.volumeDir(volumeId), 'export');
+    return join(this.dir, 'x', createHash('sha256').update(volumeId).digest('hex').slice(0, 16));
   }
 
   async read(volumeId: string): Promise<StageRecord | undefined> {
@@ -58,6 +62,7 @@ export class StageState {
   }
 
   async remove(volumeId: string): Promise<void> {
+    await rm(this.exportDir(volumeId), { recursive: true, force: true });
     await rm(this.volumeDir(volumeId), { recursive: true, force: true });
   }
 

@@ -19,7 +19,7 @@ function sh(file: string, args: string[]): string {
   return execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-export function makeScratch(kind: ScratchKind, sizeMiB = 256): Scratch {
+export function makeScratch(kind: ScratchKind, sizeMiB = 512): Scratch {
   const base = mkdtempSync(join(tmpdir(), 'fdtest-'));
   const path = join(base, 'mnt');
   mkdirSync(path);

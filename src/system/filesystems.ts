@@ -1,0 +1,233 @@
+/**
+ * Filesystems on block devices: probe, format, mount, unmount, grow, usage.
+ * Modelled on kubernetes/mount-utils: mount points come from mountinfo (stat
+ * hangs on a dead FUSE or NFS mount), a device is formatted only when it
+ * carries no signature at all, and a stale mount is unmounted anyway.
+ */
+import { realpath, statfs } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { CommandFailed, type Runner } from './command.js';
+import { mountAt, readMountInfo } from './mountinfo.js';
+import { internal, invalid, precondition } from '../domain/errors.js';
+import type { FsType } from '../domain/capabilities.js';
+
+export type Probe =
+  | { kind: 'blank' }
+  | { kind: 'filesystem'; fsType: string }
+  /** Anything else (swap, LUKS, RAID member, partition table, two signatures …): never formatted over. */
+  | { kind: 'other'; description: string };
+
+export interface MountOptions {
+  fsType?: string;
+  /** Extra -o flags (CSI mount_flags). */
+  flags: readonly string[];
+  readOnly: boolean;
+  /** Bind-mount `source` (a directory, or a device node onto a file). */
+  bind?: boolean;
+}
+
+export interface Usage {
+  totalBytes: bigint;
+  usedBytes: bigint;
+  availableBytes: bigint;
+  totalInodes: bigint;
+  usedInodes: bigint;
+  availableInodes: bigint;
+}
+
+export interface Filesystems {
+  probe(device: string): Promise<Probe>;
+  /** Formats only a blank device (checked again here); anything else → DriverError 'precondition'. */
+  format(device: string, fsType: FsType): Promise<void>;
+  /** Not idempotent by itself: callers check isMountPoint first. */
+  mount(source: string, target: string, options: MountOptions): Promise<void>;
+  /** Idempotent: not mounted is done; stale mounts are lazily unmounted; stacked mounts all go. */
+  unmount(target: string): Promise<void>;
+  isMountPoint(path: string): Promise<boolean>;
+  /** Online grow to the device size: resize2fs takes the device, xfs_growfs the mount point. */
+  grow(fsType: FsType, device: string, mountPoint: string): Promise<void>;
+  usage(path: string): Promise<Usage>;
+}
+
+/**
+ * The path as mountinfo and the loop driver name it (symlinks resolved).
+ * Falls back to the parent's real path when the path itself cannot be
+ * resolved (missing, or a stale mount answering ENOTCONN), then to resolve().
+ */
+export async function canonicalPath(path: string): Promise<string> {
+  const absolute = resolve(path);
+  try {
+    return await realpath(absolute);
+  } catch {
+    try {
+      return join(await realpath(dirname(absolute)), basename(absolute));
+    } catch {
+      return absolute;
+    }
+  }
+}
+
+/** `blkid -o export` lines (KEY=value) into a record. */
+export function parseBlkidExport(stdout: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of stdout.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) fields[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
+  }
+  return fields;
+}
+
+/** What blkid found, as a Probe. Only USAGE=filesystem with a TYPE counts as a filesystem. */
+export function classifyBlkid(fields: Record<string, string>): Probe {
+  const type = fields['TYPE'];
+  if (fields['USAGE'] === 'filesystem' && type !== undefined) return { kind: 'filesystem', fsType: type };
+  const parts: string[] = [];
+  if (type !== undefined) parts.push(`${type} (${fields['USAGE'] ?? 'unknown usage'})`);
+  if (fields['PTTYPE'] !== undefined) parts.push(`partition table ${fields['PTTYPE']}`);
+  return { kind: 'other', description: parts.join(', ') || 'unrecognised signature' };
+}
+
+export interface Signature {
+  type: string;
+  offset: string;
+}
+
+/** `wipefs --no-act --json`; older versions print nothing when there are no signatures. */
+export function parseWipefs(stdout: string): Signature[] {
+  if (stdout.trim() === '') return [];
+  const data = JSON.parse(stdout) as { signatures?: { type?: string; offset?: string }[] };
+  return (data.signatures ?? []).map((s) => ({ type: s.type ?? 'unknown', offset: s.offset ?? '?' }));
+}
+
+const describeSignatures = (sigs: readonly Signature[]): string =>
+  sigs.map((s) => `${s.type} at ${s.offset}`).join(', ');
+
+/** errors a dead FUSE daemon or an unreachable NFS server give for a stat of the mount point */
+const STALE = /Transport endpoint is not connected|Stale file handle|Input\/output error|timed out/;
+
+export function makeFilesystems(run: Runner): Filesystems {
+  const signatures = async (device: string): Promise<Signature[]> =>
+    parseWipefs((await run(['wipefs', '--no-act', '--json', device], { timeoutMs: 30_000 })).stdout);
+
+  const mounted = async (path: string): Promise<boolean> => mountAt(await readMountInfo(), path) !== undefined;
+
+  // A separate `stat` process with a timeout: a hung NFS stat would otherwise block a libuv
+  // thread forever. --cached=never: FUSE answers from cached attributes for a second after
+  // its daemon died; forcing a real getattr gets the ENOTCONN (or an NFS server's ESTALE).
+  const isStale = async (path: string): Promise<boolean> => {
+    try {
+      await run(['stat', '--cached=never', '--format=%i', path], { timeoutMs: 5_000 });
+      return false;
+    } catch (e) {
+      if (e instanceof CommandFailed) return STALE.test(e.stderr);
+      throw e;
+    }
+  };
+
+  const fs: Filesystems = {
+    async probe(device) {
+      try {
+        // -p: low-level probe of the device itself, never blkid's cache.
+        const { stdout } = await run(['blkid', '-p', '-o', 'export', device], { timeoutMs: 30_000 });
+        return classifyBlkid(parseBlkidExport(stdout));
+      } catch (e) {
+        if (!(e instanceof CommandFailed)) throw e;
+        if (e.exitCode === 2) {
+          // blkid found nothing; wipefs lists every signature libblkid knows, at any offset.
+          const sigs = await signatures(device);
+          return sigs.length === 0 ? { kind: 'blank' } : { kind: 'other', description: describeSignatures(sigs) };
+        }
+        if (e.exitCode === 8) {
+          // "ambivalent result": more than one signature; name them all.
+          return { kind: 'other', description: `several signatures: ${describeSignatures(await signatures(device))}` };
+        }
+        throw e;
+      }
+    },
+
+    async format(device, fsType) {
+      const found = await fs.probe(device);
+      if (found.kind !== 'blank') {
+        const what = found.kind === 'filesystem' ? `a ${found.fsType} filesystem` : found.description;
+        throw precondition(`device ${device} already holds ${what}; refusing to format it as ${fsType}`);
+      }
+      // Only blank (zeroed or never-written) devices get here, so skipping journal zeroing is
+      // safe; lazy inode tables are finished by the kernel after mount; -m 0 as kubernetes
+      // mount-utils does (pods rarely run as root); 4 KiB blocks even on small volumes, which
+      // mke2fs would otherwise make with 1 KiB blocks. No discard: a blank image is sparse already.
+      const argv =
+        fsType === 'ext4'
+          ? ['mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', device]
+          : ['mkfs.xfs', '-f', '-q', '-K', device];
+      await run(argv, { timeoutMs: 10 * 60_000 });
+    },
+
+    async mount(source, target, options) {
+      if (options.flags.some((f) => f === '' || f.includes(','))) {
+        throw invalid(`mount flags for ${target} must be non-empty and contain no commas: ${options.flags.join(' ')}`);
+      }
+      const flags = [...(options.readOnly ? ['ro'] : []), ...options.flags];
+      if (options.bind === true) {
+        await run(['mount', '--bind', source, target]);
+        // A bind mount takes ro and other flags only on a remount of the bind.
+        if (flags.length > 0) await run(['mount', '-o', ['remount', 'bind', ...flags].join(','), target]);
+        return;
+      }
+      const argv = ['mount'];
+      if (options.fsType !== undefined) argv.push('-t', options.fsType);
+      if (flags.length > 0) argv.push('-o', flags.join(','));
+      await run([...argv, source, target]);
+    },
+
+    async unmount(target) {
+      const path = await canonicalPath(target);
+      for (let round = 0; round < 4; round++) {
+        if (!(await mounted(path))) return;
+        try {
+          await run(['umount', path]);
+        } catch (e) {
+          if (!(e instanceof CommandFailed)) throw e;
+          if (!(await mounted(path))) return; // someone else unmounted it meanwhile
+          // A busy healthy mount is the caller's problem; a dead one is detached lazily.
+          if (!(await isStale(path))) throw e;
+          await run(['umount', '-l', path]);
+        }
+      }
+      if (await mounted(path)) throw internal(`${path} is still mounted after 4 unmounts`);
+    },
+
+    async isMountPoint(path) {
+      return mounted(await canonicalPath(path));
+    },
+
+    async grow(fsType, device, mountPoint) {
+      const argv = fsType === 'ext4' ? ['resize2fs', device] : ['xfs_growfs', '-d', mountPoint];
+      try {
+        await run(argv, { timeoutMs: 10 * 60_000 });
+      } catch (e) {
+        // The kernel's online ext4 resize answers EPERM without CAP_SYS_RESOURCE (or when the
+        // filesystem has recorded errors); resize2fs only says "Permission denied".
+        if (e instanceof CommandFailed && fsType === 'ext4' && /Permission denied to resize/.test(e.stderr)) {
+          throw internal(
+            `resize2fs ${device} (mounted at ${mountPoint}): permission denied; online ext4 growth needs CAP_SYS_RESOURCE and a filesystem without recorded errors`,
+            e,
+          );
+        }
+        throw e;
+      }
+    },
+
+    async usage(path) {
+      const s = await statfs(path, { bigint: true });
+      return {
+        totalBytes: s.blocks * s.bsize,
+        usedBytes: (s.blocks - s.bfree) * s.bsize,
+        availableBytes: s.bavail * s.bsize,
+        totalInodes: s.files,
+        usedInodes: s.files - s.ffree,
+        availableInodes: s.ffree,
+      };
+    },
+  };
+  return fs;
+}

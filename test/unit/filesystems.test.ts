@@ -1,0 +1,147 @@
+/** blkid/wipefs parsing and the probe's decisions, against captured util-linux 2.38 output. */
+import { describe, expect, it } from 'vitest';
+import { CommandFailed, type RunResult, type Runner } from '../../src/system/command.js';
+import { classifyBlkid, makeFilesystems, parseBlkidExport, parseWipefs } from '../../src/system/filesystems.js';
+
+// `blkid -p -o export /dev/loop1` after mkfs.ext4, mkfs.xfs and mkswap.
+const EXT4 = `DEVNAME=/dev/loop1
+UUID=58407b6d-29af-455e-a794-8bfa1da088e9
+VERSION=1.0
+BLOCK_SIZE=1024
+TYPE=ext4
+USAGE=filesystem`;
+const XFS = `DEVNAME=/dev/loop1
+UUID=7b7b2452-5311-40ea-85eb-89e13c98b432
+BLOCK_SIZE=512
+TYPE=xfs
+USAGE=filesystem`;
+const SWAP = `DEVNAME=/dev/loop1
+UUID=8d7454ef-eefd-40ab-b704-b9649870855f
+VERSION=1
+TYPE=swap
+USAGE=other`;
+
+// `wipefs --no-act --json` on a blank device, and on one with an xfs and an ext4 superblock.
+const WIPEFS_BLANK = `{
+   "signatures": [
+
+   ]
+}`;
+const WIPEFS_TWO = `{
+   "signatures": [
+      {
+         "device": "loop1",
+         "offset": "0x0",
+         "type": "xfs",
+         "uuid": "62ae0d2e-b9ec-4e7b-9418-f4d534de2097",
+         "label": null
+      },{
+         "device": "loop1",
+         "offset": "0x438",
+         "type": "ext4",
+         "uuid": "c815b008-9eaf-4df6-a2e0-6ebe5707314b",
+         "label": null
+      }
+   ]
+}`;
+const AMBIVALENT =
+  'blkid: /dev/loop1: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more details)';
+
+describe('blkid -o export', () => {
+  it.each([
+    ['ext4', EXT4, { kind: 'filesystem', fsType: 'ext4' }],
+    ['xfs', XFS, { kind: 'filesystem', fsType: 'xfs' }],
+    ['swap', SWAP, { kind: 'other', description: 'swap (other)' }],
+    ['a partition table', 'DEVNAME=/dev/sdb\nPTUUID=1b2c\nPTTYPE=gpt', { kind: 'other', description: 'partition table gpt' }],
+    ['LUKS', 'TYPE=crypto_LUKS\nUSAGE=crypto', { kind: 'other', description: 'crypto_LUKS (crypto)' }],
+    ['a type without usage', 'TYPE=weird', { kind: 'other', description: 'weird (unknown usage)' }],
+  ])('classifies %s', (_name, text, expected) => {
+    expect(classifyBlkid(parseBlkidExport(text))).toEqual(expected);
+  });
+});
+
+describe('wipefs --json', () => {
+  it('lists signatures with offsets', () => {
+    expect(parseWipefs(WIPEFS_TWO)).toEqual([
+      { type: 'xfs', offset: '0x0' },
+      { type: 'ext4', offset: '0x438' },
+    ]);
+  });
+  it.each([WIPEFS_BLANK, ''])('reads no signatures as none', (text) => {
+    expect(parseWipefs(text)).toEqual([]);
+  });
+});
+
+function scripted(answer: (argv: readonly string[]) => RunResult | Error): { run: Runner; calls: string[][] } {
+  const calls: string[][] = [];
+  return {
+    calls,
+    run: async (argv) => {
+      calls.push([...argv]);
+      const a = answer(argv);
+      if (a instanceof Error) throw a;
+      return a;
+    },
+  };
+}
+
+describe('probe', () => {
+  it('calls a device blank only when blkid (exit 2) and wipefs both find nothing', async () => {
+    const { run } = scripted((argv) => (argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: WIPEFS_BLANK, stderr: '' }));
+    expect(await makeFilesystems(run).probe('/dev/loop1')).toEqual({ kind: 'blank' });
+  });
+
+  it('treats a signature only wipefs sees as other', async () => {
+    const { run } = scripted((argv) => (argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: WIPEFS_TWO, stderr: '' }));
+    expect(await makeFilesystems(run).probe('/dev/loop1')).toEqual({ kind: 'other', description: 'xfs at 0x0, ext4 at 0x438' });
+  });
+
+  it('names every signature of an ambivalent device (exit 8)', async () => {
+    const { run } = scripted((argv) =>
+      argv[0] === 'blkid' ? new CommandFailed(argv, 8, AMBIVALENT) : { stdout: WIPEFS_TWO, stderr: '' },
+    );
+    expect(await makeFilesystems(run).probe('/dev/loop1')).toEqual({
+      kind: 'other',
+      description: 'several signatures: xfs at 0x0, ext4 at 0x438',
+    });
+  });
+
+  it('passes other blkid failures on', async () => {
+    const { run } = scripted((argv) => new CommandFailed(argv, 4, 'blkid: error: /dev/nope: No such file or directory'));
+    await expect(makeFilesystems(run).probe('/dev/nope')).rejects.toBeInstanceOf(CommandFailed);
+  });
+
+  it('formats only after a blank probe, with the fast flags', async () => {
+    const { run, calls } = scripted((argv) =>
+      argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: argv[0] === 'wipefs' ? WIPEFS_BLANK : '', stderr: '' },
+    );
+    await makeFilesystems(run).format('/dev/loop1', 'ext4');
+    expect(calls.at(-1)).toEqual([
+      'mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '/dev/loop1',
+    ]);
+  });
+
+  it('refuses to format a device with a filesystem', async () => {
+    const { run, calls } = scripted(() => ({ stdout: XFS, stderr: '' }));
+    await expect(makeFilesystems(run).format('/dev/loop1', 'ext4')).rejects.toMatchObject({ kind: 'precondition' });
+    expect(calls.some((c) => c[0]?.startsWith('mkfs'))).toBe(false);
+  });
+});
+
+describe('mount', () => {
+  it('bind-mounts, then remounts the bind read-only with the flags', async () => {
+    const { run, calls } = scripted(() => ({ stdout: '', stderr: '' }));
+    await makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: ['nosuid'] });
+    expect(calls).toEqual([
+      ['mount', '--bind', '/src', '/dst'],
+      ['mount', '-o', 'remount,bind,ro,nosuid', '/dst'],
+    ]);
+  });
+
+  it('refuses flags that would smuggle in more options', async () => {
+    const { run } = scripted(() => ({ stdout: '', stderr: '' }));
+    await expect(makeFilesystems(run).mount('/dev/loop1', '/dst', { flags: ['ro,suid'], readOnly: false })).rejects.toMatchObject({
+      kind: 'invalid',
+    });
+  });
+});
