@@ -79,7 +79,8 @@ export class VolumeService {
     const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes);
     const id = idFromName(input.name);
 
-    const existing = await this.store.find(id);
+    // Only the class's mounts can hold this volume: another mount being down does not block it.
+    const existing = await this.store.find(id, params.mounts);
     if (existing !== undefined) return this.reuse(existing, input);
 
     const rooms = await roomsOf(this.mounts, this.ledger);
@@ -116,7 +117,7 @@ export class VolumeService {
       }),
     );
     if (!created) {
-      const raced = await this.store.find(id);
+      const raced = await this.store.find(id, params.mounts);
       if (raced === undefined) throw precondition(`volume ${id} appeared and vanished while being created; retry`);
       return this.reuse(raced, input);
     }

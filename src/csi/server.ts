@@ -2,7 +2,7 @@
  * The gRPC server on a unix socket: a stale socket file is replaced, the new
  * one is not world-writable, and shutdown lets in-flight calls finish (bounded).
  */
-import { lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -44,6 +44,8 @@ export async function startServer(socketPath: string, services: Services, log: L
   } finally {
     process.umask(previous);
   }
+  // grpc-js may create the socket outside the umask window; make sure.
+  await chmod(socketPath, 0o660);
   log.info({ socket: socketPath }, 'serving CSI');
 
   return {

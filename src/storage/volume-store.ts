@@ -37,8 +37,9 @@ export class VolumeStore {
   /**
    * Finds a volume by id on the mounted mounts: O(mounts) reads. When it is
    * not found while a mount is unreachable, the answer is UNAVAILABLE, never "gone".
+   * `scope` limits that to the mounts the volume could be on (a StorageClass's).
    */
-  async find(id: string): Promise<FoundVolume | undefined> {
+  async find(id: string, scope?: readonly string[]): Promise<FoundVolume | undefined> {
     const health = await this.mounts.all();
     const found = await Promise.all(
       health.map(async (h): Promise<FoundVolume | undefined> => {
@@ -51,7 +52,7 @@ export class VolumeStore {
     );
     const hit = found.find((f) => f !== undefined);
     if (hit !== undefined) return hit;
-    const down = health.filter((h) => !h.mounted);
+    const down = health.filter((h) => !h.mounted && (scope === undefined || scope.includes(h.name)));
     if (down.length > 0) {
       throw unavailable(
         `volume ${id} is not on any reachable mount, and mount(s) ${down.map((h) => `${h.name} (${h.reason ?? 'unusable'})`).join(', ')} cannot be checked; retry when they are back`,

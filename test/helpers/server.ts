@@ -45,15 +45,18 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
-  for (let i = 0; i < 200 && !existsSync(socket); i++) {
-    if (child.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
+  // Ready means answering: a crashed predecessor may have left its socket file behind.
+  const client = connect(endpoint);
+  let up = false;
+  for (let i = 0; i < 200 && !up && child.exitCode === null; i++) {
+    if (existsSync(socket)) up = await client.identity('Probe').then(() => true, () => false);
+    if (!up) await new Promise((r) => setTimeout(r, 50));
   }
-  if (!existsSync(socket)) {
+  if (!up) {
+    client.close();
     child.kill('SIGKILL');
     throw new Error(`driver did not start; see ${logFile}`);
   }
-  const client = connect(endpoint);
   const cleanupDir = options.dir === undefined;
   return {
     endpoint,

@@ -30,7 +30,8 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     rootOnlyReason();
     big = makeScratch('xfs', 2048);
     small = makeScratch('ext4', 200);
-    driver = await startDriver({ mounts: { big: big.path, small: small.path } });
+    // No health cache: capacity figures must match statfs taken right before.
+    driver = await startDriver({ mounts: { big: big.path, small: small.path }, args: ['--health-cache-seconds', '0'] });
   });
   afterAll(async () => {
     await driver?.stop();
