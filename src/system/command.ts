@@ -57,7 +57,9 @@ export function makeRunner(log: Logger): Runner {
     const durationMs = Math.round(performance.now() - started);
     if (result.failed) {
       const stderr = result.timedOut ? `timed out after ${String(options.timeoutMs ?? 60_000)} ms` : result.stderr;
-      log.warn({ argv, exitCode: result.exitCode, stderr: summarise(stderr), durationMs }, 'command failed');
+      // Debug only: some exit codes are answers (blkid 2 = nothing found); a real
+      // failure is logged once, by the RPC that it fails, with this stderr.
+      log.debug({ argv, exitCode: result.exitCode, stderr: summarise(stderr), durationMs }, 'command failed');
       throw new CommandFailed(argv, result.exitCode, stderr || (result.shortMessage ?? ''), { cause: result.cause });
     }
     log.debug({ argv, durationMs }, 'command');

@@ -240,3 +240,33 @@ describe.skipIf(!isRoot)('node service', () => {
     expect(await codeOf(driver.client.node(method, req('pvc-order')))).toBe(code);
   });
 });
+
+describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
+  it('refuses to stage a qcow2 volume a second node already has open', async () => {
+    const share = makeScratch('xfs', 512);
+    const kubeletA = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
+    const kubeletB = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
+    const a = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubeletA] });
+    const b = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubeletB, '--node-id', 'node-b'] });
+    try {
+      const cap = blockCap();
+      await a.client.controller('CreateVolume', createRequest('pvc-locked', { volume_capabilities: [cap] }));
+      const stage = (d: Driver, k: string) =>
+        d.client.node('NodeStageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(k, 'pvc-locked').staging, volume_capability: cap });
+      await stage(a, kubeletA);
+      // Node B skipped ControllerPublish (a lost fence): qemu's lock still stops it.
+      const err = await stage(b, kubeletB).catch((e: unknown) => e as { code: number; details: string });
+      expect(err.code).toBe(status.FAILED_PRECONDITION);
+      expect(err.details).toMatch(/lock|in use/);
+      expect(leftovers(kubeletB)).toEqual([]);
+      await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(kubeletA, 'pvc-locked').staging });
+      expect(leftovers(kubeletA)).toEqual([]);
+    } finally {
+      await a.stop();
+      await b.stop();
+      share.cleanup();
+      rmSync(kubeletA, { recursive: true, force: true });
+      rmSync(kubeletB, { recursive: true, force: true });
+    }
+  });
+});
