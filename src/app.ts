@@ -6,7 +6,12 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { PublishService } from './controller/publish.js';
+import { ImageBuilder } from './controller/images.js';
+import { SnapshotService } from './controller/snapshots.js';
+import { Sources } from './controller/sources.js';
 import { VolumeService } from './controller/volumes.js';
+import { SnapshotStore } from './storage/snapshot-store.js';
+import { makeFiles } from './system/files.js';
 import { controllerService } from './csi/controller.js';
 import { makeHandle } from './csi/handle.js';
 import { identityService } from './csi/identity.js';
@@ -16,6 +21,7 @@ import type { Services } from './csi/server.js';
 import { Ledger } from './storage/ledger.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
+import { cleanTemp } from './storage/whole.js';
 import { makeRunner, type Runner } from './system/command.js';
 import { makeQemuImg } from './system/qemu-img.js';
 import { makeFilesystems } from './system/filesystems.js';
@@ -58,12 +64,17 @@ export function buildApp(config: Config, log: Logger): App {
   const run = makeRunner(log.child({ component: 'command' }));
   const qemuImg = makeQemuImg(run);
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
-  const store = new VolumeStore(mounts, log.child({ component: 'store' }));
+  const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
   const handle = makeHandle(log, new KeyedLocks());
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
-  const volumes = new VolumeService(config, mounts, store, ledger, qemuImg);
+  const files = makeFiles(run);
+  const snapshotStore = new SnapshotStore(mounts);
+  const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files);
+  const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
+  const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
+  const volumes = new VolumeService(config, mounts, store, ledger, qemuImg, snapshotStore, sources, images);
   const publishing = new PublishService(volumes, mounts, store);
 
   let toolsOkAt = 0;
@@ -83,7 +94,7 @@ export function buildApp(config: Config, log: Logger): App {
   return {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
-      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, mounts, store, ledger }) } : {}),
+      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, mounts, store, ledger }) } : {}),
       ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, run, store), mounts }) } : {}),
     },
     async prepare() {
@@ -92,7 +103,9 @@ export function buildApp(config: Config, log: Logger): App {
           log.warn({ mount: h.name, path: h.path, reason: h.reason }, 'mount is not usable; nothing will be written there');
           continue;
         }
-        if (controller) await store.cleanTemp(mounts.layout(h.name));
+        if (!controller) continue;
+        const removed = await cleanTemp(mounts.layout(h.name).tmp);
+        if (removed > 0) log.info({ mount: h.name, removed }, 'removed leftovers of interrupted work');
       }
     },
   };

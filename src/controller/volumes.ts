@@ -14,6 +14,9 @@ import { place, roomFor, type Segment } from '../domain/placement.js';
 import { fitsRange, formatBytes, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
 import { topologyKey } from '../domain/topology.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { SnapshotStore } from '../storage/snapshot-store.js';
+import type { ImageBuilder } from './images.js';
+import type { ContentSource, Sources } from './sources.js';
 import { Layout } from '../storage/layout.js';
 import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -35,6 +38,7 @@ export interface CreateVolumeInput {
   parameters: Record<string, string>;
   requisite: Segment[];
   preferred: Segment[];
+  contentSource?: ContentSource | undefined;
 }
 
 export interface VolumeView {
@@ -65,6 +69,9 @@ export class VolumeService {
     private readonly store: VolumeStore,
     private readonly ledger: Ledger,
     private readonly qemuImg: QemuImg,
+    private readonly snapshots: SnapshotStore,
+    private readonly sources: Sources,
+    private readonly images: ImageBuilder,
   ) {}
 
   keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
@@ -76,27 +83,16 @@ export class VolumeService {
       if (!this.mounts.has(m)) throw invalid(`StorageClass mounts names ${m}, which is not configured (known: ${this.mounts.names().join(', ')})`);
     }
     checkCapabilities(input.capabilities, params.format);
-    const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes);
     const id = idFromName(input.name);
 
     // Only the class's mounts can hold this volume: another mount being down does not block it.
     const existing = await this.store.find(id, params.mounts);
     if (existing !== undefined) return this.reuse(existing, input);
 
-    const rooms = await roomsOf(this.mounts, this.ledger);
-    const placement = place(rooms, {
-      sizeBytes,
-      thin: isThin(params),
-      ratio: this.settings.overSubscription,
-      allowed: params.mounts,
-      requisite: input.requisite,
-      preferred: input.preferred,
-      keyOf: this.keyOf,
-    });
-    if (placement.mount === undefined) {
-      throw exhausted(`no mount can hold volume ${input.name} of ${formatBytes(sizeBytes)}: ${placement.reasons.join('; ')}`);
-    }
-    const mount = placement.mount;
+    const base = await this.sources.resolve(input.contentSource, params, id, log);
+    const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
+    const linked = base !== undefined && params.cloneMode === 'linked';
+    const mount = await this.place(input, params, sizeBytes, linked ? base.mount : undefined);
     const layout = await this.mounts.requireUsable(mount);
     const record: VolumeRecord = {
       schema: SCHEMA,
@@ -106,24 +102,47 @@ export class VolumeService {
       sizeBytes: sizeBytes.toString(),
       createdAt: new Date().toISOString(),
       parameters: input.parameters,
-      contentSource: null,
+      contentSource: input.contentSource ?? null,
+      backing: linked ? base.snapshotId : null,
       pvc: params.pvcName === undefined ? null : { name: params.pvcName, namespace: params.pvcNamespace ?? '' },
       publications: [],
     };
-    const created = await this.store.create(layout, record, (dir) =>
-      this.qemuImg.create(join(dir, Layout.imageName(params.format)), params.format, sizeBytes, {
-        preallocation: params.preallocation,
-        ...(params.clusterSize === undefined ? {} : { clusterSize: params.clusterSize }),
-      }),
-    );
+    // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
+    if (linked) await this.snapshots.addRef(base.layout, base.snapshotId, id);
+    let created = false;
+    try {
+      created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
+    } finally {
+      if (linked && !created) await this.snapshots.release(base.layout, base.snapshotId, id);
+    }
     if (!created) {
       const raced = await this.store.find(id, params.mounts);
       if (raced === undefined) throw precondition(`volume ${id} appeared and vanished while being created; retry`);
       return this.reuse(raced, input);
     }
     this.ledger.note(mount, id, sizeBytes);
-    log.info({ volumeId: id, mount, format: params.format, sizeBytes: sizeBytes.toString() }, 'volume created');
+    log.info({ volumeId: id, mount, format: params.format, sizeBytes: sizeBytes.toString(), source: input.contentSource, linked }, 'volume created');
     return view({ mount, record });
+  }
+
+  /** The mount for a new volume; a linked clone must sit beside its base. */
+  private async place(input: CreateVolumeInput, params: VolumeParameters, sizeBytes: bigint, only: string | undefined): Promise<string> {
+    if (only !== undefined && params.mounts !== undefined && !params.mounts.includes(only)) {
+      throw invalid(`a linked clone must live on its source's mount ${only}, which the StorageClass does not allow; use cloneMode full`);
+    }
+    const placement = place(await roomsOf(this.mounts, this.ledger), {
+      sizeBytes,
+      thin: isThin(params),
+      ratio: this.settings.overSubscription,
+      allowed: only === undefined ? params.mounts : [only],
+      requisite: input.requisite,
+      preferred: input.preferred,
+      keyOf: this.keyOf,
+    });
+    if (placement.mount === undefined) {
+      throw exhausted(`no mount can hold volume ${input.name} of ${formatBytes(sizeBytes)}: ${placement.reasons.join('; ')}`);
+    }
+    return placement.mount;
   }
 
   /** A repeated CreateVolume: the same volume when compatible, ALREADY_EXISTS otherwise. */
@@ -132,6 +151,7 @@ export class VolumeService {
     const why: string[] = [];
     if (r.name !== input.name) why.push(`its id ${r.id} belongs to request name ${r.name}`);
     if (defining(r.parameters) !== defining(input.parameters)) why.push('the StorageClass parameters differ');
+    if (JSON.stringify(r.contentSource) !== JSON.stringify(input.contentSource ?? null)) why.push('its content source differs');
     if (!fitsRange(BigInt(r.sizeBytes), input.capacity)) why.push(`its size ${r.sizeBytes} is outside the requested range`);
     for (const cap of input.capabilities) {
       const reason = unsupportedReason(cap, r.format);
@@ -154,6 +174,7 @@ export class VolumeService {
     const layout = await this.mounts.requireUsable(found.mount);
     await this.store.remove(layout, id);
     this.ledger.forget(found.mount, id);
+    if (found.record.backing !== null) await this.snapshots.release(layout, found.record.backing, id);
     log.info({ volumeId: id, mount: found.mount }, 'volume deleted');
   }
 

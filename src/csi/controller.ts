@@ -5,6 +5,8 @@
 import { capacity, type CapacityInput } from '../controller/capacity.js';
 import { listVolumes } from '../controller/listing.js';
 import type { PublishService } from '../controller/publish.js';
+import type { SnapshotService, SnapshotView } from '../controller/snapshots.js';
+import type { ContentSource } from '../controller/sources.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
 import { view } from '../controller/volumes.js';
 import { invalid } from '../domain/errors.js';
@@ -29,6 +31,7 @@ import {
 export interface ControllerDeps {
   volumes: VolumeService;
   publishing: PublishService;
+  snapshots: SnapshotService;
   mounts: Mounts;
   store: VolumeStore;
   ledger: Ledger;
@@ -47,6 +50,9 @@ export const CONTROLLER_CAPABILITIES = [
   'PUBLISH_UNPUBLISH_VOLUME',
   'LIST_VOLUMES_PUBLISHED_NODES',
   'PUBLISH_READONLY',
+  'CREATE_DELETE_SNAPSHOT',
+  'LIST_SNAPSHOTS',
+  'CLONE_VOLUME',
 ] as const;
 
 interface VolumeRequest {
@@ -59,7 +65,36 @@ interface CreateVolumeRequest {
   volume_capabilities?: CsiCapability[];
   parameters?: Record<string, string>;
   accessibility_requirements?: CsiTopologyRequirement | null;
-  volume_content_source?: object | null;
+  volume_content_source?: CsiContentSource | null;
+}
+interface CsiContentSource {
+  snapshot?: { snapshot_id?: string } | null;
+  volume?: { volume_id?: string } | null;
+  type?: string;
+}
+
+function parseContentSource(s: CsiContentSource | null | undefined): ContentSource | undefined {
+  if (s === null || s === undefined) return undefined;
+  if (s.snapshot) return { type: 'snapshot', id: requireString(s.snapshot.snapshot_id, 'volume_content_source.snapshot.snapshot_id') };
+  if (s.volume) return { type: 'volume', id: requireString(s.volume.volume_id, 'volume_content_source.volume.volume_id') };
+  throw invalid('volume_content_source names neither a snapshot nor a volume');
+}
+
+function toCsiSource(s: ContentSource | null) {
+  if (s === null) return null;
+  return s.type === 'snapshot' ? { snapshot: { snapshot_id: s.id } } : { volume: { volume_id: s.id } };
+}
+
+function toCsiSnapshot(v: SnapshotView) {
+  const ms = Date.parse(v.createdAt);
+  return {
+    snapshot_id: v.id,
+    source_volume_id: v.sourceVolumeId,
+    size_bytes: v.sizeBytes.toString(),
+    creation_time: { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
+    ready_to_use: true,
+    group_snapshot_id: '',
+  };
 }
 
 const byVolume = (r: VolumeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
@@ -70,7 +105,7 @@ export function toCsiVolume(v: VolumeView, keyOf: (mount: string) => string) {
     volume_id: v.id,
     capacity_bytes: v.sizeBytes.toString(),
     volume_context: { format: v.record.format, mount: v.mount },
-    content_source: null,
+    content_source: toCsiSource(v.record.contentSource),
     accessible_topology: [{ segments: { [keyOf(v.mount)]: 'true' } }],
   };
 }
@@ -95,9 +130,6 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
       async (r: CreateVolumeRequest, log) => {
         const name = requireString(r.name, 'name');
-        if (r.volume_content_source) {
-          throw invalid('volume_content_source is not supported yet: filedriver does not advertise CLONE_VOLUME');
-        }
         const v = await volumes.create(
           {
             name,
@@ -105,6 +137,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
             capabilities: parseCapabilities(r.volume_capabilities, true),
             parameters: r.parameters ?? {},
             ...parseTopology(r.accessibility_requirements),
+            contentSource: parseContentSource(r.volume_content_source),
           },
           log,
         );
@@ -198,6 +231,40 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       async (r: VolumeRequest & { node_id?: string }, log) => {
         await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id ?? '', log);
         return {};
+      },
+    ),
+
+    CreateSnapshot: handle(
+      'CreateSnapshot',
+      {
+        ids: (r: { name?: string; source_volume_id?: string }) => ({ name: r.name ?? '', volumeId: r.source_volume_id ?? '' }),
+        locks: (r: { name?: string; source_volume_id?: string }) => [`snapshot:${idFromName(r.name ?? '')}`, `volume:${r.source_volume_id ?? ''}`],
+      },
+      async (r: { name?: string; source_volume_id?: string; parameters?: Record<string, string> }, log) => {
+        const name = requireString(r.name, 'name');
+        const source = requireString(r.source_volume_id, 'source_volume_id');
+        return { snapshot: toCsiSnapshot(await deps.snapshots.create(name, source, r.parameters ?? {}, log)) };
+      },
+    ),
+
+    DeleteSnapshot: handle(
+      'DeleteSnapshot',
+      { ids: (r: { snapshot_id?: string }) => ({ snapshotId: r.snapshot_id ?? '' }), locks: (r: { snapshot_id?: string }) => [`snapshot:${r.snapshot_id ?? ''}`] },
+      async (r: { snapshot_id?: string }, log) => {
+        await deps.snapshots.delete(requireString(r.snapshot_id, 'snapshot_id'), log);
+        return {};
+      },
+    ),
+
+    ListSnapshots: handle(
+      'ListSnapshots',
+      {},
+      async (r: { max_entries?: number; starting_token?: string; snapshot_id?: string; source_volume_id?: string }) => {
+        const page = await deps.snapshots.list(r.max_entries ?? 0, r.starting_token ?? '', {
+          snapshotId: r.snapshot_id ?? '',
+          sourceVolumeId: r.source_volume_id ?? '',
+        });
+        return { entries: page.entries.map((s) => ({ snapshot: toCsiSnapshot(s) })), next_token: page.nextToken };
       },
     ),
 

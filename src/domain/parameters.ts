@@ -16,9 +16,15 @@ export interface VolumeParameters {
   clusterSize: bigint | undefined;
   pvcName: string | undefined;
   pvcNamespace: string | undefined;
+  /** linked: a qcow2 overlay on an immutable base (O(1)); full: an independent copy. */
+  cloneMode: CloneMode;
+  /** `<mount>/<relative path>` of a golden image every volume of the class starts from. */
+  sourceImage: { mount: string; path: string } | undefined;
 }
 
-export const PARAMETER_KEYS = ['format', 'mounts', 'preallocation', 'clusterSize'] as const;
+export type CloneMode = 'linked' | 'full';
+
+export const PARAMETER_KEYS = ['format', 'mounts', 'preallocation', 'clusterSize', 'cloneMode', 'sourceImage'] as const;
 /** Keys the external-provisioner adds (--extra-create-metadata) and secret references. */
 const K8S_PREFIX = 'csi.storage.k8s.io/';
 
@@ -71,9 +77,14 @@ export function parseParameters(params: Record<string, string>, defaultFormat: F
           .map((s) => s.trim())
           .filter((s) => s !== '');
   if (mounts !== undefined && mounts.length === 0) throw invalid('mounts must name at least one mount');
+  const cloneText = params['cloneMode'] ?? (format === 'qcow2' ? 'linked' : 'full');
+  if (cloneText !== 'linked' && cloneText !== 'full') throw invalid(`cloneMode ${JSON.stringify(cloneText)} must be linked or full`);
+  if (cloneText === 'linked' && format !== 'qcow2') throw invalid('cloneMode linked needs format qcow2 (a raw image has no backing file)');
   return {
     format,
     mounts,
+    cloneMode: cloneText,
+    sourceImage: parseSourceImage(params['sourceImage']),
     preallocation,
     clusterSize: clusterText === undefined ? undefined : parseClusterSize(clusterText),
     pvcName: params[`${K8S_PREFIX}pvc/name`],
@@ -84,4 +95,15 @@ export function parseParameters(params: Record<string, string>, defaultFormat: F
 /** A thin image takes space as it is written; raw and preallocated ones need it all now. */
 export function isThin(p: Pick<VolumeParameters, 'format' | 'preallocation'>): boolean {
   return p.format === 'qcow2' && (p.preallocation === 'off' || p.preallocation === 'metadata');
+}
+
+function parseSourceImage(text: string | undefined): VolumeParameters['sourceImage'] {
+  if (text === undefined) return undefined;
+  const slash = text.indexOf('/');
+  const mount = slash < 0 ? '' : text.slice(0, slash);
+  const path = slash < 0 ? '' : text.slice(slash + 1);
+  if (mount === '' || path === '' || path.startsWith('/') || path.split('/').includes('..') || path.includes('\0')) {
+    throw invalid(`sourceImage ${JSON.stringify(text)} must be <mount>/<path inside the mount>`);
+  }
+  return { mount, path };
 }

@@ -33,8 +33,14 @@ export interface CapacityRange {
  * rounded up to a MiB, the default when unset, and OUT_OF_RANGE when the limit
  * cannot be met.
  */
-export function sizeFor(range: CapacityRange, defaultBytes: bigint): bigint {
-  const { requiredBytes, limitBytes } = range;
+export function sizeFor(range: CapacityRange, defaultBytes: bigint, sourceBytes?: bigint): bigint {
+  const { limitBytes } = range;
+  // A clone is at least as big as its source (CSI: a larger size grows it after the copy).
+  if (sourceBytes !== undefined && limitBytes > 0n && limitBytes < sourceBytes) {
+    throw outOfRange(`limit_bytes ${limitBytes} is smaller than the source's ${sourceBytes} bytes`);
+  }
+  const requiredBytes = sourceBytes !== undefined && sourceBytes > range.requiredBytes ? sourceBytes : range.requiredBytes;
+  if (sourceBytes !== undefined && range.requiredBytes === 0n) defaultBytes = sourceBytes;
   if (limitBytes > 0n && requiredBytes > limitBytes) {
     throw outOfRange(`required_bytes ${requiredBytes} is larger than limit_bytes ${limitBytes}`);
   }

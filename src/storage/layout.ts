@@ -35,4 +35,30 @@ export class Layout {
   metaPath(id: string): string {
     return join(this.volumeDir(id), 'volume.json');
   }
+
+  snapshotDir(id: string): string {
+    return join(this.snapshots, id);
+  }
+
+  snapshotImage(id: string, format: Format): string {
+    return join(this.snapshotDir(id), Layout.imageName(format));
+  }
+
+  snapshotMeta(id: string): string {
+    return join(this.snapshotDir(id), 'snapshot.json');
+  }
+
+  /** Dependents of a snapshot: one empty file per volume or snapshot whose image it backs. */
+  refsDir(snapshotId: string): string {
+    return join(this.snapshotDir(snapshotId), 'refs');
+  }
+
+  /**
+   * A snapshot's image as a qcow2 backing reference. Relative, so it holds
+   * wherever the mount is mounted; volumes/<id>/ and snapshots/<id>/ are at the
+   * same depth, so the same text works from either.
+   */
+  static backingRef(snapshotId: string, format: Format): string {
+    return `../../snapshots/${snapshotId}/${Layout.imageName(format)}`;
+  }
 }

@@ -22,6 +22,8 @@ export interface VolumeRecord {
   /** StorageClass parameters as given, for idempotency checks. */
   parameters: Record<string, string>;
   contentSource: { type: 'snapshot' | 'volume'; id: string } | null;
+  /** The snapshot whose image backs this one (a linked clone), if any. */
+  backing: string | null;
   pvc: { name: string; namespace: string } | null;
   /** Nodes the volume is published to (ControllerPublishVolume): the fence. */
   publications: Publication[];
@@ -73,7 +75,37 @@ export async function readRecord(path: string): Promise<VolumeRecord | undefined
     createdAt: r.createdAt ?? new Date(0).toISOString(),
     parameters: r.parameters ?? {},
     contentSource: r.contentSource ?? null,
+    backing: r.backing ?? null,
     pvc: r.pvc ?? null,
     publications: r.publications ?? [],
   };
+}
+
+export interface SnapshotRecord {
+  schema: number;
+  id: string;
+  /** The CreateSnapshot name, or a description for the driver's own bases. */
+  name: string;
+  /** The volume it was taken of; empty for a golden image base. */
+  sourceVolumeId: string;
+  format: Format;
+  sizeBytes: string;
+  createdAt: string;
+  /** reflink: a shared-extent copy; copy: qemu-img convert. */
+  method: 'reflink' | 'copy';
+  /** Snapshots whose image backs this one. */
+  backing: string | null;
+  /** Deleted by the CO but still backing a dependent: hidden, removed with its last dependent. */
+  deleted: boolean;
+  /** Not a CSI snapshot: a golden image or a volume-clone base the driver made. */
+  internal: boolean;
+}
+
+export async function readSnapshot(path: string): Promise<SnapshotRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as SnapshotRecord;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
 }

@@ -11,6 +11,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Text written to the tool's stdin. */
   input?: string;
+  /** Show the tool's stdout on ours (progress bars of admin commands). */
+  inheritOutput?: boolean;
 }
 
 export interface RunResult {
@@ -52,6 +54,7 @@ export function makeRunner(log: Logger): Runner {
       reject: false,
       timeout: options.timeoutMs ?? 60_000,
       stripFinalNewline: true,
+      ...(options.inheritOutput === true ? { stdout: 'inherit' as const } : {}),
       ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
     });
     const durationMs = Math.round(performance.now() - started);
@@ -63,6 +66,6 @@ export function makeRunner(log: Logger): Runner {
       throw new CommandFailed(argv, result.exitCode, stderr || (result.shortMessage ?? ''), { cause: result.cause });
     }
     log.debug({ argv, durationMs }, 'command');
-    return { stdout: result.stdout, stderr: result.stderr };
+    return { stdout: typeof result.stdout === 'string' ? result.stdout : '', stderr: result.stderr };
   };
 }

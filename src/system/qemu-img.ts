@@ -24,6 +24,12 @@ export type CheckResult = { ok: true } | { ok: false; problem: string };
 export interface QemuImg {
   version(): Promise<string>;
   create(path: string, format: Format, sizeBytes: bigint, options?: CreateOptions): Promise<void>;
+  /** A qcow2 image whose unwritten clusters read from `backing` (a path relative to `path`'s directory). */
+  createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint): Promise<void>;
+  /** A sparse-preserving copy, flattening any backing chain; `progress` shows qemu's bar on a terminal. */
+  convert(source: string, sourceFormat: Format, target: string, targetFormat: Format, options?: { progress?: boolean }): Promise<void>;
+  /** Whether two images hold the same guest-visible data (sizes may differ only by zeros). */
+  same(a: string, b: string): Promise<boolean>;
   info(path: string): Promise<ImageInfo>;
   resize(path: string, format: Format, sizeBytes: bigint): Promise<void>;
   check(path: string, format: Format): Promise<CheckResult>;
@@ -76,6 +82,27 @@ export function makeQemuImg(run: Runner): QemuImg {
       argv.push(path, String(sizeBytes));
       const slow = options.preallocation === 'falloc' || options.preallocation === 'full';
       await run(argv, { timeoutMs: slow ? SLOW_MS : QUICK_MS });
+    },
+    async createOverlay(path, backing, backingFormat, sizeBytes) {
+      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, path, String(sizeBytes)], {
+        timeoutMs: QUICK_MS,
+      });
+    },
+    async convert(source, sourceFormat, target, targetFormat, options = {}) {
+      // -U: the source may be open elsewhere (a snapshot of an attached volume is crash-consistent).
+      const argv = ['qemu-img', 'convert', '-U', '-f', sourceFormat, '-O', targetFormat, '-S', '4k'];
+      if (options.progress === true) argv.push('-p');
+      argv.push(source, target);
+      await run(argv, { timeoutMs: SLOW_MS, ...(options.progress === true ? { inheritOutput: true } : {}) });
+    },
+    async same(a, b) {
+      try {
+        await run(['qemu-img', 'compare', '-U', '-q', a, b], { timeoutMs: SLOW_MS });
+        return true;
+      } catch (e) {
+        if (e instanceof CommandFailed && e.exitCode === 1) return false;
+        throw e;
+      }
     },
     async info(path) {
       const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', path], { timeoutMs: QUICK_MS });

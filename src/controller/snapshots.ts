@@ -1,0 +1,153 @@
+/**
+ * CSI snapshots: an immutable image on the same mount as its source. A reflink
+ * copy where the filesystem can (O(1) in the data, and a point-in-time copy
+ * of the file even while the volume is attached); otherwise a sparse
+ * `qemu-img convert` copy.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { alreadyExists, busy, invalid, notFound } from '../domain/errors.js';
+import { checkId, idFromName, isValidId } from '../domain/ids.js';
+import { Layout } from '../storage/layout.js';
+import type { Mounts } from '../storage/mounts.js';
+import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
+import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
+import type { VolumeStore } from '../storage/volume-store.js';
+import type { Files } from '../system/files.js';
+import type { QemuImg } from '../system/qemu-img.js';
+
+export interface SnapshotView {
+  id: string;
+  sourceVolumeId: string;
+  sizeBytes: bigint;
+  createdAt: string;
+}
+
+export const view = (r: SnapshotRecord): SnapshotView => ({
+  id: r.id,
+  sourceVolumeId: r.sourceVolumeId,
+  sizeBytes: BigInt(r.sizeBytes),
+  createdAt: r.createdAt,
+});
+
+const K8S_PREFIX = 'csi.storage.k8s.io/';
+
+export class SnapshotService {
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly volumes: VolumeStore,
+    private readonly snapshots: SnapshotStore,
+    private readonly qemuImg: QemuImg,
+    private readonly files: Files,
+  ) {}
+
+  async create(name: string, sourceVolumeId: string, parameters: Record<string, string>, log: Logger): Promise<SnapshotView> {
+    if (name === '') throw invalid('name is required');
+    checkId(sourceVolumeId, 'source_volume_id');
+    const unknown = Object.keys(parameters).filter((k) => !k.startsWith(K8S_PREFIX));
+    if (unknown.length > 0) throw invalid(`unknown VolumeSnapshotClass parameter ${unknown.join(', ')}; filedriver takes none`);
+    const id = idFromName(name);
+    const existing = await this.snapshots.find(id);
+    if (existing !== undefined) return this.reuse(existing, name, sourceVolumeId);
+
+    const source = await this.volumes.find(sourceVolumeId);
+    if (source === undefined) throw notFound(`source volume ${sourceVolumeId} does not exist`);
+    const layout = await this.mounts.requireUsable(source.mount);
+    const record: SnapshotRecord = {
+      schema: SCHEMA,
+      id,
+      name,
+      sourceVolumeId,
+      format: source.record.format,
+      sizeBytes: source.record.sizeBytes,
+      createdAt: new Date().toISOString(),
+      method: 'reflink',
+      backing: null,
+      deleted: false,
+      internal: false,
+    };
+    await this.copyInto(layout, record, layout.imagePath(sourceVolumeId, source.record.format), source.record.backing);
+    log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, method: record.method }, 'snapshot created');
+    const made = await this.snapshots.read(layout, id);
+    return view(made ?? record);
+  }
+
+  /**
+   * Builds snapshot `record` from `image`. A reflink keeps the image's own
+   * backing reference (relative, so still valid), and so depends on the same
+   * base; a converted copy is flattened and depends on nothing.
+   */
+  async copyInto(layout: Layout, record: SnapshotRecord, image: string, imageBacking: string | null): Promise<void> {
+    if (imageBacking !== null) await this.snapshots.addRef(layout, imageBacking, record.id);
+    let backing: string | null = null;
+    const created = await this.snapshots.create(layout, record, async (dir) => {
+      const target = join(dir, Layout.imageName(record.format));
+      if (await this.files.reflink(image, target)) {
+        record.method = 'reflink';
+        backing = imageBacking;
+      } else {
+        record.method = 'copy';
+        await this.qemuImg.convert(image, record.format, target, record.format);
+      }
+      record.backing = backing;
+    });
+    // Drop the ref taken in advance when it turned out not to be needed.
+    if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
+    if (!created) throw busy(`snapshot ${record.id} appeared while being created; retry`);
+  }
+
+  private reuse(found: FoundSnapshot, name: string, sourceVolumeId: string): SnapshotView {
+    const r = found.record;
+    if (r.deleted || r.internal || r.sourceVolumeId !== sourceVolumeId || r.name !== name) {
+      throw alreadyExists(`snapshot ${name} already exists for another source (${r.sourceVolumeId || 'an image'})`);
+    }
+    return view(r);
+  }
+
+  async delete(id: string, log: Logger): Promise<void> {
+    checkId(id, 'snapshot_id');
+    const found = await this.snapshots.find(id);
+    if (found === undefined) return;
+    const layout = await this.mounts.requireUsable(found.mount);
+    const outcome = await this.snapshots.delete(layout, id);
+    log.info({ snapshotId: id, mount: found.mount, outcome }, outcome === 'hidden' ? 'snapshot hidden until its dependents are gone' : 'snapshot deleted');
+  }
+
+  /** A visible snapshot by id, or NOT_FOUND. */
+  async require(id: string): Promise<FoundSnapshot> {
+    checkId(id, 'snapshot_id');
+    const found = await this.snapshots.find(id);
+    if (found === undefined || found.record.deleted || found.record.internal) throw notFound(`snapshot ${id} does not exist`);
+    return found;
+  }
+
+  /** Visible snapshots in id order, paged like ListVolumes, filtered by id or source volume. */
+  async list(maxEntries: number, startingToken: string, filter: { snapshotId: string; sourceVolumeId: string }) {
+    if (maxEntries < 0) throw invalid('max_entries must not be negative');
+    if (startingToken !== '' && !isValidId(startingToken)) throw busy(`starting_token ${JSON.stringify(startingToken)} is not valid`);
+    if (filter.snapshotId !== '') {
+      if (!isValidId(filter.snapshotId)) return { entries: [], nextToken: '' };
+      const one = await this.snapshots.find(filter.snapshotId);
+      const visible = one !== undefined && !one.record.deleted && !one.record.internal;
+      const matches = visible && (filter.sourceVolumeId === '' || one.record.sourceVolumeId === filter.sourceVolumeId);
+      return { entries: matches ? [view(one.record)] : [], nextToken: '' };
+    }
+    const all: SnapshotRecord[] = [];
+    for (const h of await this.mounts.all()) {
+      if (!h.mounted) continue;
+      const layout = this.mounts.layout(h.name);
+      for (const id of await this.snapshots.ids(layout)) {
+        if (id <= startingToken) continue;
+        const r = await this.snapshots.read(layout, id);
+        if (r === undefined || r.deleted || r.internal) continue;
+        if (filter.sourceVolumeId !== '' && r.sourceVolumeId !== filter.sourceVolumeId) continue;
+        all.push(r);
+      }
+    }
+    all.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const page = maxEntries === 0 ? all : all.slice(0, maxEntries);
+    const last = page[page.length - 1];
+    return { entries: page.map(view), nextToken: page.length < all.length && last !== undefined ? last.id : '' };
+  }
+
+}

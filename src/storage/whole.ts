@@ -1,0 +1,94 @@
+/**
+ * The one mechanism by which objects appear and disappear on a mount: built
+ * whole in the temp area and renamed into place; removed by renaming out of
+ * sight first. A crash at any moment leaves a whole object or none.
+ */
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { uniqueSuffix } from './records.js';
+
+/** Temp entries are named host_pid_random so start-up can tell its own dead leftovers. */
+const HOST = hostname();
+const STALE_MS = 24 * 3600_000;
+
+export function workName(): string {
+  return `${HOST}_${process.pid}_${uniqueSuffix()}`;
+}
+
+/**
+ * Runs `build` in a fresh directory of `tmp`, then renames it to `target`.
+ * Returns false when `target` appeared meanwhile (our work is discarded).
+ */
+export async function buildWhole(tmp: string, target: string, build: (dir: string) => Promise<void>): Promise<boolean> {
+  const work = join(tmp, workName());
+  await mkdir(work, { recursive: true });
+  try {
+    await build(work);
+    await rename(work, target);
+    return true;
+  } catch (e) {
+    await rm(work, { recursive: true, force: true });
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTEMPTY' || code === 'EEXIST') return false;
+    throw e;
+  }
+}
+
+/** Renames `dir` into `tmp`, then deletes it. A missing `dir` is already removed. */
+export async function removeWhole(tmp: string, dir: string): Promise<void> {
+  const doomed = join(tmp, `${workName()}-deleting`);
+  try {
+    await rename(dir, doomed);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  await rm(doomed, { recursive: true, force: true });
+}
+
+/**
+ * Removes leftovers of interrupted work: entries this host's dead processes
+ * left, and anything a day old. Call before serving: our own pid counts as dead
+ * (a container restarted with the same pid).
+ */
+export async function cleanTemp(tmp: string): Promise<number> {
+  let entries: string[];
+  try {
+    entries = await readdir(tmp);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const entry of entries) {
+    if (entry.startsWith('.probe-')) continue;
+    const [host, pid] = entry.split('_');
+    const path = join(tmp, entry);
+    const mine = host === HOST && pid !== undefined && !isAlive(Number(pid));
+    const old = !mine && Date.now() - (await stat(path).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs > STALE_MS;
+    if (!mine && !old) continue;
+    await rm(path, { recursive: true, force: true });
+    removed++;
+  }
+  return removed;
+}
+
+function isAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Sorted valid ids in a directory; a missing directory has none. */
+export async function idsIn(dir: string, valid: (id: string) => boolean): Promise<string[]> {
+  try {
+    return (await readdir(dir)).filter(valid).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+}
