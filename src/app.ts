@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
+import { Relocator } from './controller/relocate.js';
 import { SnapshotService } from './controller/snapshots.js';
 import { Sources } from './controller/sources.js';
 import { VolumeService } from './controller/volumes.js';
@@ -76,6 +77,7 @@ export function buildApp(config: Config, log: Logger): App {
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const volumes = new VolumeService(config, mounts, store, ledger, qemuImg, snapshotStore, sources, images);
   const publishing = new PublishService(volumes, mounts, store);
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, qemuImg, config.overSubscription);
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -94,7 +96,7 @@ export function buildApp(config: Config, log: Logger): App {
   return {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
-      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, mounts, store, ledger }) } : {}),
+      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
       ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, run, store), mounts }) } : {}),
     },
     async prepare() {

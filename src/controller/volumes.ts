@@ -17,6 +17,7 @@ import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
 import type { ContentSource, Sources } from './sources.js';
+import type { RelocateTarget } from './relocate.js';
 import { Layout } from '../storage/layout.js';
 import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -39,6 +40,8 @@ export interface CreateVolumeInput {
   requisite: Segment[];
   preferred: Segment[];
   contentSource?: ContentSource | undefined;
+  /** VolumeAttributesClass parameters (ControllerModifyVolume's): they win over the class's. */
+  mutable?: RelocateTarget | undefined;
 }
 
 export interface VolumeView {
@@ -78,7 +81,7 @@ export class VolumeService {
 
   async create(input: CreateVolumeInput, log: Logger): Promise<VolumeView> {
     if (input.name === '') throw invalid('name is required');
-    const params = parseParameters(input.parameters, this.settings.defaultFormat);
+    const params = withMutable(parseParameters(input.parameters, this.settings.defaultFormat), input.mutable);
     for (const m of params.mounts ?? []) {
       if (!this.mounts.has(m)) throw invalid(`StorageClass mounts names ${m}, which is not configured (known: ${this.mounts.names().join(', ')})`);
     }
@@ -241,4 +244,16 @@ export class VolumeService {
     const reasons = caps.map((c) => unsupportedReason(c, found.record.format)).filter((r) => r !== undefined);
     return reasons.length === 0 ? undefined : reasons.join('; ');
   }
+}
+
+function withMutable(params: VolumeParameters, mutable: RelocateTarget | undefined): VolumeParameters {
+  if (mutable === undefined) return params;
+  const toRaw = mutable.format === 'raw' && params.format !== 'raw';
+  return {
+    ...params,
+    ...(mutable.format === undefined ? {} : { format: mutable.format }),
+    ...(mutable.mount === undefined ? {} : { mounts: [mutable.mount] }),
+    // What only qcow2 has falls away for raw: no backing files, clusters or metadata preallocation.
+    ...(toRaw ? { cloneMode: 'full' as const, clusterSize: undefined, preallocation: params.preallocation === 'metadata' ? ('off' as const) : params.preallocation } : {}),
+  };
 }

@@ -5,6 +5,7 @@
 import { capacity, type CapacityInput } from '../controller/capacity.js';
 import { listVolumes } from '../controller/listing.js';
 import type { PublishService } from '../controller/publish.js';
+import { parseMutable, type Relocator } from '../controller/relocate.js';
 import type { SnapshotService, SnapshotView } from '../controller/snapshots.js';
 import type { ContentSource } from '../controller/sources.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
@@ -32,6 +33,7 @@ export interface ControllerDeps {
   volumes: VolumeService;
   publishing: PublishService;
   snapshots: SnapshotService;
+  relocator: Relocator;
   mounts: Mounts;
   store: VolumeStore;
   ledger: Ledger;
@@ -53,6 +55,7 @@ export const CONTROLLER_CAPABILITIES = [
   'CREATE_DELETE_SNAPSHOT',
   'LIST_SNAPSHOTS',
   'CLONE_VOLUME',
+  'MODIFY_VOLUME',
 ] as const;
 
 interface VolumeRequest {
@@ -66,6 +69,7 @@ interface CreateVolumeRequest {
   parameters?: Record<string, string>;
   accessibility_requirements?: CsiTopologyRequirement | null;
   volume_content_source?: CsiContentSource | null;
+  mutable_parameters?: Record<string, string>;
 }
 interface CsiContentSource {
   snapshot?: { snapshot_id?: string } | null;
@@ -138,6 +142,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
             parameters: r.parameters ?? {},
             ...parseTopology(r.accessibility_requirements),
             contentSource: parseContentSource(r.volume_content_source),
+            mutable: parseMutable(r.mutable_parameters ?? {}, (m) => deps.mounts.has(m)),
           },
           log,
         );
@@ -265,6 +270,16 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
           sourceVolumeId: r.source_volume_id ?? '',
         });
         return { entries: page.entries.map((s) => ({ snapshot: toCsiSnapshot(s) })), next_token: page.nextToken };
+      },
+    ),
+
+    ControllerModifyVolume: handle(
+      'ControllerModifyVolume',
+      { ids: volumeIds, locks: byVolume },
+      async (r: VolumeRequest & { mutable_parameters?: Record<string, string> }, log) => {
+        const target = parseMutable(r.mutable_parameters ?? {}, (m) => deps.mounts.has(m));
+        await deps.relocator.relocate(await volumes.require(requireString(r.volume_id, 'volume_id')), target, log);
+        return {};
       },
     ),
 

@@ -1,0 +1,109 @@
+/**
+ * Moving a volume to another mount and/or converting its format, keeping its
+ * id: copy (flattening any backing chain), verify, switch, then remove the
+ * old copy. Refused while the volume is published: its data must not change
+ * under the copy. Used by ControllerModifyVolume and `filedriver move`.
+ */
+import { rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { exhausted, internal, invalid, precondition } from '../domain/errors.js';
+import { isFormat, type Format } from '../domain/parameters.js';
+import { roomFor } from '../domain/placement.js';
+import { formatBytes } from '../domain/sizes.js';
+import type { Ledger } from '../storage/ledger.js';
+import { Layout } from '../storage/layout.js';
+import type { Mounts } from '../storage/mounts.js';
+import type { VolumeRecord } from '../storage/records.js';
+import type { SnapshotStore } from '../storage/snapshot-store.js';
+import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
+import { uniqueSuffix } from '../storage/records.js';
+import type { QemuImg } from '../system/qemu-img.js';
+import { roomsOf } from './rooms.js';
+
+export interface RelocateTarget {
+  mount?: string | undefined;
+  format?: Format | undefined;
+}
+
+/** VolumeAttributesClass parameters ControllerModifyVolume accepts. */
+export function parseMutable(params: Record<string, string>, known: (mount: string) => boolean): RelocateTarget {
+  const unknown = Object.keys(params).filter((k) => k !== 'mount' && k !== 'format');
+  if (unknown.length > 0) throw invalid(`unknown mutable parameter ${unknown.join(', ')}; valid: mount, format`);
+  const { mount, format } = params;
+  if (mount !== undefined && !known(mount)) throw invalid(`mount ${mount} is not configured`);
+  if (format !== undefined && !isFormat(format)) throw invalid(`format ${format} must be qcow2 or raw`);
+  return { mount, format: format as Format | undefined };
+}
+
+export class Relocator {
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly store: VolumeStore,
+    private readonly snapshots: SnapshotStore,
+    private readonly ledger: Ledger,
+    private readonly qemuImg: QemuImg,
+    private readonly overSubscription: number,
+  ) {}
+
+  async relocate(found: FoundVolume, target: RelocateTarget, log: Logger, options: { progress?: boolean } = {}): Promise<FoundVolume> {
+    const r = found.record;
+    const mount = target.mount ?? found.mount;
+    const format = target.format ?? r.format;
+    if (mount === found.mount && format === r.format) return found;
+    if (r.publications.length > 0) {
+      throw precondition(`volume ${r.id} is published to ${r.publications.map((p) => p.node).join(', ')}; it can be moved only while detached`);
+    }
+    const from = await this.mounts.requireUsable(found.mount);
+    const to = await this.mounts.requireUsable(mount);
+    const size = BigInt(r.sizeBytes);
+    if (mount !== found.mount) {
+      const room = (await roomsOf(this.mounts, this.ledger)).find((m) => m.name === mount);
+      if (room === undefined || roomFor(room, false, this.overSubscription) < size) {
+        throw exhausted(`mount ${mount} has no room for volume ${r.id} (${formatBytes(size)})`);
+      }
+    }
+    const source = from.imagePath(r.id, r.format);
+    // parameters stay as created, so a retried CreateVolume still matches; `format` is the truth.
+    const record: VolumeRecord = { ...r, format, backing: null };
+    if (mount === found.mount) await this.convertInPlace(from, source, record, r.format, options);
+    else await this.copyAcross(to, source, record, r.format, options);
+    // The new copy is in place: the old one, and what it depended on, can go.
+    if (mount !== found.mount) {
+      await this.store.remove(from, r.id);
+      this.ledger.forget(found.mount, r.id);
+      this.ledger.note(mount, r.id, size);
+    }
+    if (r.backing !== null) await this.snapshots.release(from, r.backing, r.id);
+    log.info({ volumeId: r.id, from: `${found.mount}/${r.format}`, to: `${mount}/${format}` }, 'volume relocated');
+    return { ...found, mount, layout: to, record };
+  }
+
+  private async verify(source: string, copy: string): Promise<void> {
+    if (!(await this.qemuImg.same(source, copy))) throw internal(`the copy ${copy} differs from ${source}; nothing was switched`);
+  }
+
+  private async copyAcross(to: Layout, source: string, record: VolumeRecord, sourceFormat: Format, options: { progress?: boolean }) {
+    const made = await this.store.create(to, record, async (dir) => {
+      const copy = join(dir, Layout.imageName(record.format));
+      await this.qemuImg.convert(source, sourceFormat, copy, record.format, options);
+      await this.verify(source, copy);
+    });
+    if (!made) throw precondition(`volume ${record.id} already exists on mount ${to.mountPath}; run filedriver doctor`);
+  }
+
+  /** Same mount, new format: new image beside the old, then one atomic record switch. */
+  private async convertInPlace(layout: Layout, source: string, record: VolumeRecord, sourceFormat: Format, options: { progress?: boolean }) {
+    const work = join(layout.volumeDir(record.id), `.convert-${uniqueSuffix()}`);
+    try {
+      await this.qemuImg.convert(source, sourceFormat, work, record.format, options);
+      await this.verify(source, work);
+      await rename(work, layout.imagePath(record.id, record.format));
+    } catch (e) {
+      await rm(work, { force: true });
+      throw e;
+    }
+    await this.store.update(layout, record);
+    await rm(source, { force: true });
+  }
+}
