@@ -6,11 +6,11 @@ import { capacity, type CapacityInput } from '../controller/capacity.js';
 import { listVolumes } from '../controller/listing.js';
 import type { PublishService } from '../controller/publish.js';
 import { parseMutable, type Relocator } from '../controller/relocate.js';
-import type { SnapshotService, SnapshotView } from '../controller/snapshots.js';
-import type { ContentSource } from '../controller/sources.js';
+import type { SnapshotService } from '../controller/snapshots.js';
+import { snapshotHandlers } from './snapshots.js';
+import { condition, parseContentSource, toCsiVolume, type CsiContentSource } from './messages.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
 import { view } from '../controller/volumes.js';
-import { invalid } from '../domain/errors.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import type { Format } from '../domain/parameters.js';
 import type { Ledger } from '../storage/ledger.js';
@@ -71,52 +71,8 @@ interface CreateVolumeRequest {
   volume_content_source?: CsiContentSource | null;
   mutable_parameters?: Record<string, string>;
 }
-interface CsiContentSource {
-  snapshot?: { snapshot_id?: string } | null;
-  volume?: { volume_id?: string } | null;
-  type?: string;
-}
-
-function parseContentSource(s: CsiContentSource | null | undefined): ContentSource | undefined {
-  if (s === null || s === undefined) return undefined;
-  if (s.snapshot) return { type: 'snapshot', id: requireString(s.snapshot.snapshot_id, 'volume_content_source.snapshot.snapshot_id') };
-  if (s.volume) return { type: 'volume', id: requireString(s.volume.volume_id, 'volume_content_source.volume.volume_id') };
-  throw invalid('volume_content_source names neither a snapshot nor a volume');
-}
-
-function toCsiSource(s: ContentSource | null) {
-  if (s === null) return null;
-  return s.type === 'snapshot' ? { snapshot: { snapshot_id: s.id } } : { volume: { volume_id: s.id } };
-}
-
-function toCsiSnapshot(v: SnapshotView) {
-  const ms = Date.parse(v.createdAt);
-  return {
-    snapshot_id: v.id,
-    source_volume_id: v.sourceVolumeId,
-    size_bytes: v.sizeBytes.toString(),
-    creation_time: { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
-    ready_to_use: true,
-    group_snapshot_id: '',
-  };
-}
-
 const byVolume = (r: VolumeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
 const volumeIds = (r: VolumeRequest): Record<string, string> => ({ volumeId: r.volume_id ?? '' });
-
-export function toCsiVolume(v: VolumeView, keyOf: (mount: string) => string) {
-  return {
-    volume_id: v.id,
-    capacity_bytes: v.sizeBytes.toString(),
-    volume_context: { format: v.record.format, mount: v.mount },
-    content_source: toCsiSource(v.record.contentSource),
-    accessible_topology: [{ segments: { [keyOf(v.mount)]: 'true' } }],
-  };
-}
-
-function condition(c: { abnormal: boolean; message: string }) {
-  return { abnormal: c.abnormal, message: c.message };
-}
 
 export function controllerService(handle: Handle, deps: ControllerDeps) {
   const { volumes } = deps;
@@ -239,39 +195,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
     ),
 
-    CreateSnapshot: handle(
-      'CreateSnapshot',
-      {
-        ids: (r: { name?: string; source_volume_id?: string }) => ({ name: r.name ?? '', volumeId: r.source_volume_id ?? '' }),
-        locks: (r: { name?: string; source_volume_id?: string }) => [`snapshot:${idFromName(r.name ?? '')}`, `volume:${r.source_volume_id ?? ''}`],
-      },
-      async (r: { name?: string; source_volume_id?: string; parameters?: Record<string, string> }, log) => {
-        const name = requireString(r.name, 'name');
-        const source = requireString(r.source_volume_id, 'source_volume_id');
-        return { snapshot: toCsiSnapshot(await deps.snapshots.create(name, source, r.parameters ?? {}, log)) };
-      },
-    ),
-
-    DeleteSnapshot: handle(
-      'DeleteSnapshot',
-      { ids: (r: { snapshot_id?: string }) => ({ snapshotId: r.snapshot_id ?? '' }), locks: (r: { snapshot_id?: string }) => [`snapshot:${r.snapshot_id ?? ''}`] },
-      async (r: { snapshot_id?: string }, log) => {
-        await deps.snapshots.delete(requireString(r.snapshot_id, 'snapshot_id'), log);
-        return {};
-      },
-    ),
-
-    ListSnapshots: handle(
-      'ListSnapshots',
-      {},
-      async (r: { max_entries?: number; starting_token?: string; snapshot_id?: string; source_volume_id?: string }) => {
-        const page = await deps.snapshots.list(r.max_entries ?? 0, r.starting_token ?? '', {
-          snapshotId: r.snapshot_id ?? '',
-          sourceVolumeId: r.source_volume_id ?? '',
-        });
-        return { entries: page.entries.map((s) => ({ snapshot: toCsiSnapshot(s) })), next_token: page.nextToken };
-      },
-    ),
+    ...snapshotHandlers(handle, deps.snapshots),
 
     ControllerModifyVolume: handle(
       'ControllerModifyVolume',
