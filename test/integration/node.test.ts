@@ -119,6 +119,35 @@ describe.skipIf(!isRoot)('node service', () => {
     expect(existsSync(target(id, block))).toBe(false);
   });
 
+  it('stages a linked clone, reading its snapshot\'s files through the qcow2 backing chain', async () => {
+    const cap = mountCap();
+    const { id, context } = await provision('pvc-origin', 'qcow2', cap);
+    await stage(id, cap, context);
+    await publish(id, cap, false);
+    writeFileSync(join(target(id, false), 'hello.txt'), 'from the origin');
+    await unpublish(id, false);
+    await unstage(id);
+    await driver.client.controller('CreateSnapshot', { name: 'snap-origin', source_volume_id: id });
+    await driver.client.controller(
+      'CreateVolume',
+      createRequest('pvc-child', { volume_capabilities: [cap], capacity_range: { required_bytes: String(96n * MiB) }, volume_content_source: { snapshot: { snapshot_id: 'snap-origin' } } }),
+    );
+    await stage('pvc-child', cap);
+    await publish('pvc-child', cap, false);
+    expect(readFileSync(join(target('pvc-child', false), 'hello.txt'), 'utf8')).toBe('from the origin');
+    writeFileSync(join(target('pvc-child', false), 'hello.txt'), 'changed in the clone');
+    await unpublish('pvc-child', false);
+    await unstage('pvc-child');
+    // The origin is untouched by the clone's writes.
+    await stage(id, cap, context);
+    await publish(id, cap, false);
+    expect(readFileSync(join(target(id, false), 'hello.txt'), 'utf8')).toBe('from the origin');
+    await unpublish(id, false);
+    await unstage(id);
+    expect(leftFor(id)).toEqual([]);
+    expect(leftFor('pvc-child')).toEqual([]);
+  });
+
   it('publishes read-only when asked, refusing writes', async () => {
     const cap = mountCap();
     const { id, context } = await provision('pvc-ro', 'raw', cap);
