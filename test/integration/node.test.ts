@@ -148,6 +148,21 @@ describe.skipIf(!isRoot)('node service', () => {
     expect(leftFor('pvc-child')).toEqual([]);
   });
 
+  it('reports a qcow2 volume whose export died as abnormal, and still unstages it cleanly', async () => {
+    const cap = blockCap();
+    const { id, context } = await provision('pvc-dead-export', 'qcow2', cap);
+    await stage(id, cap, context);
+    await publish(id, cap, true);
+    const record = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes', id, 'stage.json'), 'utf8'));
+    process.kill(record.export.pid, 'SIGKILL');
+    const stats = await driver.client.node('NodeGetVolumeStats', { volume_id: id, volume_path: target(id, true) });
+    expect(stats.volume_condition.abnormal).toBe(true);
+    expect(stats.volume_condition.message).toMatch(/not running/);
+    await unpublish(id, true);
+    await unstage(id);
+    expect(leftFor(id)).toEqual([]);
+  });
+
   it('publishes read-only when asked, refusing writes', async () => {
     const cap = mountCap();
     const { id, context } = await provision('pvc-ro', 'raw', cap);
