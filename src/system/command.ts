@@ -30,7 +30,7 @@ export class CommandFailed extends Error {
     readonly stderr: string,
     options?: { cause?: unknown },
   ) {
-    super(`${argv.join(' ')}: ${summarise(stderr) || `exit code ${String(exitCode)}`}`, options);
+    super(`${loggable(argv).join(' ')}: ${summarise(stderr) || `exit code ${String(exitCode)}`}`, options);
     this.name = 'CommandFailed';
   }
 }
@@ -43,6 +43,11 @@ export function summarise(stderr: string, maxChars = 400): string {
     .filter((l) => l.length > 0);
   const tail = lines.slice(-3).join('; ');
   return tail.length > maxChars ? `…${tail.slice(-maxChars)}` : tail;
+}
+
+/** Argv as it may be logged: values of credential-like options (mount -o password=…) hidden. */
+export function loggable(argv: readonly string[]): string[] {
+  return argv.map((a) => a.replace(/\b(pass(?:word)?|secret|token|key|cred\w*)=[^,\s]*/gi, '$1=***'));
 }
 
 export function makeRunner(log: Logger): Runner {
@@ -62,10 +67,10 @@ export function makeRunner(log: Logger): Runner {
       const stderr = result.timedOut ? `timed out after ${String(options.timeoutMs ?? 60_000)} ms` : result.stderr;
       // Debug only: some exit codes are answers (blkid 2 = nothing found); a real
       // failure is logged once, by the RPC that it fails, with this stderr.
-      log.debug({ argv, exitCode: result.exitCode, stderr: summarise(stderr), durationMs }, 'command failed');
+      log.debug({ argv: loggable(argv), exitCode: result.exitCode, stderr: summarise(stderr), durationMs }, 'command failed');
       throw new CommandFailed(argv, result.exitCode, stderr || (result.shortMessage ?? ''), { cause: result.cause });
     }
-    log.debug({ argv, durationMs }, 'command');
+    log.debug({ argv: loggable(argv), durationMs }, 'command');
     return { stdout: typeof result.stdout === 'string' ? result.stdout : '', stderr: result.stderr };
   };
 }
