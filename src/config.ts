@@ -33,6 +33,13 @@ export interface Config {
   healthCacheSeconds: number;
   /** Root of the kubelet's directory; node target paths must lie inside it. */
   kubeletDir: string;
+  /** Where to serve /metrics and /healthz; off when unset. An empty host means every interface. */
+  metricsAddress: ListenAddress | undefined;
+}
+
+export interface ListenAddress {
+  host: string;
+  port: number;
 }
 
 export class ConfigError extends Error {
@@ -59,6 +66,7 @@ export const SETTINGS = {
   maxVolumesPerNode: { flag: 'max-volumes-per-node', env: ['FILEDRIVER_MAX_VOLUMES_PER_NODE'], help: '0 = unlimited (default)' },
   healthCacheSeconds: { flag: 'health-cache-seconds', env: ['FILEDRIVER_HEALTH_CACHE_SECONDS'], help: 'mount health cache (default 2)' },
   kubeletDir: { flag: 'kubelet-dir', env: ['FILEDRIVER_KUBELET_DIR'], help: 'kubelet root (default /var/lib/kubelet)' },
+  metricsAddress: { flag: 'metrics-address', env: ['FILEDRIVER_METRICS_ADDRESS'], help: 'HOST:PORT for /metrics and /healthz (off by default; :PORT = all interfaces)' },
 } as const;
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -160,6 +168,11 @@ export function buildConfig(...layers: RawSettings[]): Config {
   if (!isAbsolute(kubeletDir)) problems.push(`--kubelet-dir ${kubeletDir} must be an absolute path`);
   const nodeId = str('nodeId') ?? hostname();
   if (nodeId === '' || nodeId.length > 256) problems.push('--node-id must be 1-256 characters');
+  const metricsText = str('metricsAddress');
+  const metricsAddress = metricsText === undefined ? undefined : parseListenAddress(metricsText);
+  if (metricsText !== undefined && metricsAddress === undefined) {
+    problems.push(`--metrics-address ${metricsText} must be HOST:PORT (e.g. 0.0.0.0:9810, [::1]:9810 or :9810), port 0-65535`);
+  }
 
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
@@ -176,7 +189,17 @@ export function buildConfig(...layers: RawSettings[]): Config {
     maxVolumesPerNode,
     healthCacheSeconds,
     kubeletDir,
+    metricsAddress,
   });
+}
+
+/** `HOST:PORT`, `[IPv6]:PORT` or `:PORT`; port 0 lets the system pick (the chosen one is logged). */
+export function parseListenAddress(text: string): ListenAddress | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):(\d{1,5})$/.exec(text.trim());
+  if (m === null) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  return { host: m[1] ?? m[2] ?? '', port };
 }
 
 function parseMounts(value: string | string[] | undefined, problems: string[]): MountConfig[] {
@@ -194,4 +217,18 @@ function parseMounts(value: string | string[] | undefined, problems: string[]): 
     else mounts.push({ name, path: path.replace(/\/+$/, '') || '/' });
   }
   return mounts;
+}
+
+/** What the admin commands (import, move, export, list, doctor) need: they act on the mounts, not on a socket. */
+export type AdminConfig = Pick<Config, 'driverName' | 'defaultFormat' | 'mounts' | 'overSubscription' | 'healthCacheSeconds'>;
+
+/**
+ * The admin commands' settings, from the same layers as serve's so one config
+ * file serves both. Everything is validated as for serve except the endpoint,
+ * which is serve's alone and so is not required here.
+ */
+export function buildAdminConfig(...layers: RawSettings[]): AdminConfig {
+  const config = buildConfig(...layers, { endpoint: 'unix:///not-served-by-admin-commands' });
+  const { driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds } = config;
+  return Object.freeze({ driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds });
 }

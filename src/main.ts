@@ -2,12 +2,24 @@
 /** `filedriver`: one binary, the CSI server and the admin commands. */
 import { version } from './app.js';
 import { ConfigError } from './config.js';
+import { doctorCommand } from './cli/doctor.js';
+import { exportCommand } from './cli/export.js';
+import { importCommand } from './cli/import.js';
+import { listCommand } from './cli/list.js';
+import { moveCommand } from './cli/move.js';
 import { serve } from './cli/serve.js';
 
 const USAGE = `Usage: filedriver <command> [options]
 
 Commands:
   serve       run the CSI server (see filedriver serve --help)
+
+Admin commands (act on the mounts directly; each has --help):
+  import      adopt an image on a mount as a volume and print a PersistentVolume for it
+  move        move a volume to another mount, keeping its id
+  export      copy a volume's image to a file
+  list        the volumes and snapshots on each mount
+  doctor      check tools, mounts and their contents; --fix repairs what is safe
 
 Options:
   --help      show this help
@@ -29,6 +41,16 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'serve':
       return serve(rest);
+    case 'import':
+      return importCommand(rest);
+    case 'move':
+      return moveCommand(rest);
+    case 'export':
+      return exportCommand(rest);
+    case 'list':
+      return listCommand(rest);
+    case 'doctor':
+      return doctorCommand(rest);
     default:
       process.stderr.write(`filedriver: unknown command ${command}\n\n${USAGE}`);
       return 2;

@@ -67,7 +67,7 @@ export class Relocator {
     // parameters stay as created, so a retried CreateVolume still matches; `format` is the truth.
     const record: VolumeRecord = { ...r, format, backing: null };
     if (mount === found.mount) await this.convertInPlace(from, source, record, r.format, options);
-    else await this.copyAcross(to, source, record, r.format, options);
+    else await this.copyAcross(from, to, source, record, r.format, options);
     // The new copy is in place: the old one, and what it depended on, can go.
     if (mount !== found.mount) {
       await this.store.remove(from, r.id);
@@ -79,15 +79,25 @@ export class Relocator {
     return { ...found, mount, layout: to, record };
   }
 
-  private async verify(source: string, copy: string): Promise<void> {
-    if (!(await this.qemuImg.same(source, copy))) throw internal(`the copy ${copy} differs from ${source}; nothing was switched`);
+  /**
+   * The copy holds the same data, and the volume is still unpublished: the
+   * admin command holds no server lock, so a publish may have come in meanwhile.
+   */
+  private async verify(source: string, copy: string, record: VolumeRecord, sourceFormat: Format, from: Layout): Promise<void> {
+    if (!(await this.qemuImg.same(source, copy, { a: sourceFormat, b: record.format }))) {
+      throw internal(`the copy ${copy} differs from ${source}; nothing was switched`);
+    }
+    const now = await this.store.read(from, record.id);
+    if (now !== undefined && now.publications.length > 0) {
+      throw precondition(`volume ${record.id} was published to ${now.publications.map((p) => p.node).join(', ')} during the copy; nothing was switched`);
+    }
   }
 
-  private async copyAcross(to: Layout, source: string, record: VolumeRecord, sourceFormat: Format, options: { progress?: boolean }) {
+  private async copyAcross(from: Layout, to: Layout, source: string, record: VolumeRecord, sourceFormat: Format, options: { progress?: boolean }) {
     const made = await this.store.create(to, record, async (dir) => {
       const copy = join(dir, Layout.imageName(record.format));
       await this.qemuImg.convert(source, sourceFormat, copy, record.format, options);
-      await this.verify(source, copy);
+      await this.verify(source, copy, record, sourceFormat, from);
     });
     if (!made) throw precondition(`volume ${record.id} already exists on mount ${to.mountPath}; run filedriver doctor`);
   }
@@ -97,7 +107,7 @@ export class Relocator {
     const work = join(layout.volumeDir(record.id), `.convert-${uniqueSuffix()}`);
     try {
       await this.qemuImg.convert(source, sourceFormat, work, record.format, options);
-      await this.verify(source, work);
+      await this.verify(source, work, record, sourceFormat, layout);
       await rename(work, layout.imagePath(record.id, record.format));
     } catch (e) {
       await rm(work, { force: true });

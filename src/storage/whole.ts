@@ -48,10 +48,23 @@ export async function removeWhole(tmp: string, dir: string): Promise<void> {
 }
 
 /**
- * Removes leftovers of interrupted work: entries this host's dead processes
- * left, and anything a day old. Call before serving: our own pid counts as dead
- * (a container restarted with the same pid).
+ * Whether a temp entry is a leftover of interrupted work, and why: made on
+ * this host by a process that is gone, or a day old. Live work by another
+ * process is never one. Our own pid counts as gone: a container restarted
+ * with the same pid left it.
  */
+export function leftover(entry: string, mtimeMs: number | undefined): { removable: boolean; why: string } {
+  const [host, pid] = entry.split('_');
+  if (host === HOST && pid !== undefined && !isAlive(Number(pid))) {
+    return { removable: true, why: `left by process ${pid} on this host, which is gone` };
+  }
+  if (mtimeMs === undefined || Date.now() - mtimeMs > STALE_MS) return { removable: true, why: 'older than a day' };
+  return host === HOST
+    ? { removable: false, why: `work in progress of process ${pid ?? '?'} on this host` }
+    : { removable: false, why: `made on host ${host ?? '?'} less than a day ago: work in progress there, or removed once a day old` };
+}
+
+/** Removes the leftovers in a temp area (call before serving). Returns how many. */
 export async function cleanTemp(tmp: string): Promise<number> {
   let entries: string[];
   try {
@@ -62,11 +75,9 @@ export async function cleanTemp(tmp: string): Promise<number> {
   let removed = 0;
   for (const entry of entries) {
     if (entry.startsWith('.probe-')) continue;
-    const [host, pid] = entry.split('_');
     const path = join(tmp, entry);
-    const mine = host === HOST && pid !== undefined && !isAlive(Number(pid));
-    const old = !mine && Date.now() - (await stat(path).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs > STALE_MS;
-    if (!mine && !old) continue;
+    const st = await stat(path).catch(() => undefined);
+    if (!leftover(entry, st?.mtimeMs).removable) continue;
     await rm(path, { recursive: true, force: true });
     removed++;
   }

@@ -21,6 +21,15 @@ export interface ImageInfo {
 
 export type CheckResult = { ok: true } | { ok: false; problem: string };
 
+/** One image of a backing chain, as `qemu-img info --backing-chain` names it. */
+export interface ChainLink {
+  /** As qemu resolved it: a path, or a protocol/`json:` name when the chain is not plain files. */
+  filename: string;
+  format: string;
+  /** A qcow2 external data file (`-o data_file=`), which holds the guest data outside the image. */
+  dataFile: string | undefined;
+}
+
 export interface QemuImg {
   version(): Promise<string>;
   create(path: string, format: Format, sizeBytes: bigint, options?: CreateOptions): Promise<void>;
@@ -28,9 +37,22 @@ export interface QemuImg {
   createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint): Promise<void>;
   /** A sparse-preserving copy, flattening any backing chain; `progress` shows qemu's bar on a terminal. */
   convert(source: string, sourceFormat: Format, target: string, targetFormat: Format, options?: { progress?: boolean }): Promise<void>;
-  /** Whether two images hold the same guest-visible data (sizes may differ only by zeros). */
-  same(a: string, b: string): Promise<boolean>;
-  info(path: string): Promise<ImageInfo>;
+  /**
+   * Whether two images hold the same guest-visible data (sizes may differ only by zeros).
+   * Give `formats` when known: a raw image whose data looks like a qcow2 header is otherwise probed as qcow2.
+   */
+  same(a: string, b: string, formats?: { a: Format; b: Format }): Promise<boolean>;
+  /** `format` skips qemu's probing (a raw image whose data looks like a qcow2 header stays raw). */
+  info(path: string, format?: Format): Promise<ImageInfo>;
+  /** The image and every image behind it, top first. Fails when one of them cannot be opened. */
+  backingChain(path: string, format?: Format): Promise<ChainLink[]>;
+  /**
+   * Whether another qemu process holds the image open for writing: opening it
+   * without -U asks for qemu's shared "write" lock, which a writer holds.
+   */
+  inUse(path: string, format?: Format): Promise<boolean>;
+  /** Bytes a flattened copy of the image in `targetFormat` needs (`qemu-img measure`). */
+  measure(path: string, format: Format, targetFormat: Format): Promise<bigint>;
   resize(path: string, format: Format, sizeBytes: bigint): Promise<void>;
   check(path: string, format: Format): Promise<CheckResult>;
 }
@@ -51,6 +73,20 @@ export function parseInfo(json: string): ImageInfo {
   };
 }
 
+export function parseChain(json: string): ChainLink[] {
+  const data = JSON.parse(json) as unknown;
+  const links = (Array.isArray(data) ? data : [data]) as {
+    filename?: string;
+    format?: string;
+    'format-specific'?: { data?: { 'data-file'?: string } };
+  }[];
+  return links.map((l) => ({
+    filename: l.filename ?? '',
+    format: l.format ?? 'unknown',
+    dataFile: l['format-specific']?.data?.['data-file'],
+  }));
+}
+
 const LOCK_ERROR = /Failed to get ".*" lock|Is another process using the image/;
 
 /** Turns qemu's lock conflict into a precondition failure naming the image. */
@@ -64,6 +100,8 @@ function lockAware(path: string, e: unknown): never {
 // Preallocating a large image on a slow share can take long; everything else is quick.
 const SLOW_MS = 60 * 60_000;
 const QUICK_MS = 120_000;
+
+const formatArgs = (format: Format | undefined): string[] => (format === undefined ? [] : ['-f', format]);
 
 export function makeQemuImg(run: Runner): QemuImg {
   return {
@@ -95,18 +133,44 @@ export function makeQemuImg(run: Runner): QemuImg {
       argv.push(source, target);
       await run(argv, { timeoutMs: SLOW_MS, ...(options.progress === true ? { inheritOutput: true } : {}) });
     },
-    async same(a, b) {
+    async same(a, b, formats) {
+      const both = formats === undefined ? [] : ['-f', formats.a, '-F', formats.b];
       try {
-        await run(['qemu-img', 'compare', '-U', '-q', a, b], { timeoutMs: SLOW_MS });
+        await run(['qemu-img', 'compare', '-U', '-q', ...both, a, b], { timeoutMs: SLOW_MS });
         return true;
       } catch (e) {
         if (e instanceof CommandFailed && e.exitCode === 1) return false;
         throw e;
       }
     },
-    async info(path) {
-      const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', path], { timeoutMs: QUICK_MS });
+    async info(path, format) {
+      const { stdout } = await run(['qemu-img', 'info', '-U', '--output=json', ...formatArgs(format), path], { timeoutMs: QUICK_MS });
       return parseInfo(stdout);
+    },
+    async backingChain(path, format) {
+      const argv = ['qemu-img', 'info', '-U', '--backing-chain', '--output=json', ...formatArgs(format), path];
+      return parseChain((await run(argv, { timeoutMs: QUICK_MS })).stdout);
+    },
+    async inUse(path, format) {
+      // `info` opens a raw image without asking for any lock, so a raw image is probed
+      // with a convert of its first sector into nothing: convert asks that no one writes.
+      const escaped = path.replaceAll(',', ',,');
+      const argv =
+        format === 'raw'
+          ? ['qemu-img', 'convert', '-n', '--image-opts', `driver=raw,size=512,file.driver=file,file.filename=${escaped}`, '--target-image-opts', 'driver=null-co,size=512']
+          : ['qemu-img', 'info', '--output=json', ...formatArgs(format), path];
+      try {
+        await run(argv, { timeoutMs: QUICK_MS });
+        return false;
+      } catch (e) {
+        if (e instanceof CommandFailed && LOCK_ERROR.test(e.stderr)) return true;
+        throw e;
+      }
+    },
+    async measure(path, format, targetFormat) {
+      const argv = ['qemu-img', 'measure', '-U', '--output=json', '-f', format, '-O', targetFormat, path];
+      const { stdout } = await run(argv, { timeoutMs: QUICK_MS });
+      return jsonInteger(stdout, 'required') ?? 0n;
     },
     async resize(path, format, sizeBytes) {
       await run(['qemu-img', 'resize', '-q', '-f', format, path, String(sizeBytes)], { timeoutMs: QUICK_MS }).catch(

@@ -1,0 +1,128 @@
+/** `filedriver list`: the mounts, and the volumes and snapshots on each. */
+import { invalid } from '../domain/errors.js';
+import { buildContext, COMMON_HELP, COMMON_OPTIONS, humanBytes, parseCommand, say } from './context.js';
+import { takeInventory, type MountInventory, type SnapshotEntry, type VolumeEntry } from './inventory.js';
+
+const HELP = `Usage: filedriver list [--json] [mount options]
+
+Lists each mount's state, then its volumes and snapshots: id, name, format, virtual size,
+bytes allocated on the share, the snapshot backing it (linked clones), the nodes a volume is
+published to, the volumes and snapshots that depend on a snapshot, and flags (hidden: deleted
+but still backing a dependent; internal: a base filedriver made for a clone or golden image).
+A mount that is not mounted is shown without contents.
+
+  --json            machine-readable output; sizes are exact decimal strings of bytes
+
+${COMMON_HELP}`;
+
+export async function listCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommand('list', {
+    args: argv,
+    options: { ...COMMON_OPTIONS, json: { type: 'boolean' } },
+    strict: true,
+    allowPositionals: true,
+  });
+  if (values.help === true) {
+    say(HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw invalid(`list takes no arguments, got ${positionals.join(' ')}`);
+  const inventory = await takeInventory(buildContext(values));
+  say(values.json === true ? JSON.stringify({ mounts: inventory.map(mountJson) }, null, 2) : text(inventory));
+  return 0;
+}
+
+const bytes = (n: bigint | undefined): string | null => (n === undefined ? null : n.toString());
+
+function mountJson(m: MountInventory) {
+  const h = m.health;
+  return {
+    name: h.name,
+    path: h.path,
+    mounted: h.mounted,
+    usable: h.usable,
+    reason: h.reason ?? null,
+    freeBytes: bytes(h.freeBytes),
+    totalBytes: bytes(h.totalBytes),
+    volumes: m.volumes.map(volumeJson),
+    snapshots: m.snapshots.map(snapshotJson),
+  };
+}
+
+function volumeJson(v: VolumeEntry) {
+  const r = v.record;
+  return {
+    id: v.id,
+    name: r?.name ?? null,
+    format: r?.format ?? null,
+    sizeBytes: r?.sizeBytes ?? null,
+    allocatedBytes: bytes(v.allocatedBytes),
+    publishedTo: r?.publications.map((p) => p.node) ?? [],
+    backing: r?.backing ?? null,
+    pvc: r?.pvc ?? null,
+    createdAt: r?.createdAt ?? null,
+    error: v.error ?? (r !== undefined && v.allocatedBytes === undefined ? 'image is missing' : null),
+  };
+}
+
+function snapshotJson(s: SnapshotEntry) {
+  const r = s.record;
+  return {
+    id: s.id,
+    name: r?.name ?? null,
+    sourceVolumeId: r?.sourceVolumeId ?? null,
+    format: r?.format ?? null,
+    sizeBytes: r?.sizeBytes ?? null,
+    allocatedBytes: bytes(s.allocatedBytes),
+    backing: r?.backing ?? null,
+    dependents: s.dependents,
+    hidden: r?.deleted ?? false,
+    internal: r?.internal ?? false,
+    method: r?.method ?? null,
+    createdAt: r?.createdAt ?? null,
+    error: s.error ?? (r !== undefined && s.allocatedBytes === undefined ? 'image is missing' : null),
+  };
+}
+
+function text(inventory: MountInventory[]): string {
+  const mounts = [['MOUNT', 'PATH', 'STATE', 'FREE', 'SIZE']];
+  for (const { health: h } of inventory) {
+    const state = h.usable ? 'usable' : h.mounted ? `read-only or unwritable: ${h.reason ?? ''}` : `not mounted: ${h.reason ?? ''}`;
+    mounts.push([h.name, h.path, state, h.usable ? humanBytes(h.freeBytes) : '-', h.usable ? humanBytes(h.totalBytes) : '-']);
+  }
+  const rows = [['MOUNT', 'KIND', 'ID', 'FORMAT', 'SIZE', 'ALLOCATED', 'BACKING', 'PUBLISHED-TO', 'DEPENDENTS', 'FLAGS', 'NAME']];
+  for (const m of inventory) {
+    for (const v of m.volumes) rows.push(volumeRow(m.health.name, v));
+    for (const s of m.snapshots) rows.push(snapshotRow(m.health.name, s));
+  }
+  const objects = rows.length > 1 ? table(rows) : 'no volumes or snapshots';
+  return `${table(mounts)}\n\n${objects}`;
+}
+
+const size = (text: string | null | undefined): string => (text === null || text === undefined ? '-' : humanBytes(BigInt(text)));
+const list = (items: readonly string[] | undefined): string => (items === undefined || items.length === 0 ? '-' : items.join(','));
+const flags = (...set: [boolean, string][]): string => list(set.filter(([on]) => on).map(([, flag]) => flag));
+
+function volumeRow(mount: string, v: VolumeEntry): string[] {
+  const r = v.record;
+  const nodes = list(r?.publications.map((p) => p.node));
+  const flagged = flags([v.error !== undefined, 'unreadable'], [r !== undefined && v.allocatedBytes === undefined, 'image-missing']);
+  return [mount, 'volume', v.id, r?.format ?? '-', size(r?.sizeBytes), size(bytes(v.allocatedBytes)), r?.backing ?? '-', nodes, '-', flagged, r?.name ?? '-'];
+}
+
+function snapshotRow(mount: string, s: SnapshotEntry): string[] {
+  const r = s.record;
+  const flagged = flags(
+    [r?.deleted === true, 'hidden'],
+    [r?.internal === true, 'internal'],
+    [s.error !== undefined, 'unreadable'],
+    [r !== undefined && s.allocatedBytes === undefined, 'image-missing'],
+  );
+  return [mount, 'snapshot', s.id, r?.format ?? '-', size(r?.sizeBytes), size(bytes(s.allocatedBytes)), r?.backing ?? '-', '-', list(s.dependents), flagged, r?.name ?? '-'];
+}
+
+/** Columns padded to their widest cell; the last column is not padded. */
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ')).join('\n');
+}
