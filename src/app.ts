@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
+import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
 import { Relocator } from './controller/relocate.js';
@@ -42,6 +43,10 @@ export function version(): string {
 
 export interface App {
   services: Services;
+  /** Prometheus figures, fed by every RPC; served only with --metrics-address. */
+  metrics: Metrics;
+  /** What Probe answers: a usable mount and working tools (also /healthz). */
+  ready: (log: Logger) => Promise<boolean>;
   /** Work to do once before serving (removing leftovers of interrupted work). */
   prepare(): Promise<void>;
 }
@@ -67,7 +72,8 @@ export function buildApp(config: Config, log: Logger): App {
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
-  const handle = makeHandle(log, new KeyedLocks());
+  const metrics = new Metrics(mounts);
+  const handle = makeHandle(log, new KeyedLocks(), metrics.observe);
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
@@ -94,6 +100,8 @@ export function buildApp(config: Config, log: Logger): App {
   };
 
   return {
+    metrics,
+    ready,
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),

@@ -2,8 +2,9 @@
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { buildApp } from '../app.js';
-import { buildConfig, envSettings, readConfigFile, SETTINGS, type RawSettings } from '../config.js';
+import { buildConfig, envSettings, readConfigFile, SETTINGS, type Config, type RawSettings } from '../config.js';
 import { startServer } from '../csi/server.js';
+import { startMetricsServer } from '../metrics.js';
 
 const FLAG_OPTIONS = {
   ...Object.fromEntries(
@@ -26,24 +27,37 @@ export function serveHelp(): string {
   ].join('\n');
 }
 
-export async function serve(argv: string[]): Promise<number> {
+/**
+ * serve's flags, environment and --config file → Config, or 'help'. Throws on
+ * an unknown flag or invalid settings. Also how the deployment tests check the
+ * manifests' container args.
+ */
+export function parseServe(argv: string[], env: NodeJS.ProcessEnv): Config | 'help' {
   const { values } = parseArgs({ args: argv, options: FLAG_OPTIONS, strict: true, allowPositionals: false });
-  if (values['help'] === true) {
-    process.stdout.write(`${serveHelp()}\n`);
-    return 0;
-  }
+  if (values['help'] === true) return 'help';
   const flags: RawSettings = {};
   for (const [key, spec] of Object.entries(SETTINGS) as [keyof typeof SETTINGS, { flag: string }][]) {
     const v = values[spec.flag];
     if (typeof v === 'string' || Array.isArray(v)) flags[key] = v as string | string[];
   }
-  const configFile = (values['config'] as string | undefined) ?? process.env['FILEDRIVER_CONFIG'];
-  const config = buildConfig(configFile === undefined ? {} : readConfigFile(configFile), envSettings(process.env), flags);
+  const configFile = (values['config'] as string | undefined) ?? env['FILEDRIVER_CONFIG'];
+  return buildConfig(configFile === undefined ? {} : readConfigFile(configFile), envSettings(env), flags);
+}
+
+export async function serve(argv: string[]): Promise<number> {
+  const config = parseServe(argv, process.env);
+  if (config === 'help') {
+    process.stdout.write(`${serveHelp()}\n`);
+    return 0;
+  }
 
   const log = pino({ level: config.logLevel, base: { driver: config.driverName, node: config.nodeId }, redact: ['*.secrets', 'secrets'] });
   log.info({ mode: config.mode, mounts: config.mounts, defaultFormat: config.defaultFormat }, 'starting filedriver');
   const app = buildApp(config, log);
   await app.prepare();
+  // Metrics first: a bad --metrics-address stops start-up before the socket appears.
+  const metricsServer =
+    config.metricsAddress === undefined ? undefined : await startMetricsServer(config.metricsAddress, app.metrics, app.ready, log);
   const server = await startServer(config.socketPath, app.services, log);
 
   await new Promise<void>((resolve) => {
@@ -55,6 +69,7 @@ export async function serve(argv: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
   });
   await server.shutdown();
+  await metricsServer?.close();
   log.info('stopped');
   return 0;
 }

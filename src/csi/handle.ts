@@ -19,7 +19,10 @@ export interface RpcOptions<Req> {
 
 export type UnaryHandler<Req, Res> = (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
 
-export function makeHandle(root: Logger, locks: KeyedLocks) {
+/** Told of every finished call: its method, status name ('OK', 'NOT_FOUND', …) and duration. */
+export type RpcObserver = (method: string, code: string, seconds: number) => void;
+
+export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined) {
   return function handle<Req, Res>(
     method: string,
     options: RpcOptions<Req>,
@@ -46,6 +49,7 @@ export function makeHandle(root: Logger, locks: KeyedLocks) {
       run().then(
         (res) => {
           log[options.level ?? 'info']({ code: 'OK', durationMs: elapsed(started) }, `${method} OK`);
+          observe(method, 'OK', (performance.now() - started) / 1000);
           callback(null, res);
         },
         (e: unknown) => {
@@ -53,6 +57,7 @@ export function makeHandle(root: Logger, locks: KeyedLocks) {
           const line = { code: codeName(s.code), durationMs: elapsed(started), error: s.details };
           if (s.code === status.INTERNAL) log.error(line, `${method} failed`);
           else log.info(line, `${method} ${codeName(s.code)}`);
+          observe(method, codeName(s.code), (performance.now() - started) / 1000);
           callback({ code: s.code, details: s.details, name: codeName(s.code), message: s.details });
         },
       );
