@@ -3,6 +3,7 @@
  * inside the kubelet directory before anything touches them.
  */
 import type { Logger } from 'pino';
+import { precondition } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
 import { checkKubeletPath } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
@@ -74,16 +75,14 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     }),
 
     NodePublishVolume: handle('NodePublishVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      await deps.publisher.publish(
-        {
-          volumeId: volumeId(r),
-          stagingPath: path(r.staging_target_path, 'staging_target_path'),
-          targetPath: path(r.target_path, 'target_path'),
-          capability: parseCapability(r.volume_capability),
-          readonly: r.readonly ?? false,
-        },
-        log,
-      );
+      const id = volumeId(r);
+      const targetPath = path(r.target_path, 'target_path');
+      const capability = parseCapability(r.volume_capability);
+      // STAGE_UNSTAGE_VOLUME is advertised, so a missing staging path is the CO's order mistake (CSI: FAILED_PRECONDITION).
+      if ((r.staging_target_path ?? '') === '') throw precondition('staging_target_path is not set; NodeStageVolume must come first');
+      const stagingPath = path(r.staging_target_path, 'staging_target_path');
+      const staged = await deps.stager.requireStaged(id, stagingPath);
+      await deps.publisher.publish({ volumeId: id, stagingPath, targetPath, capability, readonly: r.readonly ?? false }, staged, log);
       return {};
     }),
 
@@ -106,10 +105,7 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     }),
 
     NodeExpandVolume: handle('NodeExpandVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      const id = volumeId(r);
-      path(r.volume_path, 'volume_path');
-      const range = parseRange(r.capacity_range);
-      const size = await deps.health.expand(id, range.requiredBytes, log);
+      const size = await deps.health.expand(volumeId(r), path(r.volume_path, 'volume_path'), parseRange(r.capacity_range), log);
       return { capacity_bytes: size.toString() };
     }),
   };

@@ -3,7 +3,7 @@
  * keepCase, longs as strings, enums as names) → validated domain inputs.
  * Nothing here touches the system.
  */
-import { ACCESS_MODES, DEFAULT_FS_TYPE, isFsType, type AccessMode, type Capability } from '../domain/capabilities.js';
+import { ACCESS_MODES, DEFAULT_FS_TYPE, type AccessMode, type Capability } from '../domain/capabilities.js';
 import { invalid } from '../domain/errors.js';
 import type { Segment } from '../domain/placement.js';
 import { parseBytes, type CapacityRange } from '../domain/sizes.js';
@@ -38,15 +38,28 @@ export function parseCapability(c: CsiCapability | null | undefined): Capability
   if (kind !== 'mount' || c.mount === null || c.mount === undefined) {
     throw invalid('volume_capability needs an access type: block or mount');
   }
+  // An fs_type we do not make is well-formed, only unsupported: unsupportedReason says so.
   const fsType = c.mount.fs_type === undefined || c.mount.fs_type === '' ? DEFAULT_FS_TYPE : c.mount.fs_type;
-  if (!isFsType(fsType)) throw invalid(`fs_type ${fsType} is not supported; use ext4 or xfs`);
   return {
     access: 'mount',
     mode,
     fsType,
-    mountFlags: c.mount.mount_flags ?? [],
+    mountFlags: parseMountFlags(c.mount.mount_flags ?? []),
     volumeMountGroup: c.mount.volume_mount_group ?? '',
   };
+}
+
+/**
+ * Each flag becomes one `-o` item, so it may not be empty or hold a comma.
+ * The message names positions, never values: mount_flags may carry
+ * credentials (CSI MountVolume), and errors are logged and returned.
+ */
+function parseMountFlags(flags: string[]): string[] {
+  const bad = flags.flatMap((f, i) => (f.trim() === '' || f.includes(',') || f.includes('\0') ? [i] : []));
+  if (bad.length > 0) {
+    throw invalid(`mount_flags ${bad.map((i) => `#${String(i + 1)}`).join(', ')} must be one non-empty option each, without commas`);
+  }
+  return flags;
 }
 
 export function parseCapabilities(list: CsiCapability[] | undefined | null, required: boolean): Capability[] {

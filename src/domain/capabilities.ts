@@ -20,9 +20,14 @@ export const FS_TYPES = ['ext4', 'xfs'] as const;
 export type FsType = (typeof FS_TYPES)[number];
 export const DEFAULT_FS_TYPE: FsType = 'ext4';
 
+/**
+ * A capability as asked for. `fsType` is whatever was asked: a well-formed
+ * request for a filesystem filedriver does not make is not malformed, only
+ * unsupported (ValidateVolumeCapabilities answers it unconfirmed, GetCapacity 0).
+ */
 export type Capability =
   | { access: 'block'; mode: AccessMode }
-  | { access: 'mount'; mode: AccessMode; fsType: FsType; mountFlags: string[]; volumeMountGroup: string };
+  | { access: 'mount'; mode: AccessMode; fsType: string; mountFlags: string[]; volumeMountGroup: string };
 
 const SERVED: ReadonlySet<AccessMode> = new Set([
   'SINGLE_NODE_WRITER',
@@ -45,9 +50,21 @@ export function isMultiNode(mode: AccessMode): boolean {
   return mode.startsWith('MULTI_NODE_');
 }
 
+/**
+ * Modes a node publishes at one target path only (CSI NodePublishVolume: a
+ * second target for a non-MULTI_NODE volume is FAILED_PRECONDITION).
+ * SINGLE_NODE_WRITER is left out on purpose: it is Kubernetes' ReadWriteOnce,
+ * which the pods of one node share, and kubelets that do not map it to
+ * SINGLE_NODE_MULTI_WRITER still send it for that.
+ */
+export function publishesOnce(mode: AccessMode): boolean {
+  return mode === 'SINGLE_NODE_SINGLE_WRITER' || mode === 'SINGLE_NODE_READER_ONLY';
+}
+
 /** Why this capability cannot be served for a volume of `format`, or undefined when it can. */
 export function unsupportedReason(cap: Capability, format: Format): string | undefined {
   if (!SERVED.has(cap.mode)) return `access mode ${cap.mode} is not supported`;
+  if (cap.access === 'mount' && !isFsType(cap.fsType)) return `fs_type ${cap.fsType} is not supported; use ${FS_TYPES.join(' or ')}`;
   if (cap.mode === 'MULTI_NODE_MULTI_WRITER') {
     if (cap.access !== 'block') {
       return 'MULTI_NODE_MULTI_WRITER needs a block volume: a filesystem mounted on two nodes at once is corrupted';

@@ -4,10 +4,12 @@
  */
 import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { notFound, precondition } from '../domain/errors.js';
+import { notFound, outOfRange, precondition } from '../domain/errors.js';
+import { MiB, roundUp, type CapacityRange } from '../domain/sizes.js';
 import type { Usage } from '../system/filesystems.js';
 import type { StageRecord, StageState } from './state.js';
 import type { NodeSystem } from './system.js';
+import { showsVolume } from './where.js';
 
 export interface VolumeStats {
   usage: Usage | { totalBytes: bigint };
@@ -21,11 +23,7 @@ export class NodeHealth {
   ) {}
 
   async stats(volumeId: string, volumePath: string): Promise<VolumeStats> {
-    if ((await stat(volumePath).catch(() => undefined)) === undefined) {
-      throw notFound(`volume path ${volumePath} of volume ${volumeId} does not exist`);
-    }
-    const rec = await this.state.read(volumeId);
-    if (rec === undefined) throw notFound(`volume ${volumeId} is not staged on this node`);
+    const rec = await this.at(volumeId, volumePath);
     const condition = await this.condition(rec);
     if (rec.access === 'block') {
       const totalBytes = rec.device === undefined ? 0n : await this.sys.loops.size(rec.device).catch(() => 0n);
@@ -51,17 +49,44 @@ export class NodeHealth {
     return { abnormal: false, message: 'volume is healthy' };
   }
 
-  /** Makes the device see the new size, then grows the filesystem online. */
-  async expand(volumeId: string, requiredBytes: bigint, log: Logger): Promise<bigint> {
-    const rec = await this.state.read(volumeId);
-    if (rec === undefined || rec.device === undefined) throw notFound(`volume ${volumeId} is not staged on this node`);
-    if (rec.readOnly) throw precondition(`volume ${volumeId} is staged read-only and cannot grow`);
-    let size = await this.sys.loops.size(rec.device);
-    if (rec.export !== undefined && requiredBytes > size) {
-      await this.sys.exports.resize(rec.export, requiredBytes);
+  /**
+   * The stage record of a volume that `volumePath` shows; NOT_FOUND when the
+   * path does not exist or holds something else (CSI: "does not exist on
+   * specified volume_path").
+   */
+  private async at(volumeId: string, volumePath: string): Promise<StageRecord> {
+    if ((await stat(volumePath).catch(() => undefined)) === undefined) {
+      throw notFound(`volume path ${volumePath} of volume ${volumeId} does not exist`);
     }
+    const rec = await this.state.read(volumeId);
+    if (rec === undefined) throw notFound(`volume ${volumeId} is not staged on this node`);
+    if (!(await showsVolume(rec, volumePath))) throw notFound(`volume ${volumeId} is not staged or published at ${volumePath}`);
+    return rec;
+  }
+
+  /**
+   * Makes the device see the new size, then grows the filesystem online. A
+   * raw image is grown by the controller; a qcow2 image that a qemu export
+   * holds open is grown here, to the whole MiB the controller recorded.
+   */
+  async expand(volumeId: string, volumePath: string, range: CapacityRange, log: Logger): Promise<bigint> {
+    const rec = await this.at(volumeId, volumePath);
+    if (rec.device === undefined) throw notFound(`volume ${volumeId} is not staged on this node`);
+    if (rec.readOnly) throw precondition(`volume ${volumeId} is staged read-only and cannot grow`);
+    const wanted = roundUp(range.requiredBytes, MiB);
     await this.sys.loops.refreshCapacity(rec.device);
-    size = await this.sys.loops.size(rec.device);
+    let size = await this.sys.loops.size(rec.device);
+    if (range.limitBytes > 0n && (size > range.limitBytes || wanted > range.limitBytes)) {
+      throw outOfRange(`volume ${volumeId} is ${size} bytes and would be ${wanted > size ? wanted : size}, above limit_bytes ${range.limitBytes}; volumes never shrink`);
+    }
+    if (rec.export !== undefined && wanted > size) {
+      await this.sys.exports.resize(rec.export, wanted);
+      await this.sys.loops.refreshCapacity(rec.device);
+      size = await this.sys.loops.size(rec.device);
+    }
+    if (size < range.requiredBytes) {
+      throw precondition(`volume ${volumeId} is ${size} bytes on this node, less than the ${range.requiredBytes} asked for; ControllerExpandVolume must grow its image first`);
+    }
     if (rec.access === 'mount') await this.sys.fs.grow(rec.fsType ?? 'ext4', rec.device, rec.stagingPath);
     log.info({ volumeId, sizeBytes: size.toString() }, 'volume expanded on node');
     return size;

@@ -1,15 +1,19 @@
 /**
  * NodePublishVolume / NodeUnpublishVolume: a bind mount of the staged
  * filesystem onto the pod's target directory, or of the staged device node
- * onto a file at the target path for block volumes.
+ * onto a file at the target path for block volumes. Each target is recorded
+ * in the stage record (before it is mounted), so a second publish can be
+ * judged by the CSI spec's table and an unstage never orphans a target.
  */
 import { mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { isReadOnlyMode, type Capability } from '../domain/capabilities.js';
-import { precondition } from '../domain/errors.js';
-import type { StageState } from './state.js';
+import { isReadOnlyMode, publishesOnce, type Capability } from '../domain/capabilities.js';
+import { alreadyExists, precondition } from '../domain/errors.js';
+import { fingerprint } from './stage.js';
+import type { PublishedTarget, StageRecord, StageState } from './state.js';
 import type { NodeSystem } from './system.js';
+import { showsVolume } from './where.js';
 
 export interface PublishInput {
   volumeId: string;
@@ -25,33 +29,103 @@ export class Publisher {
     private readonly sys: NodeSystem,
   ) {}
 
-  async publish(input: PublishInput, log: Logger): Promise<void> {
-    const rec = await this.state.read(input.volumeId);
-    if (rec === undefined || rec.stagingPath !== input.stagingPath || rec.device === undefined) {
-      throw precondition(`volume ${input.volumeId} is not staged at ${input.stagingPath}; NodeStageVolume must come first`);
+  /** `rec`: the volume's stage at input.stagingPath (Stager.requireStaged). */
+  async publish(input: PublishInput, rec: StageRecord, log: Logger): Promise<void> {
+    const { volumeId, targetPath, capability: cap } = input;
+    if (rec.access !== cap.access) {
+      throw precondition(`volume ${volumeId} was staged as ${rec.access} and cannot be published as ${cap.access}`);
     }
-    if (rec.access !== input.capability.access) {
-      throw precondition(`volume ${input.volumeId} was staged as ${rec.access} and cannot be published as ${input.capability.access}`);
+    const target: PublishedTarget = { path: targetPath, capability: fingerprint(cap, input.readonly), mode: cap.mode };
+    const recorded = (rec.targets ?? []).find((t) => t.path === targetPath);
+    if (await this.sys.fs.isMountPoint(targetPath)) {
+      // Same target: the same arguments are a repeat, others ALREADY_EXISTS (CSI NodePublishVolume).
+      if (recorded !== undefined) {
+        if (recorded.capability !== target.capability) {
+          throw alreadyExists(`volume ${volumeId} is already published at ${targetPath} with another capability or readonly flag`);
+        }
+        return;
+      }
+      // Published by a version that did not record targets: adopt it.
+      if (await showsVolume(rec, targetPath)) return this.remember(rec, target);
+      throw precondition(`${targetPath} is already a mount point of something other than volume ${volumeId}`);
     }
-    if (await this.sys.fs.isMountPoint(input.targetPath)) return; // already published
-    const readOnly = input.readonly || rec.readOnly || isReadOnlyMode(input.capability.mode);
+    // Another target: fine for modes shared on a node, FAILED_PRECONDITION for those published once.
+    const others = await this.liveTargets(rec, targetPath);
+    const once = [target, ...others].find((t) => publishesOnce(t.mode));
+    if (once !== undefined && others.length > 0) {
+      throw precondition(`volume ${volumeId} is published at ${others.map((t) => t.path).join(', ')} with access mode ${once.mode}, which allows one target only`);
+    }
+    await this.remember(rec, target);
+    const readOnly = input.readonly || rec.readOnly || isReadOnlyMode(cap.mode);
+    try {
+      await this.mount(input, rec, readOnly);
+    } catch (e) {
+      await this.forget(volumeId, targetPath);
+      throw e;
+    }
+    log.info({ volumeId, target: targetPath, readOnly }, 'volume published');
+  }
+
+  private async mount(input: PublishInput, rec: StageRecord, readOnly: boolean): Promise<void> {
+    const device = rec.device ?? '';
     if (input.capability.access === 'block') {
       await mkdir(dirname(input.targetPath), { recursive: true });
       await (await open(input.targetPath, 'a', 0o660)).close();
-      await this.sys.fs.mount(rec.device, input.targetPath, { bind: true, readOnly, flags: [] });
+      await this.sys.fs.mount(device, input.targetPath, { bind: true, readOnly, flags: [] });
     } else {
       await mkdir(input.targetPath, { recursive: true, mode: 0o750 });
       await this.sys.fs.mount(input.stagingPath, input.targetPath, { bind: true, readOnly, flags: input.capability.mountFlags });
     }
-    log.info({ volumeId: input.volumeId, target: input.targetPath, readOnly }, 'volume published');
   }
 
-  /** Idempotent: unmounts and removes the target (an empty directory or the device file), never its contents. */
+  /**
+   * Idempotent: unmounts and removes the target (an empty directory or the
+   * device file), never its contents. A target that shows another staged
+   * volume is not this volume's publication and is left alone.
+   */
   async unpublish(volumeId: string, targetPath: string, log: Logger): Promise<void> {
+    if (await this.sys.fs.isMountPoint(targetPath)) {
+      const owner = await this.ownerElsewhere(volumeId, targetPath);
+      if (owner !== undefined) {
+        log.warn({ volumeId, target: targetPath, owner }, 'target shows another volume; not unpublishing it');
+        return;
+      }
+    }
     await this.sys.fs.unmount(targetPath);
     const st = await stat(targetPath).catch(() => undefined);
     if (st?.isDirectory()) await rmdir(targetPath);
     else if (st !== undefined) await rm(targetPath);
+    await this.forget(volumeId, targetPath);
     log.info({ volumeId, target: targetPath }, 'volume unpublished');
+  }
+
+  /** Recorded targets other than `except` that are still mounted. */
+  private async liveTargets(rec: StageRecord, except: string): Promise<PublishedTarget[]> {
+    const live: PublishedTarget[] = [];
+    for (const t of rec.targets ?? []) if (t.path !== except && (await this.sys.fs.isMountPoint(t.path))) live.push(t);
+    return live;
+  }
+
+  private async remember(rec: StageRecord, target: PublishedTarget): Promise<void> {
+    rec.targets = [...(rec.targets ?? []).filter((t) => t.path !== target.path), target];
+    await this.state.write(rec);
+  }
+
+  private async forget(volumeId: string, targetPath: string): Promise<void> {
+    const rec = await this.state.read(volumeId);
+    if (rec === undefined || !(rec.targets ?? []).some((t) => t.path === targetPath)) return;
+    rec.targets = (rec.targets ?? []).filter((t) => t.path !== targetPath);
+    await this.state.write(rec);
+  }
+
+  /** The staged volume other than `volumeId` that `path` shows, if any. */
+  private async ownerElsewhere(volumeId: string, path: string): Promise<string | undefined> {
+    const mine = await this.state.read(volumeId);
+    if (mine !== undefined && ((mine.targets ?? []).some((t) => t.path === path) || (await showsVolume(mine, path)))) return undefined;
+    for (const rec of await this.state.list()) {
+      if (rec.volumeId === volumeId) continue;
+      if ((rec.targets ?? []).some((t) => t.path === path) || (await showsVolume(rec, path))) return rec.volumeId;
+    }
+    return undefined;
   }
 }

@@ -7,8 +7,8 @@
  */
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { isReadOnlyMode, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, notFound, precondition } from '../domain/errors.js';
+import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
+import { alreadyExists, invalid, notFound, precondition } from '../domain/errors.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { NodeSystem } from './system.js';
 import type { StageRecord, StageState } from './state.js';
@@ -49,6 +49,9 @@ export class Stager {
     if (found === undefined) throw notFound(`volume ${input.volumeId} does not exist on any mount of this node`);
     const { record: volume, layout, mount } = found;
     const cap = input.capability;
+    // The controller refuses these at publish; a node never relies on that alone.
+    const unsupported = unsupportedReason(cap, volume.format);
+    if (unsupported !== undefined) throw invalid(`volume ${volume.id}: ${unsupported}`);
     const readOnly = input.readonly || isReadOnlyMode(cap.mode);
     const rec: StageRecord = {
       volumeId: input.volumeId,
@@ -57,7 +60,7 @@ export class Stager {
       mount,
       stagingPath: input.stagingPath,
       access: cap.access,
-      fsType: cap.access === 'mount' ? cap.fsType : undefined,
+      fsType: cap.access === 'mount' && isFsType(cap.fsType) ? cap.fsType : undefined,
       readOnly,
       capability: print,
       export: undefined,
@@ -65,6 +68,7 @@ export class Stager {
       device: undefined,
       mounted: false,
       stagedAt: new Date().toISOString(),
+      targets: [],
     };
     await this.state.write(rec);
     try {
@@ -119,13 +123,46 @@ export class Stager {
     return rec.mounted && (await this.sys.fs.isMountPoint(rec.stagingPath));
   }
 
-  /** Idempotent; works from the record alone (restart), and when the image is already gone. */
+  /**
+   * The record of a volume staged at `stagingPath`, which NodePublishVolume
+   * needs: NOT_FOUND when the volume does not exist, FAILED_PRECONDITION when
+   * it exists but is not (completely) staged there.
+   */
+  async requireStaged(volumeId: string, stagingPath: string): Promise<StageRecord> {
+    const rec = await this.state.read(volumeId);
+    if (rec !== undefined && rec.stagingPath === stagingPath && rec.device !== undefined) return rec;
+    if (rec === undefined && (await this.store.find(volumeId)) === undefined) {
+      throw notFound(`volume ${volumeId} does not exist on any mount of this node`);
+    }
+    throw precondition(`volume ${volumeId} is not staged at ${stagingPath}; NodeStageVolume must come first`);
+  }
+
+  /**
+   * Idempotent; works from the record alone (restart), and when the image is
+   * already gone. A volume not staged at `stagingPath` is left alone (CSI: OK);
+   * one still published is refused, since its targets would lose their device.
+   */
   async unstage(volumeId: string, stagingPath: string, log: Logger): Promise<void> {
     const rec = await this.state.read(volumeId);
     if (rec === undefined) {
-      // Nothing recorded: at most a mount we do not know of (kubelet's view).
+      // Nothing recorded: at most a mount we do not know of (kubelet's view),
+      // unless it is where another volume is staged.
+      const owner = (await this.state.list()).find((r) => r.stagingPath === stagingPath);
+      if (owner !== undefined) {
+        log.warn({ volumeId, stagingPath, owner: owner.volumeId }, 'another volume is staged at this path; left alone');
+        return;
+      }
       await this.sys.fs.unmount(stagingPath);
       return;
+    }
+    if (rec.stagingPath !== stagingPath) {
+      log.info({ volumeId, stagedAt: rec.stagingPath }, 'volume is not staged at this path; nothing to do');
+      return;
+    }
+    const published: string[] = [];
+    for (const t of rec.targets ?? []) if (await this.sys.fs.isMountPoint(t.path)) published.push(t.path);
+    if (published.length > 0) {
+      throw precondition(`volume ${volumeId} is still published at ${published.join(', ')}; NodeUnpublishVolume must come first`);
     }
     await this.unstageRecord(rec);
     log.info({ volumeId }, 'volume unstaged');

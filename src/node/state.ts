@@ -6,7 +6,7 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import type { FsType } from '../domain/capabilities.js';
+import type { AccessMode, FsType } from '../domain/capabilities.js';
 import type { Format } from '../domain/parameters.js';
 import { writeJsonAtomic } from '../storage/records.js';
 import type { ExportHandle } from '../system/qemu-export.js';
@@ -30,6 +30,18 @@ export interface StageRecord {
   /** Whether the filesystem is mounted at stagingPath. */
   mounted: boolean;
   stagedAt: string;
+  /**
+   * Where NodePublishVolume put the volume, written before the mount so an
+   * unstage never misses one. Absent in records of older versions.
+   */
+  targets?: PublishedTarget[];
+}
+
+export interface PublishedTarget {
+  path: string;
+  /** Capability fingerprint with the readonly flag: a second publish there must match it. */
+  capability: string;
+  mode: AccessMode;
 }
 
 export class StageState {
