@@ -38,7 +38,9 @@ export async function capacity(
   for (const r of rooms) {
     if (params.mounts !== undefined && !params.mounts.includes(r.name)) continue;
     if (inTopology !== undefined && !inTopology.includes(r.name)) continue;
-    const room = roomFor(r, isThin(params), deps.overSubscription);
+    // Volumes are whole MiB: a room of 10.5 MiB holds a 10 MiB volume at most.
+    const free = roomFor(r, isThin(params), deps.overSubscription);
+    const room = free - (free % MiB);
     availableBytes += room;
     if (room > maximumVolumeBytes) maximumVolumeBytes = room;
   }

@@ -3,8 +3,8 @@
  * last id returned" so entries added or removed between pages neither repeat
  * nor shift the rest. Only the page's metadata is read.
  */
-import { busy, invalid } from '../domain/errors.js';
-import { isValidId } from '../domain/ids.js';
+import { invalid } from '../domain/errors.js';
+import { parseToken, tokenAfter } from '../domain/tokens.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 
@@ -19,8 +19,7 @@ export async function listVolumes(
   deps: { mounts: Mounts; store: VolumeStore },
 ): Promise<Page> {
   if (maxEntries < 0) throw invalid('max_entries must not be negative');
-  // A token is the last id of the previous page; anything else was not ours (CSI: ABORTED).
-  if (startingToken !== '' && !isValidId(startingToken)) throw busy(`starting_token ${JSON.stringify(startingToken)} is not valid`);
+  const after = parseToken(startingToken);
   const health = (await deps.mounts.all()).filter((h) => h.mounted);
   const owners = new Map<string, { name: string; usable: boolean; reason: string | undefined }>();
   for (const h of health) {
@@ -28,7 +27,7 @@ export async function listVolumes(
       if (!owners.has(id)) owners.set(id, { name: h.name, usable: h.usable, reason: h.reason });
     }
   }
-  const ids = [...owners.keys()].filter((id) => id > startingToken).sort();
+  const ids = [...owners.keys()].filter((id) => id > after).sort();
   const limit = maxEntries === 0 ? ids.length : maxEntries;
   const entries: FoundVolume[] = [];
   let last = '';
@@ -43,5 +42,5 @@ export async function listVolumes(
     entries.push({ mount: owner.name, layout, record, writable: owner.usable, reason: owner.reason });
   }
   const more = ids.length > 0 && last !== '' && last < (ids[ids.length - 1] ?? '');
-  return { entries, nextToken: more ? last : '' };
+  return { entries, nextToken: more ? tokenAfter(last) : '' };
 }

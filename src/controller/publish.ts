@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino';
 import { isMultiNode, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { invalid, precondition } from '../domain/errors.js';
+import { alreadyExists, invalid, precondition } from '../domain/errors.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { Publication } from '../storage/records.js';
 import type { VolumeStore } from '../storage/volume-store.js';
@@ -39,7 +39,7 @@ export class PublishService {
     const mine = record.publications.find((p) => p.node === input.nodeId);
     if (mine !== undefined) {
       if (mine.mode !== input.capability.mode || mine.readonly !== input.readonly) {
-        throw invalid(`volume ${record.id} is already published to node ${input.nodeId} with access mode ${mine.mode}${mine.readonly ? ' read-only' : ''}`);
+        throw alreadyExists(`volume ${record.id} is already published to node ${input.nodeId} with access mode ${mine.mode}${mine.readonly ? ' read-only' : ''}`);
       }
       return context;
     }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { alreadyExists, busy, invalid, notFound } from '../domain/errors.js';
 import { checkId, idFromName, isValidId } from '../domain/ids.js';
+import { parseToken, tokenAfter } from '../domain/tokens.js';
 import { Layout } from '../storage/layout.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
@@ -124,7 +125,7 @@ export class SnapshotService {
   /** Visible snapshots in id order, paged like ListVolumes, filtered by id or source volume. */
   async list(maxEntries: number, startingToken: string, filter: { snapshotId: string; sourceVolumeId: string }) {
     if (maxEntries < 0) throw invalid('max_entries must not be negative');
-    if (startingToken !== '' && !isValidId(startingToken)) throw busy(`starting_token ${JSON.stringify(startingToken)} is not valid`);
+    const after = parseToken(startingToken);
     if (filter.snapshotId !== '') {
       if (!isValidId(filter.snapshotId)) return { entries: [], nextToken: '' };
       const one = await this.snapshots.find(filter.snapshotId);
@@ -137,7 +138,7 @@ export class SnapshotService {
       if (!h.mounted) continue;
       const layout = this.mounts.layout(h.name);
       for (const id of await this.snapshots.ids(layout)) {
-        if (id <= startingToken) continue;
+        if (id <= after) continue;
         const r = await this.snapshots.read(layout, id);
         if (r === undefined || r.deleted || r.internal) continue;
         if (filter.sourceVolumeId !== '' && r.sourceVolumeId !== filter.sourceVolumeId) continue;
@@ -147,7 +148,7 @@ export class SnapshotService {
     all.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const page = maxEntries === 0 ? all : all.slice(0, maxEntries);
     const last = page[page.length - 1];
-    return { entries: page.map(view), nextToken: page.length < all.length && last !== undefined ? last.id : '' };
+    return { entries: page.map(view), nextToken: page.length < all.length && last !== undefined ? tokenAfter(last.id) : '' };
   }
 
 }

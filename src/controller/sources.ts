@@ -31,6 +31,8 @@ export interface Base {
   sizeBytes: bigint;
   /** The snapshot behind the base's own image, if it has one: a copy must then be flattened. */
   backing: string | null;
+  /** A base the driver made for this request: it must go unless a linked clone now depends on it. */
+  internal: boolean;
 }
 
 export class Sources {
@@ -53,7 +55,7 @@ export class Sources {
   private async fromSnapshot(id: string): Promise<Base> {
     const found = await this.snapshotService.require(id);
     const r = found.record;
-    return { mount: found.mount, layout: found.layout, snapshotId: r.id, image: found.layout.snapshotImage(r.id, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing };
+    return { mount: found.mount, layout: found.layout, snapshotId: r.id, image: found.layout.snapshotImage(r.id, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing, internal: false };
   }
 
   /** A clone of a live volume starts from a hidden snapshot of it, removed with the clone. */
@@ -71,7 +73,7 @@ export class Sources {
     }
     const r = (await this.snapshots.read(layout, baseId)) ?? existing;
     if (r === undefined) throw notFound(`base snapshot ${baseId} of volume ${id} vanished`);
-    return { mount: source.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing };
+    return { mount: source.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing, internal: true };
   }
 
   /**
@@ -93,7 +95,7 @@ export class Sources {
       await this.snapshotService.copyInto(layout, record, image, null);
       log.info({ sourceImage: `${src.mount}/${src.path}`, baseId }, 'adopted a golden image');
     }
-    return { mount: src.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, info.format), format: info.format, sizeBytes: info.virtualSize, backing: null };
+    return { mount: src.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, info.format), format: info.format, sizeBytes: info.virtualSize, backing: null, internal: true };
   }
 }
 

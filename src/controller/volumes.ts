@@ -93,38 +93,44 @@ export class VolumeService {
     if (existing !== undefined) return this.reuse(existing, input);
 
     const base = await this.sources.resolve(input.contentSource, params, id, log);
-    const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
-    const linked = base !== undefined && params.cloneMode === 'linked';
-    const mount = await this.place(input, params, sizeBytes, linked ? base.mount : undefined);
-    const layout = await this.mounts.requireUsable(mount);
-    const record: VolumeRecord = {
-      schema: SCHEMA,
-      id,
-      name: input.name,
-      format: params.format,
-      sizeBytes: sizeBytes.toString(),
-      createdAt: new Date().toISOString(),
-      parameters: input.parameters,
-      contentSource: input.contentSource ?? null,
-      backing: linked ? base.snapshotId : null,
-      pvc: params.pvcName === undefined ? null : { name: params.pvcName, namespace: params.pvcNamespace ?? '' },
-      publications: [],
-    };
-    // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
-    if (linked) await this.snapshots.addRef(base.layout, base.snapshotId, id);
     let created = false;
+    let record: VolumeRecord;
+    let mount: string;
+    let linked = false;
     try {
+      const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
+      linked = base !== undefined && params.cloneMode === 'linked';
+      mount = await this.place(input, params, sizeBytes, linked ? base?.mount : undefined);
+      const layout = await this.mounts.requireUsable(mount);
+      record = {
+        schema: SCHEMA,
+        id,
+        name: input.name,
+        format: params.format,
+        sizeBytes: sizeBytes.toString(),
+        createdAt: new Date().toISOString(),
+        parameters: input.parameters,
+        contentSource: input.contentSource ?? null,
+        backing: linked && base !== undefined ? base.snapshotId : null,
+        pvc: params.pvcName === undefined ? null : { name: params.pvcName, namespace: params.pvcNamespace ?? '' },
+        publications: [],
+      };
+      // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
+      if (linked && base !== undefined) await this.snapshots.addRef(base.layout, base.snapshotId, id);
       created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
     } finally {
-      if (linked && !created) await this.snapshots.release(base.layout, base.snapshotId, id);
+      // Release the ref taken in advance, and a base made for this request that nothing uses.
+      if (base !== undefined && ((linked && !created) || (base.internal && !(linked && created)))) {
+        await this.snapshots.release(base.layout, base.snapshotId, id);
+      }
     }
     if (!created) {
       const raced = await this.store.find(id, params.mounts);
       if (raced === undefined) throw precondition(`volume ${id} appeared and vanished while being created; retry`);
       return this.reuse(raced, input);
     }
-    this.ledger.note(mount, id, sizeBytes);
-    log.info({ volumeId: id, mount, format: params.format, sizeBytes: sizeBytes.toString(), source: input.contentSource, linked }, 'volume created');
+    this.ledger.note(mount, id, BigInt(record.sizeBytes));
+    log.info({ volumeId: id, mount, format: params.format, sizeBytes: record.sizeBytes, source: input.contentSource, linked }, 'volume created');
     return view({ mount, record });
   }
 
@@ -160,6 +166,10 @@ export class VolumeService {
       const reason = unsupportedReason(cap, r.format);
       if (reason !== undefined) why.push(reason);
     }
+    const key = this.keyOf(found.mount);
+    if (input.requisite.length > 0 && !input.requisite.some((seg) => seg[key] === 'true')) why.push(`its mount ${found.mount} is outside the requisite topology`);
+    if (input.mutable?.mount !== undefined && input.mutable.mount !== found.mount) why.push(`it lives on mount ${found.mount}, not ${input.mutable.mount}`);
+    if (input.mutable?.format !== undefined && input.mutable.format !== r.format) why.push(`its format is ${r.format}, not ${input.mutable.format}`);
     if (why.length > 0) {
       throw alreadyExists(`volume ${input.name} already exists on mount ${found.mount} and is incompatible: ${why.join('; ')}`);
     }
@@ -238,10 +248,21 @@ export class VolumeService {
   }
 
   /** The capabilities this volume cannot serve, as a message; undefined when all are fine. */
-  async validate(id: string, caps: Capability[]): Promise<string | undefined> {
+  /**
+   * Why this volume does not match what the CO asks to confirm, or undefined
+   * when it does: every capability, and the parameters and context, if given.
+   */
+  async validate(id: string, caps: Capability[], parameters: Record<string, string>, context: Record<string, string>): Promise<string | undefined> {
     if (caps.length === 0) throw invalid('volume_capabilities is required');
     const found = await this.require(id);
-    const reasons = caps.map((c) => unsupportedReason(c, found.record.format)).filter((r) => r !== undefined);
+    const r = found.record;
+    const reasons: string[] = caps.map((c) => unsupportedReason(c, r.format)).filter((x) => x !== undefined);
+    if (Object.keys(parameters).length > 0 && defining(parameters) !== defining(r.parameters)) {
+      reasons.push('the parameters differ from those the volume was created with');
+    }
+    const actual: Record<string, string> = { format: r.format, mount: found.mount };
+    const wrong = Object.entries(context).filter(([k, v]) => actual[k] !== v);
+    if (wrong.length > 0) reasons.push(`volume_context ${wrong.map(([k]) => k).join(', ')} does not match the volume`);
     return reasons.length === 0 ? undefined : reasons.join('; ');
   }
 }

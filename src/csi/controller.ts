@@ -56,6 +56,7 @@ export const CONTROLLER_CAPABILITIES = [
   'LIST_SNAPSHOTS',
   'CLONE_VOLUME',
   'MODIFY_VOLUME',
+  'SINGLE_NODE_MULTI_WRITER',
 ] as const;
 
 interface VolumeRequest {
@@ -117,7 +118,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       async (r: VolumeRequest & { volume_capabilities?: CsiCapability[]; volume_context?: Record<string, string>; parameters?: Record<string, string> }) => {
         const id = requireString(r.volume_id, 'volume_id');
         const caps = parseCapabilities(r.volume_capabilities, true);
-        const problem = await volumes.validate(id, caps);
+        const problem = await volumes.validate(id, caps, r.parameters ?? {}, r.volume_context ?? {});
         if (problem !== undefined) return { confirmed: null, message: problem };
         return {
           confirmed: {

@@ -20,10 +20,7 @@ export function attachRules(env: Env): void {
       expect(await publish(v.volume_id, 'node-1')).toEqual(a);
     });
 
-    // BUG (src/controller/publish.ts, PublishService.publish): a repeat on the same node
-    // with another access mode or readonly flag is answered INVALID_ARGUMENT; the spec
-    // says ALREADY_EXISTS ("Volume published but is incompatible").
-    it.fails.for([
+    it.for([
       ['readonly flag', mountCap(), true],
       ['access mode', mountCap('SINGLE_NODE_READER_ONLY'), false],
     ] as const)('answers ALREADY_EXISTS to a repeat on the same node with another %s', async ([, cap, readonly], { skip }) => {

@@ -61,10 +61,7 @@ export function listingRules(env: Env): void {
       expect(await codeName(env.controller('ListVolumes', { max_entries: -1 }))).toBe('INVALID_ARGUMENT');
     });
 
-    // BUG (src/controller/listing.ts, listVolumes): a token is any id-shaped string, so a
-    // token the driver never handed out ("invalid-token", as csi-sanity sends) is accepted
-    // as a position; the spec answers ABORTED for a starting_token that is not valid.
-    it.fails('answers ABORTED to a starting_token it never handed out', async ({ skip }) => {
+    it('answers ABORTED to a starting_token it never handed out', async ({ skip }) => {
       need(env, skip, 'LIST_VOLUMES');
       expect(await codeName(env.controller('ListVolumes', { starting_token: 'invalid-token' }))).toBe('ABORTED');
     });
@@ -120,11 +117,7 @@ export function listingRules(env: Env): void {
       expect((await capacity({ parameters: { ...env.baseParameters, format: 'qcow2' }, volume_capabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] })).available).toBe(0n);
     });
 
-    // BUG (src/controller/capacity.ts, capacity): maximum_volume_size is a mount's free
-    // bytes as statfs gives them, not a whole number of MiB, while CreateVolume rounds
-    // required_bytes up to a MiB: asking for exactly maximum_volume_size fails with
-    // RESOURCE_EXHAUSTED. The spec defines it as the largest required_bytes that succeeds.
-    it.fails('creates a volume of exactly maximum_volume_size, and not one MiB more', async ({ skip }) => {
+    it('creates a volume of exactly maximum_volume_size, and not one MiB more', async ({ skip }) => {
       need(env, skip, 'GET_CAPACITY', 'CREATE_DELETE_VOLUME');
       const params = { ...env.baseParameters, format: 'raw' };
       const c = await capacity({ parameters: params, volume_capabilities: [mountCap()] });

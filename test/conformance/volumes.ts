@@ -122,10 +122,7 @@ export function volumeRules(env: Env): void {
       expect(await codeName(env.controller('CreateVolume', { ...req, ...change }))).toBe('ALREADY_EXISTS');
     });
 
-    // BUG (src/controller/volumes.ts, VolumeService.reuse): a repeat is answered with the
-    // existing volume without checking that it is accessible from the request's requisite
-    // topology; the spec requires "is accessible from accessibility_requirements" for OK.
-    it.fails('answers ALREADY_EXISTS to the same name when the volume lies outside the requisite topology', async ({ skip }) => {
+    it('answers ALREADY_EXISTS to the same name when the volume lies outside the requisite topology', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const mounts = env.topologyMounts();
       if (mounts.length < 2) skip('needs two mounts in the node topology');
@@ -135,20 +132,14 @@ export function volumeRules(env: Env): void {
       expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { accessibility_requirements: elsewhere })))).toBe('ALREADY_EXISTS');
     });
 
-    // BUG (src/controller/volumes.ts, VolumeService.reuse): mutable_parameters are not
-    // compared on a repeat, so a request for format qcow2 gets the raw volume back.
-    it.fails('answers ALREADY_EXISTS to the same name with different mutable_parameters', async ({ skip }) => {
+    it('answers ALREADY_EXISTS to the same name with different mutable_parameters', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'MODIFY_VOLUME');
       const name = env.name('conflict-mutable');
       await env.createVolume(name, { mutable_parameters: { format: 'raw' } });
       expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { mutable_parameters: { format: 'qcow2' } })))).toBe('ALREADY_EXISTS');
     });
 
-    // BUG (src/csi/controller.ts, CONTROLLER_CAPABILITIES): the controller creates and
-    // publishes SINGLE_NODE_SINGLE_WRITER / SINGLE_NODE_MULTI_WRITER volumes and the node
-    // advertises SINGLE_NODE_MULTI_WRITER, but the controller does not, so the sidecars
-    // turn ReadWriteOncePod into SINGLE_NODE_WRITER on the controller side only.
-    it.fails('advertises SINGLE_NODE_MULTI_WRITER when it serves the single-node single- and multi-writer modes', async ({ skip }) => {
+    it('advertises SINGLE_NODE_MULTI_WRITER when it serves the single-node single- and multi-writer modes', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const caps = [mountCap('SINGLE_NODE_SINGLE_WRITER'), mountCap('SINGLE_NODE_MULTI_WRITER')];
       const served = await codeName(env.createVolume(env.name('snmw'), { volume_capabilities: caps }));
@@ -216,10 +207,7 @@ export function volumeRules(env: Env): void {
       expect(res.message).not.toBe('');
     });
 
-    // BUG (src/csi/controller.ts, ValidateVolumeCapabilities handler): `parameters` and
-    // `volume_context` are echoed into `confirmed` without being checked, so the driver
-    // "confirms" format raw for a qcow2 volume. Confirmed means validated (CSI spec).
-    it.fails('does not confirm parameters that contradict the volume', async ({ skip }) => {
+    it('does not confirm parameters that contradict the volume', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const v = await env.createVolume(env.name('validate-params'), { parameters: { format: 'qcow2' } });
       const res = await env.controller('ValidateVolumeCapabilities', { volume_id: v.volume_id, volume_capabilities: [mountCap()], parameters: { format: 'raw' } });
