@@ -173,9 +173,15 @@ export class Stager {
     // Only devices that still read our file: a recorded device number may
     // since have been reused for another volume.
     if (rec.loopFile !== undefined) {
-      for (const loop of await this.sys.loops.findByFile(rec.loopFile)) await this.sys.loops.detach(loop.device);
+      const file = rec.loopFile;
+      for (const loop of await this.sys.loops.findByFile(file)) await this.sys.loops.detach(loop.device);
+      // A detach is deferred while something (udev's probe) still has the device open;
+      // give it a moment to go before the export under it is stopped.
+      for (let i = 0; i < 40 && (await this.sys.loops.findByFile(file)).length > 0; i++) await sleep(50);
     }
     if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
     await this.state.remove(rec.volumeId);
   }
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
