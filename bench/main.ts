@@ -1,0 +1,267 @@
+/**
+ * `npm run bench [-- --quick] [-- --out FILE] [-- --only 1,3]`: filedriver
+ * against its physical floor, side by side (issue 7). Needs root, the tools of
+ * scripts/install-deps.sh (with fio) and a built dist/. Every figure is a
+ * ratio to a floor measured in the same run; see docs/BENCHMARKS.md.
+ */
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readdir, statfs, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { packageRoot } from '../src/csi/proto.js';
+import { BASE_PREFIX, Cleanup, staleBases, sweep } from './lib/cleanup.js';
+import { driver, type Ctx, type Scale } from './lib/context.js';
+import { driverMain, useDriverBuild } from './lib/driver.js';
+import { fmt, machine, Results, table } from './lib/report.js';
+import { makeRamShare, makeShare } from './lib/scratch.js';
+import { startDriver } from './lib/driver.js';
+import { SERVER_ARGS } from './lib/context.js';
+import { sh } from './lib/sh.js';
+import { createAndDelete, getCapacity } from './scenarios/controller.js';
+import { dataPath } from './scenarios/datapath.js';
+import { manyVolumes } from './scenarios/listing.js';
+import { memory } from './scenarios/memory.js';
+import { stageUnstage } from './scenarios/node.js';
+import { probes } from './scenarios/probes.js';
+import { census } from './scenarios/census.js';
+import { snapshotsAndClones } from './scenarios/snapshots.js';
+
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+const TOOLS = ['qemu-img', 'qemu-io', 'qemu-storage-daemon', 'fio', 'mkfs.xfs', 'mkfs.ext4', 'losetup', 'mount', 'cp'];
+
+const log = (line: string): void => {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+};
+
+function usage(): string {
+  return `Usage: npm run bench [-- --quick] [-- --out FILE] [-- --only ITEMS]
+  --quick       one run per figure, smaller data (a few minutes); results go to .bench-out/quick.json
+  --out FILE    where to write the JSON (default docs/benchmarks.json; with --quick .bench-out/quick.json)
+  --only ITEMS  comma-separated issue items to run (1-6); 1 and 2 run together
+  --driver DIR  benchmark the build in DIR (a checkout with dist/src/main.js; default this one): before/after runs
+  --full-list   page through all volumes in ListVolumes however long it takes (default: a 30 s time box, then extrapolated)
+`;
+}
+
+async function preflight(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('the bench needs root (loop devices, mounts, drop_caches)');
+  for (const tool of TOOLS) {
+    await sh(['sh', '-c', `command -v ${tool}`]).catch(() => {
+      throw new Error(`${tool} is missing; run scripts/install-deps.sh`);
+    });
+  }
+  if (!existsSync(driverMain())) throw new Error(`${driverMain()} is missing; npm run build`);
+}
+
+/** Data sizes: 1 GiB and 8 GiB when the host has room, else 256 MiB and 2 GiB. */
+function chooseScale(quick: boolean, fullList: boolean, freeBytes: number): { scale: Scale; xfsMiB: number; ext4MiB: number; note: string | undefined } {
+  const fullRoom = freeBytes >= 40 * GiB;
+  const big = !quick && fullRoom;
+  const dataSmall = big ? GiB : 256 * MiB;
+  const dataBig = 8 * dataSmall;
+  const scale: Scale = {
+    dataSmall,
+    dataBig,
+    listVolumes: quick ? 2_000 : 10_000,
+    memoryVolumes: quick ? 200 : 1_000,
+    runs: quick ? 1 : 3,
+    samples: quick ? 15 : 30,
+    fioSeconds: 2,
+    listBudgetSeconds: fullList ? Number.POSITIVE_INFINITY : quick ? 15 : 30,
+  };
+  // The big data and its convert copy live on xfs at once; the 10 GiB stage volumes need room when raw.
+  const xfsMiB = Math.max(24 * 1024, Math.ceil((2.5 * dataBig) / MiB));
+  const ext4MiB = 8 * 1024;
+  let note: string | undefined;
+  if (!quick && !fullRoom) note = `only ${(freeBytes / GiB).toFixed(0)} GiB free under ${tmpdir()}: data scaled down to 256 MiB / 2 GiB`;
+  return { scale, xfsMiB, ext4MiB, note };
+}
+
+/** Which driver code was measured: its commit, and whether src/ differed from it. */
+async function describeBuild(dir: string): Promise<{ path: string; commit: string; dirty: boolean }> {
+  const commit = (await sh(['git', '-C', dir, 'log', '-1', '--format=%h %s']).catch(() => ({ stdout: 'unknown' }))).stdout.trim();
+  const status = (await sh(['git', '-C', dir, 'status', '--porcelain', '--', 'src']).catch(() => ({ stdout: '' }))).stdout.trim();
+  return { path: dir, commit, dirty: status !== '' };
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: { quick: { type: 'boolean' }, 'full-list': { type: 'boolean' }, driver: { type: 'string' }, out: { type: 'string' }, only: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(usage());
+    return 0;
+  }
+  const quick = values.quick === true;
+  const only = new Set((values.only ?? '1,2,3,4,5,6').split(',').map((s) => Number(s.trim())));
+  if (only.has(1) || only.has(2)) {
+    only.add(1);
+    only.add(2);
+  }
+  const root = packageRoot();
+  const driverRoot = resolve(values.driver ?? root);
+  useDriverBuild(driverRoot);
+  const out = values.out ?? join(root, quick ? '.bench-out/quick.json' : 'docs/benchmarks.json');
+  await preflight();
+
+  for (const stale of await staleBases()) {
+    log(`removing what an earlier bench run left in ${stale}`);
+    await sweep(stale, log);
+  }
+  const base = await mkdtemp(join(tmpdir(), BASE_PREFIX));
+  await writeFile(join(base, 'bench.pid'), `${process.pid}\n`);
+  const cleanup = new Cleanup();
+  const results = new Results();
+  // One cleanup, however many ways the run ends (done, failed, signalled): all wait for the same one.
+  let finishing: Promise<void> | undefined;
+  const finish = (): Promise<void> =>
+    (finishing ??= (async () => {
+      log('cleaning up');
+      await cleanup.runAll(log);
+      // The servers' logs (one JSON line per RPC with its durationMs) outlive the run in .bench-out/logs/.
+      const logs = join(packageRoot(), '.bench-out', 'logs');
+      await mkdir(logs, { recursive: true });
+      for (const f of (await readdir(base).catch(() => [] as string[])).filter((n) => n.startsWith('driver-'))) {
+        await copyFile(join(base, f), join(logs, f)).catch(() => undefined);
+      }
+      await sweep(base, log);
+    })());
+  let aborted = false;
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(signal, () => {
+      aborted = true;
+      log(`${signal}: stopping`);
+      void finish().finally(() => process.exit(130));
+    });
+  }
+
+  const started = Date.now();
+  const loadAtStart = loadavg()[0] ?? 0;
+  if (loadAtStart > 0.5) log(`load average is ${loadAtStart.toFixed(2)}: something else runs on this machine; ratios hold better than absolutes, but expect noise`);
+  const failures: string[] = [];
+  try {
+    const s = await statfs(base);
+    const { scale, xfsMiB, ext4MiB, note } = chooseScale(quick, values['full-list'] === true, s.bavail * s.bsize);
+    if (note !== undefined) {
+      log(note);
+      results.note(note);
+    }
+    log(`base ${base}; making 8 shares (xfs ${xfsMiB / 1024} GiB reflink, ext4 ${ext4MiB / 1024} GiB, 6 × ext4 64 MiB)`);
+    const shares: Record<string, string> = {};
+    shares['xfs'] = await makeShare(base, 'xfs', 'xfs', xfsMiB, cleanup);
+    shares['ext4'] = await makeShare(base, 'ext4', 'ext4', ext4MiB, cleanup);
+    for (let i = 1; i <= 6; i++) shares[`s${i}`] = await makeShare(base, `s${i}`, 'ext4', 64, cleanup);
+    const kubelet = join(base, 'kubelet');
+    await mkdir(kubelet, { recursive: true });
+    const ctx: Ctx = { base, quick, scale, cleanup, results, log, shares, kubelet };
+
+    const step = async (item: number, name: string, fn: () => Promise<void>): Promise<void> => {
+      if (!only.has(item) || aborted) return;
+      const t0 = Date.now();
+      log(`${name}…`);
+      try {
+        await fn();
+        log(`${name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+      } catch (e) {
+        if (aborted) return;
+        const msg = `${name} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`;
+        log(msg);
+        failures.push(msg);
+      }
+    };
+
+    await step(1, 'items 1-2: CreateVolume, DeleteVolume, GetCapacity', async () => {
+      const d = await driver(ctx, 'controller');
+      try {
+        Object.assign(results.probes, await probes(ctx, d));
+        await createAndDelete(ctx, d);
+        await getCapacity(ctx, d, '', 2.5);
+      } finally {
+        await d.stop();
+      }
+    });
+    await step(2, `item 2: ${scale.listVolumes} volumes (ListVolumes, CreateVolume, GetCapacity)`, () => manyVolumes(ctx));
+    for (const [item, name, fn] of [
+      [3, 'item 3: snapshots and clones', snapshotsAndClones],
+      [4, 'item 4: NodeStage/NodeUnstage', stageUnstage],
+    ] as const) {
+      await step(item, name, async () => {
+        const d = await driver(ctx, `item${item}`);
+        try {
+          await fn(ctx, d);
+        } finally {
+          await d.stop();
+        }
+      });
+    }
+    await step(4, 'process spawns per RPC', () => census(ctx));
+    await step(5, 'item 5: data path (fio)', async () => {
+      const ram = await makeRamShare(base, 'ram', 6 * 1024, cleanup);
+      const d = await startDriver({ base, mounts: { ram }, kubeletDir: kubelet, tag: 'item5', args: SERVER_ARGS }, cleanup);
+      try {
+        await dataPath(ctx, d, 'ram', ram);
+      } finally {
+        await d.stop();
+      }
+    });
+    await step(6, 'item 6: memory', () => memory(ctx));
+
+    if (aborted) return 130;
+    const m = await machine(base);
+    m.load.start = loadAtStart;
+    m.shares = `sparse image files on the host's ${m.hostFs}, loop-mounted (buffered loop): xfs ${xfsMiB / 1024} GiB with reflink=1, ext4 ${ext4MiB / 1024} GiB, 6 × ext4 64 MiB`;
+    const seconds = Math.round((Date.now() - started) / 1000);
+    const args = process.argv.slice(2).join(' ');
+    const command = process.env['npm_lifecycle_event'] === 'bench' ? `npm run bench${args ? ` -- ${args}` : ''}` : `node dist/bench/main.js${args ? ` ${args}` : ''}`;
+    const driverBuild = await describeBuild(driverRoot);
+    const report = {
+      date: new Date().toISOString(),
+      command,
+      quick,
+      durationSeconds: seconds,
+      machine: m,
+      driver: driverBuild,
+      scale,
+      notes: results.notes,
+      probesMs: results.probes,
+      failures,
+      results: results.rows,
+    };
+    await mkdir(dirname(out), { recursive: true });
+    await writeFile(out, `${JSON.stringify(report, null, 2)}\n`);
+    const md = [
+      `${command} — ${report.date}, ${seconds} s`,
+      `${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}, ${m.os}, node ${m.node}, ${m.qemu}`,
+      `driver: ${driverBuild.commit}${driverBuild.dirty ? ' + uncommitted changes in src/' : ''} (${driverBuild.path})`,
+      `shares: ${m.shares}`,
+      `load average: ${m.load.start.toFixed(2)} at start, ${m.load.end.toFixed(2)} at end`,
+      '',
+      table(results.rows),
+      '',
+      'Unit costs (p50, ms):',
+      ...Object.entries(results.probes).map(([k, v]) => `- ${k}: ${fmt(v as number)}`),
+      ...(results.notes.length > 0 ? ['', 'Notes:', ...results.notes.map((n) => `- ${n}`)] : []),
+    ].join('\n');
+    await mkdir(join(root, '.bench-out'), { recursive: true });
+    await writeFile(join(root, '.bench-out', 'latest.md'), `${md}\n`);
+    process.stdout.write(`${md}\n\nJSON: ${relative(process.cwd(), out)}\n`);
+  } finally {
+    await finish();
+  }
+  if (failures.length > 0) {
+    log(`${failures.length} part(s) failed:\n${failures.join('\n')}`);
+    return 1;
+  }
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    log(e instanceof Error ? (e.stack ?? e.message) : String(e));
+    process.exit(1);
+  },
+);
