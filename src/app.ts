@@ -116,6 +116,8 @@ export function buildApp(config: Config, log: Logger): App {
         if (!controller) continue;
         const removed = await cleanTemp(mounts.layout(h.name).tmp);
         if (removed > 0) log.info({ mount: h.name, removed }, 'removed leftovers of interrupted work');
+        // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
+        ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
     },
   };

@@ -3,7 +3,6 @@
  * validate. Each checks the mounts' state first and acts so that a repeat is a
  * no-op (CSI idempotency).
  */
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { checkCapabilities, unsupportedReason, type Capability } from '../domain/capabilities.js';
@@ -18,6 +17,7 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
 import type { ContentSource, Sources } from './sources.js';
 import type { RelocateTarget } from './relocate.js';
+import { imageHeaderProblem } from '../storage/image-header.js';
 import { Layout } from '../storage/layout.js';
 import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -234,16 +234,25 @@ export class VolumeService {
     return view({ mount: found.mount, record });
   }
 
-  async condition(found: FoundVolume): Promise<Condition> {
+  /**
+   * The volume's health. `quick` (ListVolumes, a page of many) reads only the
+   * image's header; `full` (ControllerGetVolume, one volume) also runs
+   * `qemu-img check`, which costs a process and reads the metadata.
+   */
+  async condition(found: FoundVolume, depth: 'quick' | 'full'): Promise<Condition> {
     if (!found.writable) return { abnormal: true, message: `mount ${found.mount} is not usable: ${found.reason ?? 'unknown'}` };
     const image = found.layout.imagePath(found.record.id, found.record.format);
+    let problem: string | undefined;
     try {
-      await stat(image);
+      problem = await imageHeaderProblem(image, found.record.format);
     } catch {
       return { abnormal: true, message: `image ${image} is missing` };
     }
-    const check = await this.qemuImg.check(image, found.record.format);
-    if (!check.ok) return { abnormal: true, message: `qemu-img check failed: ${check.problem}` };
+    if (problem !== undefined) return { abnormal: true, message: `image ${image}: ${problem}` };
+    if (depth === 'full') {
+      const check = await this.qemuImg.check(image, found.record.format);
+      if (!check.ok) return { abnormal: true, message: `qemu-img check failed: ${check.problem}` };
+    }
     return { abnormal: false, message: 'volume is healthy' };
   }
 

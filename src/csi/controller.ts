@@ -136,7 +136,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       const entries = await Promise.all(
         page.entries.map(async (found) => ({
           volume: csiVolume(view(found)),
-          status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found)) },
+          status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'quick')) },
         })),
       );
       return { entries, next_token: page.nextToken };
@@ -212,7 +212,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),
-        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found)) },
+        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'full')) },
       };
     }),
   };

@@ -1,7 +1,8 @@
 /**
  * Sum of virtual sizes per mount, for thin over-subscription. Built by reading
- * each volume.json once; later refreshes only read volumes that appeared since
- * (a readdir diff), so GetCapacity stays cheap with many volumes.
+ * each volume.json once (many at a time, and ahead of the first request when
+ * warmed at start-up); later refreshes only read volumes that appeared since
+ * (a readdir diff), so GetCapacity and CreateVolume stay cheap with many volumes.
  */
 import type { Layout } from './layout.js';
 import type { VolumeStore } from './volume-store.js';
@@ -9,9 +10,15 @@ import type { VolumeStore } from './volume-store.js';
 interface MountLedger {
   sizes: Map<string, bigint>;
   refreshedAt: number;
+  /** The refresh in flight, shared by everyone who asks meanwhile. */
+  refreshing: Promise<void> | undefined;
+  /** What this process created or deleted while a refresh was in flight; it wins over the refresh's readdir. */
+  changes: Map<string, bigint | null>;
 }
 
 const REFRESH_MS = 5_000;
+/** volume.json reads in flight at once: enough to hide NFS latency, few enough for the libuv pool and fd limits. */
+const PARALLEL_READS = 32;
 
 export class Ledger {
   private readonly byMount = new Map<string, MountLedger>();
@@ -19,7 +26,7 @@ export class Ledger {
   constructor(private readonly store: VolumeStore) {}
 
   async committed(mount: string, layout: Layout): Promise<bigint> {
-    const ledger = await this.refresh(mount, layout);
+    const ledger = await this.fresh(mount, layout);
     let sum = 0n;
     for (const size of ledger.sizes.values()) sum += size;
     return sum;
@@ -27,26 +34,66 @@ export class Ledger {
 
   /** Records a size this process just wrote, so the next placement sees it at once. */
   note(mount: string, id: string, sizeBytes: bigint): void {
-    this.byMount.get(mount)?.sizes.set(id, sizeBytes);
+    this.change(mount, id, sizeBytes);
   }
 
   forget(mount: string, id: string): void {
-    this.byMount.get(mount)?.sizes.delete(id);
+    this.change(mount, id, null);
   }
 
-  private async refresh(mount: string, layout: Layout): Promise<MountLedger> {
+  /** Builds a mount's ledger now, so the first placement does not wait for it. */
+  async warm(mount: string, layout: Layout): Promise<void> {
+    await this.fresh(mount, layout);
+  }
+
+  private change(mount: string, id: string, size: bigint | null): void {
+    const ledger = this.byMount.get(mount);
+    if (ledger === undefined) return; // not built yet: its first refresh reads the disk
+    if (size === null) ledger.sizes.delete(id);
+    else ledger.sizes.set(id, size);
+    if (ledger.refreshing !== undefined) ledger.changes.set(id, size);
+  }
+
+  private async fresh(mount: string, layout: Layout): Promise<MountLedger> {
     let ledger = this.byMount.get(mount);
-    if (ledger !== undefined && Date.now() - ledger.refreshedAt < REFRESH_MS) return ledger;
-    ledger ??= { sizes: new Map(), refreshedAt: 0 };
-    const ids = new Set(await this.store.ids(layout));
-    for (const id of ledger.sizes.keys()) if (!ids.has(id)) ledger.sizes.delete(id);
-    for (const id of ids) {
-      if (ledger.sizes.has(id)) continue;
-      const record = await this.store.read(layout, id);
-      if (record !== undefined) ledger.sizes.set(id, BigInt(record.sizeBytes));
+    if (ledger === undefined) {
+      ledger = { sizes: new Map(), refreshedAt: 0, refreshing: undefined, changes: new Map() };
+      this.byMount.set(mount, ledger);
+    }
+    if (ledger.refreshing === undefined && Date.now() - ledger.refreshedAt >= REFRESH_MS) {
+      const l = ledger;
+      const run = this.refresh(l, layout).finally(() => {
+        l.refreshing = undefined;
+        l.changes.clear();
+      });
+      // A failed background refresh keeps the old sizes and the next request retries; a first build's failure reaches its caller.
+      run.catch(() => undefined);
+      l.refreshing = run;
+    }
+    // Stale sizes are fine for a request that arrives while a refresh of a built ledger runs.
+    if (ledger.refreshing !== undefined && ledger.refreshedAt === 0) await ledger.refreshing;
+    return ledger;
+  }
+
+  private async refresh(ledger: MountLedger, layout: Layout): Promise<void> {
+    const ids = await this.store.ids(layout);
+    const present = new Set(ids);
+    for (const id of ledger.sizes.keys()) if (!present.has(id)) ledger.sizes.delete(id);
+    const unknown = ids.filter((id) => !ledger.sizes.has(id));
+    let next = 0;
+    const reader = async (): Promise<void> => {
+      while (next < unknown.length) {
+        const id = unknown[next++] as string;
+        const record = await this.store.read(layout, id);
+        if (record !== undefined) ledger.sizes.set(id, BigInt(record.sizeBytes));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PARALLEL_READS, unknown.length) }, reader));
+    // This process's own creates and deletes during the readdir are newer than it.
+    for (const [id, size] of ledger.changes) {
+      if (size === null) ledger.sizes.delete(id);
+      else ledger.sizes.set(id, size);
     }
     ledger.refreshedAt = Date.now();
-    this.byMount.set(mount, ledger);
-    return ledger;
   }
 }

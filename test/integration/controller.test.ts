@@ -191,6 +191,28 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     expect(await codeOf(driver.client.controller('ControllerGetVolume', { volume_id: 'nope' }))).toBe(status.NOT_FOUND);
   });
 
+  it('reports in ListVolumes, from the image header, a qcow2 qemu marked corrupt and a missing image', async () => {
+    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone']) {
+      await driver.client.controller('CreateVolume', createRequest(name, { parameters: { mounts: 'big' } }));
+    }
+    const corrupt = join(vol(big, 'pvc-lc-corrupt'), 'disk.qcow2');
+    const header = readFileSync(corrupt);
+    header.writeBigUInt64BE(header.readBigUInt64BE(72) | 2n, 72); // the "corrupt" incompatible-feature bit
+    writeFileSync(corrupt, header);
+    execFileSync('rm', [join(vol(big, 'pvc-lc-gone'), 'disk.qcow2')]);
+    const conditions: Record<string, { abnormal: boolean; message: string }> = {};
+    let token = '';
+    do {
+      const page = await driver.client.controller('ListVolumes', { max_entries: 50, starting_token: token });
+      for (const e of page.entries) conditions[e.volume.volume_id] = e.status.volume_condition;
+      token = page.next_token;
+    } while (token !== '');
+    expect(conditions['pvc-lc-ok']).toEqual({ abnormal: false, message: 'volume is healthy' });
+    expect(conditions['pvc-lc-corrupt']).toEqual({ abnormal: true, message: expect.stringMatching(/marked the qcow2 image corrupt/) });
+    expect(conditions['pvc-lc-gone']).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
+    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone']) await driver.client.controller('DeleteVolume', { volume_id: name });
+  });
+
   it('validates capabilities against the volume', async () => {
     await driver.client.controller('CreateVolume', createRequest('pvc-val'));
     const ok = await driver.client.controller('ValidateVolumeCapabilities', { volume_id: 'pvc-val', volume_capabilities: [mountCap()] });
