@@ -7,7 +7,8 @@
  * devices whose backing file was deleted); `--nooverlap` is a second guard
  * that makes losetup hand back the existing device instead of a second one.
  */
-import { statfs } from 'node:fs/promises';
+import { readdir, readFile, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
 import { canonicalPath } from './filesystems.js';
 import { internal } from '../domain/errors.js';
@@ -60,51 +61,79 @@ const DELETED = ' (deleted)';
  */
 const FUSE_MAGIC = 0x65735546;
 
-interface LosetupEntry {
-  name?: string;
-  'back-file'?: string | null;
-  ro?: boolean | string | number | null;
-  dio?: boolean | string | number | null;
-  autoclear?: boolean | string | number | null;
+/** One device's sysfs files as read: `loop/backing_file`, `ro`, `loop/dio`, `loop/autoclear`. */
+export interface LoopSysfsFiles {
+  backingFile: string;
+  ro: string;
+  dio: string;
+  autoclear: string;
 }
 
-// losetup 2.38 prints JSON booleans; older versions print "0"/"1".
-const flag = (v: LosetupEntry['ro']): boolean => v === true || v === 1 || v === '1';
+const flag = (text: string): boolean => text.trim() === '1';
 
-/**
- * `losetup --list --json`. An unattached device asked for by name comes back
- * with a null back-file and is left out; some versions print nothing at all.
- */
-export function parseLosetupJson(stdout: string): LoopDevice[] {
-  if (stdout.trim() === '') return [];
-  const data = JSON.parse(stdout) as { loopdevices?: LosetupEntry[] };
-  const devices: LoopDevice[] = [];
-  for (const e of data.loopdevices ?? []) {
-    const back = e['back-file'];
-    if (e.name === undefined || back === null || back === undefined || back === '') continue;
-    const backingDeleted = back.endsWith(DELETED);
-    devices.push({
-      device: e.name,
-      backingFile: backingDeleted ? back.slice(0, -DELETED.length) : back,
-      backingDeleted,
-      readOnly: flag(e.ro),
-      directIo: flag(e.dio),
-      autoclear: flag(e.autoclear),
-    });
+/** One device from its sysfs files; undefined when no file is attached (empty backing_file). */
+export function parseLoopSysfs(device: string, files: LoopSysfsFiles): LoopDevice | undefined {
+  // The kernel ends the path with one newline; the path itself may end in spaces.
+  const back = files.backingFile.endsWith('\n') ? files.backingFile.slice(0, -1) : files.backingFile;
+  if (back === '') return undefined;
+  const backingDeleted = back.endsWith(DELETED);
+  return {
+    device,
+    backingFile: backingDeleted ? back.slice(0, -DELETED.length) : back,
+    backingDeleted,
+    readOnly: flag(files.ro),
+    directIo: flag(files.dio),
+    autoclear: flag(files.autoclear),
+  };
+}
+
+const LOOP_NAME = /^loop\d+$/;
+
+/** loopN of /dev/loopN, the name of its directory under /sys/block. */
+function sysName(device: string): string {
+  const name = device.startsWith('/dev/') ? device.slice('/dev/'.length) : '';
+  if (!LOOP_NAME.test(name)) throw internal(`${device} is not a loop device`);
+  return name;
+}
+
+/** A device detached while we read it: its files are gone (ENOENT), or one already open reads ENODEV. */
+function vanished(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENODEV';
+}
+
+async function readDevice(sysBlock: string, name: string): Promise<LoopDevice | undefined> {
+  const text = (file: string): Promise<string> => readFile(join(sysBlock, name, file), 'utf8');
+  try {
+    // loop/ exists only while a file is attached, so a free device costs one failed open.
+    const backingFile = await text('loop/backing_file');
+    const [ro, dio, autoclear] = await Promise.all([text('ro'), text('loop/dio'), text('loop/autoclear')]);
+    return parseLoopSysfs(`/dev/${name}`, { backingFile, ro, dio, autoclear });
+  } catch (e) {
+    if (vanished(e)) return undefined;
+    throw e;
   }
-  return devices;
 }
-
-// Explicit columns keep the JSON keys stable across util-linux versions. BACK-FILE comes from
-// sysfs, so it is the whole path (the ioctl's copy is cut at 64 bytes).
-const LIST = ['losetup', '--list', '--json', '--output', 'NAME,BACK-FILE,RO,DIO,AUTOCLEAR'];
 
 /** losetup's words for "this device does not exist or has nothing attached" */
 const GONE = /No such device or address|No such device|No such file or directory/;
 
-export function makeLoopDevices(run: Runner): LoopDevices {
-  const list = async (device?: string): Promise<LoopDevice[]> =>
-    parseLosetupJson((await run(device === undefined ? LIST : [...LIST, device], { timeoutMs: 30_000 })).stdout);
+export interface LoopDevicesOptions {
+  /** Where the kernel lists block devices; tests point it at a fake tree. */
+  sysBlock?: string;
+}
+
+/**
+ * Lookups (list, findByFile, size) read sysfs, where losetup itself lists devices: a
+ * spawn per lookup dominated the node RPCs' latency. Changes stay with losetup.
+ */
+export function makeLoopDevices(run: Runner, { sysBlock = '/sys/block' }: LoopDevicesOptions = {}): LoopDevices {
+  const list = async (device?: string): Promise<LoopDevice[]> => {
+    const names = device === undefined ? (await readdir(sysBlock)).filter((n) => LOOP_NAME.test(n)) : [sysName(device)];
+    names.sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)));
+    const found = await Promise.all(names.map((n) => readDevice(sysBlock, n)));
+    return found.filter((d) => d !== undefined);
+  };
 
   const findByFile = async (file: string): Promise<LoopDevice[]> => {
     const path = await canonicalPath(file);
@@ -156,8 +185,15 @@ export function makeLoopDevices(run: Runner): LoopDevices {
     },
 
     async size(device) {
-      const { stdout } = await run(['blockdev', '--getsize64', device], { timeoutMs: 30_000 });
-      return BigInt(stdout.trim());
+      let sectors: string;
+      try {
+        sectors = await readFile(join(sysBlock, sysName(device), 'size'), 'utf8');
+      } catch (e) {
+        if (vanished(e)) throw internal(`loop device ${device} does not exist`, e);
+        throw e;
+      }
+      // sysfs counts 512-byte sectors whatever the device's logical block size.
+      return BigInt(sectors.trim()) * 512n;
     },
   };
 }
