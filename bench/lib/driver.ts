@@ -7,43 +7,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { credentials, type Client, type ServiceError } from '@grpc/grpc-js';
-import { loadCsi, packageRoot } from '../../src/csi/proto.js';
+import { connect as connectCsi, type CsiClient } from '../../src/csi/client.js';
+import { packageRoot } from '../../src/csi/proto.js';
 import type { Cleanup } from './cleanup.js';
 import { sleep } from './sh.js';
-
-export type Call = (method: string, request?: object) => Promise<any>;
-
-export interface CsiClient {
-  identity: Call;
-  controller: Call;
-  node: Call;
-  close(): void;
-}
-
-function caller(client: Client): Call {
-  return (method, request = {}) =>
-    new Promise((resolve, reject) => {
-      const fn = (client as unknown as Record<string, Function>)[method];
-      if (fn === undefined) throw new Error(`no method ${method}`);
-      fn.call(client, request, { deadline: Date.now() + 900_000 }, (err: ServiceError | null, res: unknown) =>
-        err ? reject(new Error(`${method}: ${err.details || err.message}`)) : resolve(res),
-      );
-    });
-}
-
-export function connect(socket: string): CsiClient {
-  const csi = loadCsi();
-  const target = `unix://${socket}`;
-  const made = [csi.Identity, csi.Controller, csi.Node].map((C) => new C(target, credentials.createInsecure()));
-  const [identity, controller, node] = made as unknown as [Client, Client, Client];
-  return {
-    identity: caller(identity),
-    controller: caller(controller),
-    node: caller(node),
-    close: () => made.forEach((c) => c.close()),
-  };
-}
 
 export interface Memory {
   rssKiB: number;
@@ -93,7 +60,7 @@ export async function startDriver(o: DriverOptions, cleanup: Cleanup): Promise<D
   const child: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', logFd, logFd] });
   closeSync(logFd);
   const exited = new Promise<void>((res) => child.once('exit', () => res()));
-  const client = connect(socket);
+  const client = connectCsi(socket, { deadlineMs: 900_000 });
   const stop = cleanup.add(`driver ${o.tag}`, async () => {
     client.close();
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');

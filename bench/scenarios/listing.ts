@@ -140,7 +140,7 @@ export async function manyVolumes(ctx: Ctx): Promise<void> {
   do {
     let res: { entries: unknown[]; next_token: string } = { entries: [], next_token: '' };
     pages.push(await timed(async () => {
-      res = await d.client.controller('ListVolumes', { max_entries: PAGE, starting_token: token });
+      res = (await d.client.controller('ListVolumes', { max_entries: PAGE, starting_token: token })) as typeof res;
     }));
     entries += res.entries.length;
     token = res.next_token;

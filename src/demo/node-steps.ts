@@ -2,8 +2,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-
-export type Call = (method: string, request: object) => Promise<Record<string, any>>;
+import type { Call } from '../csi/client.js';
 
 export interface DemoContext {
   controller: Call;

@@ -6,27 +6,17 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { credentials, type Client, type ServiceError } from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { buildApp } from '../app.js';
 import { buildConfig } from '../config.js';
-import { loadCsi } from '../csi/proto.js';
+import { connect } from '../csi/client.js';
 import { startServer } from '../csi/server.js';
 import { makeRunner } from '../system/command.js';
 import { makeScratchShare } from './scratch.js';
-import { nodeSteps, type Call } from './node-steps.js';
+import { nodeSteps } from './node-steps.js';
 
 const say = (text: string): boolean => process.stdout.write(`${text}\n`);
 
-
-function caller(client: Client): Call {
-  return (method, request) =>
-    new Promise((resolve, reject) => {
-      const fn = (client as unknown as Record<string, (...a: unknown[]) => void>)[method];
-      if (fn === undefined) return reject(new Error(`no method ${method}`));
-      fn.call(client, request, (err: ServiceError | null, res: Record<string, any>) => (err ? reject(err) : resolve(res)));
-    });
-}
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the demo mounts a scratch filesystem: run it as root');
@@ -40,10 +30,8 @@ async function main(): Promise<void> {
   const app = buildApp(config, log);
   await app.prepare();
   const server = await startServer(socket, app.services, log);
-  const csi = loadCsi();
-  const target = `unix://${socket}`;
-  const clients = [new csi.Identity(target, credentials.createInsecure()), new csi.Controller(target, credentials.createInsecure()), new csi.Node(target, credentials.createInsecure())];
-  const [identity, controller, node] = clients.map(caller) as [Call, Call, Call];
+  const client = connect(socket);
+  const { identity, controller, node } = client;
   try {
     const info = await identity('GetPluginInfo', {});
     say(`serving ${info['name']} ${info['vendor_version']} on ${socket}`);
@@ -79,7 +67,7 @@ async function main(): Promise<void> {
     await controller('DeleteVolume', { volume_id: volume.volume_id });
     say('DeleteVolume again (a retry): still success');
   } finally {
-    for (const c of clients) c.close();
+    client.close();
     await server.shutdown(2_000);
     await share.remove();
     await rm(workDir, { recursive: true, force: true });
