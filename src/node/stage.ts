@@ -101,11 +101,11 @@ export class Stager {
   private async mountFilesystem(rec: StageRecord, flags: string[], log: Logger): Promise<void> {
     const device = rec.device ?? '';
     const fsType = rec.fsType ?? 'ext4';
-    const found = await this.sys.fs.probe(device);
+    // A read-only stage never formats; otherwise one probe decides, and only a blank device is formatted.
+    const found = rec.readOnly ? await this.sys.fs.probe(device) : await this.sys.fs.formatIfBlank(device, fsType);
     if (found.kind === 'blank') {
       if (rec.readOnly) throw precondition(`volume ${rec.volumeId} has no filesystem yet and is staged read-only; it cannot be formatted`);
-      log.info({ volumeId: rec.volumeId, device, fsType }, 'creating filesystem on a blank device');
-      await this.sys.fs.format(device, fsType);
+      log.info({ volumeId: rec.volumeId, device, fsType }, 'created a filesystem on a blank device');
     } else if (found.kind === 'other') {
       throw precondition(`volume ${rec.volumeId} carries ${found.description}; refusing to format over it`);
     } else if (found.fsType !== fsType) {

@@ -8,7 +8,7 @@ import { realpath, statfs } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
 import { mountAt, readMountInfo } from './mountinfo.js';
-import { internal, invalid, precondition } from '../domain/errors.js';
+import { internal, invalid } from '../domain/errors.js';
 import type { FsType } from '../domain/capabilities.js';
 
 export type Probe =
@@ -37,8 +37,12 @@ export interface Usage {
 
 export interface Filesystems {
   probe(device: string): Promise<Probe>;
-  /** Formats only a blank device (checked again here); anything else → DriverError 'precondition'. */
-  format(device: string, fsType: FsType): Promise<void>;
+  /**
+   * Probes the device and formats it only when it is blank. Returns what the
+   * probe saw: 'blank' means it was blank and now holds `fsType`; anything
+   * else was left untouched. One probe, so a stage makes it once.
+   */
+  formatIfBlank(device: string, fsType: FsType): Promise<Probe>;
   /** Not idempotent by itself: callers check isMountPoint first. */
   mount(source: string, target: string, options: MountOptions): Promise<void>;
   /** Idempotent: not mounted is done; stale mounts are lazily unmounted; stacked mounts all go. */
@@ -145,12 +149,9 @@ export function makeFilesystems(run: Runner): Filesystems {
       }
     },
 
-    async format(device, fsType) {
+    async formatIfBlank(device, fsType) {
       const found = await fs.probe(device);
-      if (found.kind !== 'blank') {
-        const what = found.kind === 'filesystem' ? `a ${found.fsType} filesystem` : found.description;
-        throw precondition(`device ${device} already holds ${what}; refusing to format it as ${fsType}`);
-      }
+      if (found.kind !== 'blank') return found;
       // Only blank (zeroed or never-written) devices get here, so skipping journal zeroing is
       // safe; lazy inode tables are finished by the kernel after mount; -m 0 as kubernetes
       // mount-utils does (pods rarely run as root); 4 KiB blocks even on small volumes, which
@@ -160,6 +161,7 @@ export function makeFilesystems(run: Runner): Filesystems {
           ? ['mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', device]
           : ['mkfs.xfs', '-f', '-q', '-K', device];
       await run(argv, { timeoutMs: 10 * 60_000 });
+      return found;
     },
 
     async mount(source, target, options) {

@@ -59,10 +59,10 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     const base = dir();
     const { device: d } = await device(base);
     expect(await fs.probe(d)).toEqual({ kind: 'blank' });
-    await fs.format(d, 'ext4');
+    await fs.formatIfBlank(d, 'ext4');
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'ext4' });
     execFileSync('wipefs', ['-a', '-q', d]);
-    await fs.format(d, 'xfs');
+    await fs.formatIfBlank(d, 'xfs');
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'xfs' });
     execFileSync('wipefs', ['-a', '-q', d]);
     execFileSync('mkswap', ['-q', d]);
@@ -80,20 +80,21 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     expect(probe.kind === 'other' && probe.description).toMatch(/several signatures: .*xfs at 0x0.*ext4 at 0x438/);
   });
 
-  it('refuses to format anything that is not blank', async () => {
+  it('formats nothing that is not blank', async () => {
     const { device: d } = await device(dir());
     execFileSync('mkswap', ['-q', d]);
-    await expect(fs.format(d, 'ext4')).rejects.toMatchObject({ kind: 'precondition', message: expect.stringMatching(/swap/) });
+    expect(await fs.formatIfBlank(d, 'ext4')).toEqual({ kind: 'other', description: expect.stringMatching(/swap/) });
+    expect(await fs.probe(d)).toEqual({ kind: 'other', description: 'swap (other)' });
     execFileSync('wipefs', ['-a', '-q', d]);
-    await fs.format(d, 'xfs');
-    await expect(fs.format(d, 'ext4')).rejects.toMatchObject({ kind: 'precondition' });
+    expect(await fs.formatIfBlank(d, 'xfs')).toEqual({ kind: 'blank' });
+    expect(await fs.formatIfBlank(d, 'ext4')).toEqual({ kind: 'filesystem', fsType: 'xfs' });
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'xfs' });
   });
 
   it('formats, mounts, reports usage and unmounts idempotently', async () => {
     const base = dir();
     const { device: d } = await device(base, 64);
-    await fs.format(d, 'ext4');
+    await fs.formatIfBlank(d, 'ext4');
     const mnt = mountPoint(base);
     expect(await fs.isMountPoint(mnt)).toBe(false);
     await fs.mount(d, mnt, { fsType: 'ext4', flags: ['noatime'], readOnly: false });
@@ -164,7 +165,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
   async function growOnline(fsType: 'ext4' | 'xfs'): Promise<void> {
     const base = dir();
     const { file, device: d } = await device(base, 320);
-    await fs.format(d, fsType);
+    await fs.formatIfBlank(d, fsType);
     const mnt = mountPoint(base);
     await fs.mount(d, mnt, { fsType, flags: [], readOnly: false });
     const before = (await fs.usage(mnt)).totalBytes;

@@ -87,7 +87,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('qemu-storage-daemon FUSE export
     expect(await exportsA.isAlive(h)).toBe(true);
     const device = await attach(h.exportFile);
     expect(await loops.size(device)).toBe(64n * MiB);
-    await fs.format(device, 'ext4');
+    await fs.formatIfBlank(device, 'ext4');
     const mnt = join(dir, 'mnt');
     mkdirSync(mnt);
     await fs.mount(device, mnt, { fsType: 'ext4', flags: [], readOnly: false });

@@ -115,15 +115,15 @@ describe('probe', () => {
     const { run, calls } = scripted((argv) =>
       argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: argv[0] === 'wipefs' ? WIPEFS_BLANK : '', stderr: '' },
     );
-    await makeFilesystems(run).format('/dev/loop1', 'ext4');
+    expect(await makeFilesystems(run).formatIfBlank('/dev/loop1', 'ext4')).toEqual({ kind: 'blank' });
     expect(calls.at(-1)).toEqual([
       'mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '/dev/loop1',
     ]);
   });
 
-  it('refuses to format a device with a filesystem', async () => {
+  it('leaves a device with a filesystem alone and says what it holds', async () => {
     const { run, calls } = scripted(() => ({ stdout: XFS, stderr: '' }));
-    await expect(makeFilesystems(run).format('/dev/loop1', 'ext4')).rejects.toMatchObject({ kind: 'precondition' });
+    expect(await makeFilesystems(run).formatIfBlank('/dev/loop1', 'ext4')).toEqual({ kind: 'filesystem', fsType: 'xfs' });
     expect(calls.some((c) => c[0]?.startsWith('mkfs'))).toBe(false);
   });
 });
