@@ -11,6 +11,7 @@ import { snapshotHandlers } from './snapshots.js';
 import { condition, parseContentSource, toCsiVolume, type CsiContentSource } from './messages.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
 import { view } from '../controller/volumes.js';
+import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import type { Format } from '../domain/parameters.js';
 import type { Ledger } from '../storage/ledger.js';
@@ -133,12 +134,10 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
 
     ListVolumes: handle('ListVolumes', {}, async (r: { max_entries?: number; starting_token?: string }) => {
       const page = await listVolumes(r.max_entries ?? 0, r.starting_token ?? '', deps);
-      const entries = await Promise.all(
-        page.entries.map(async (found) => ({
-          volume: csiVolume(view(found)),
-          status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'quick')) },
-        })),
-      );
+      const entries = await mapLimit(page.entries, PARALLEL_READS, async (found) => ({
+        volume: csiVolume(view(found)),
+        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'quick')) },
+      }));
       return { entries, next_token: page.nextToken };
     }),
 

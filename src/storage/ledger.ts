@@ -4,6 +4,7 @@
  * warmed at start-up); later refreshes only read volumes that appeared since
  * (a readdir diff), so GetCapacity and CreateVolume stay cheap with many volumes.
  */
+import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
 import type { Layout } from './layout.js';
 import type { VolumeStore } from './volume-store.js';
 
@@ -17,8 +18,6 @@ interface MountLedger {
 }
 
 const REFRESH_MS = 5_000;
-/** volume.json reads in flight at once: enough to hide NFS latency, few enough for the libuv pool and fd limits. */
-const PARALLEL_READS = 32;
 
 export class Ledger {
   private readonly byMount = new Map<string, MountLedger>();
@@ -80,15 +79,10 @@ export class Ledger {
     const present = new Set(ids);
     for (const id of ledger.sizes.keys()) if (!present.has(id)) ledger.sizes.delete(id);
     const unknown = ids.filter((id) => !ledger.sizes.has(id));
-    let next = 0;
-    const reader = async (): Promise<void> => {
-      while (next < unknown.length) {
-        const id = unknown[next++] as string;
-        const record = await this.store.read(layout, id);
-        if (record !== undefined) ledger.sizes.set(id, BigInt(record.sizeBytes));
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(PARALLEL_READS, unknown.length) }, reader));
+    await mapLimit(unknown, PARALLEL_READS, async (id) => {
+      const record = await this.store.read(layout, id);
+      if (record !== undefined) ledger.sizes.set(id, BigInt(record.sizeBytes));
+    });
     // This process's own creates and deletes during the readdir are newer than it.
     for (const [id, size] of ledger.changes) {
       if (size === null) ledger.sizes.delete(id);

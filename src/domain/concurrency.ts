@@ -1,0 +1,20 @@
+/**
+ * `fn` over `items`, at most `limit` at a time, results in order. For many
+ * small file reads: all at once would open thousands of files together (EMFILE)
+ * and flood the libuv pool; one by one pays every round trip in turn.
+ */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** Small-file reads in flight at once: enough to hide NFS latency, well under fd limits. */
+export const PARALLEL_READS = 32;
