@@ -176,8 +176,9 @@ export class Stager {
       const file = rec.loopFile;
       for (const loop of await this.sys.loops.findByFile(file)) await this.sys.loops.detach(loop.device);
       // A detach is deferred while something (udev's probe) still has the device open;
-      // give it a moment to go before the export under it is stopped.
-      for (let i = 0; i < 40 && (await this.sys.loops.findByFile(file)).length > 0; i++) await sleep(50);
+      // give it up to 2 s to go before the export under it is stopped. The look is a sysfs
+      // read, so a short poll costs nothing and unstage does not wait 50 ms for a device gone in 1.
+      for (let i = 0; i < 400 && (await this.sys.loops.findByFile(file)).length > 0; i++) await sleep(5);
     }
     if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
     await this.state.remove(rec.volumeId);
