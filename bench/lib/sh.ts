@@ -41,6 +41,27 @@ export async function timed(fn: () => Promise<unknown>): Promise<number> {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Milliseconds `fn` took, started with nothing waiting for writeback: the shares are files on the
+ * host, and the first fsync after a bulk write (the driver fsyncs its metadata) would otherwise pay
+ * for flushing all of it — a cost of this loop-on-a-file setup, not of the operation.
+ */
+export async function settled(fn: () => Promise<unknown>): Promise<number> {
+  await sh(['sync']);
+  return timed(fn);
+}
+
+/** Runs both sides of run `r`, swapping their order every other run so drift hits both alike. */
+export async function alternate(r: number, first: () => Promise<void>, second: () => Promise<void>): Promise<void> {
+  if (r % 2 === 0) {
+    await first();
+    await second();
+  } else {
+    await second();
+    await first();
+  }
+}
+
 /** Runs `count` tasks with at most `width` in flight; returns each task's duration in ms (in task order). */
 export async function pool(count: number, width: number, task: (i: number) => Promise<unknown>): Promise<number[]> {
   const durations = new Array<number>(count).fill(0);

@@ -10,7 +10,7 @@ import type { Ctx } from '../lib/context.js';
 import { createRequest, GiB, type Driver } from '../lib/driver.js';
 import { controllerPublish, stageAndPublish, unpublishAndUnstage } from '../lib/kubelet.js';
 import { median } from '../lib/stats.js';
-import { sh, sleep, timed } from '../lib/sh.js';
+import { alternate, settled, sh, sleep } from '../lib/sh.js';
 
 const VOLUME_BYTES = 10 * GiB;
 const FORMATS = ['raw', 'qcow2'] as const;
@@ -18,12 +18,6 @@ type Format = (typeof FORMATS)[number];
 
 /** The same mkfs the driver runs (src/system/filesystems.ts). */
 const MKFS = ['mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard'];
-
-/** Each timed step starts with nothing waiting for writeback (see snapshots.ts). */
-const settled = async (fn: () => Promise<unknown>): Promise<number> => {
-  await sh(['sync']);
-  return timed(fn);
-};
 
 interface Manual {
   stage(): Promise<void>;
@@ -108,13 +102,7 @@ export async function stageUnstage(ctx: Ctx, d: Driver): Promise<void> {
         await rm(image);
         await rm(dir, { recursive: true, force: true });
       };
-      if (r % 2 === 0) {
-        await floorSide();
-        await driverSide();
-      } else {
-        await driverSide();
-        await floorSide();
-      }
+      await alternate(r, floorSide, driverSide);
     }
     ctx.log(`  stage/unstage run ${r + 1}/${runs}: raw ${t.raw.stage.at(-1)?.toFixed(0)} ms (by hand ${t.raw.fStage.at(-1)?.toFixed(0)}), qcow2 ${t.qcow2.stage.at(-1)?.toFixed(0)} ms (by hand ${t.qcow2.fStage.at(-1)?.toFixed(0)})`);
   }

@@ -11,19 +11,9 @@ import { join } from 'node:path';
 import type { Ctx } from '../lib/context.js';
 import { GiB, MiB, createRequest, type Driver } from '../lib/driver.js';
 import { median } from '../lib/stats.js';
-import { sh, timed } from '../lib/sh.js';
+import { alternate, settled, sh, timed } from '../lib/sh.js';
 
 const VOLUME_BYTES = 10 * GiB;
-
-/**
- * Every timed step starts with nothing waiting for writeback: the shares are files on the host, and
- * the first fsync after a bulk write (the driver fsyncs its metadata) would otherwise pay for
- * flushing all of it — a cost of this loop-on-a-file setup, not of the operation.
- */
-const settled = async (fn: () => Promise<unknown>): Promise<number> => {
-  await sh(['sync']);
-  return timed(fn);
-};
 
 const sizeLabel = (bytes: number): string => (bytes >= GiB ? `${bytes / GiB} GiB` : `${bytes / MiB} MiB`);
 
@@ -75,13 +65,7 @@ async function measureXfs(ctx: Ctx, d: Driver, bytes: number, runs: number): Pro
       t.reflink.push(await settled(() => sh(['cp', '--reflink=always', '--', image, clone])));
       await rm(clone);
     };
-    if (r % 2 === 0) {
-      await floorSide();
-      await driverSide();
-    } else {
-      await driverSide();
-      await floorSide();
-    }
+    await alternate(r, floorSide, driverSide);
     for (const v of [`bench-lc-${label}-${r}`, `bench-fc-${label}-${r}`, `bench-pc-${label}-${r}`]) await d.client.controller('DeleteVolume', { volume_id: v });
     await d.client.controller('DeleteSnapshot', { snapshot_id: snap });
     ctx.log(`  ${sizeLabel(bytes)} run ${r + 1}/${runs}: snapshot ${t.snapshot.at(-1)?.toFixed(0)} ms, convert ${t.convert.at(-1)?.toFixed(0)} ms`);
@@ -111,13 +95,7 @@ async function measureExt4Copy(ctx: Ctx, d: Driver, bytes: number, runs: number)
       out.snapshot.push(await settled(() => d.client.controller('CreateSnapshot', { name: snap, source_volume_id: src })));
       await d.client.controller('DeleteSnapshot', { snapshot_id: snap });
     };
-    if (r % 2 === 0) {
-      await floorSide();
-      await driverSide();
-    } else {
-      await driverSide();
-      await floorSide();
-    }
+    await alternate(r, floorSide, driverSide);
   }
   await d.client.controller('DeleteVolume', { volume_id: src });
   await rm(floorDir, { recursive: true, force: true });
