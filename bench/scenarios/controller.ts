@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Ctx } from '../lib/context.js';
 import { createRequest, GiB, type Driver } from '../lib/driver.js';
 import { median, medianOfRuns, runStats, type RunStats } from '../lib/stats.js';
-import { pool, sh, timed } from '../lib/sh.js';
+import { alternate, pool, sh, timed } from '../lib/sh.js';
 
 const FORMATS = ['qcow2', 'raw'] as const;
 const CONCURRENCY = 16;
@@ -22,6 +22,30 @@ interface Series {
 }
 const series = (): Series => ({ seq: [], conc: [], rate: [], del: [] });
 
+type Step = (tag: 's' | 'c', i: number) => Promise<unknown>;
+
+interface SideTimes {
+  seq: number[];
+  conc: number[];
+  /** ops/s of the concurrent part */
+  rate: number;
+  del: number[];
+}
+
+/** One side of a run: creates one by one, then 16 at a time (wall time → rate), then deletes one by one. */
+async function oneSide(samples: number, concOps: number, create: Step, remove: Step): Promise<SideTimes> {
+  const seq: number[] = [];
+  for (let i = 0; i < samples; i++) seq.push(await timed(() => create('s', i)));
+  let conc: number[] = [];
+  const wall = await timed(async () => {
+    conc = await pool(concOps, CONCURRENCY, (i) => create('c', i));
+  });
+  const del: number[] = [];
+  for (let i = 0; i < samples; i++) del.push(await timed(() => remove('s', i)));
+  await pool(concOps, 4, (i) => remove('c', i));
+  return { seq, conc, rate: (concOps / wall) * 1000, del };
+}
+
 export async function createAndDelete(ctx: Ctx, d: Driver): Promise<void> {
   const { runs, samples } = ctx.scale;
   const concOps = samples * 2;
@@ -32,37 +56,21 @@ export async function createAndDelete(ctx: Ctx, d: Driver): Promise<void> {
 
   for (let r = 0; r < runs; r++) {
     for (const format of FORMATS) {
-      const sides = r % 2 === 0 ? (['floor', 'driver'] as const) : (['driver', 'floor'] as const);
-      for (const side of sides) {
-        if (side === 'floor') {
-          const file = (tag: string, i: number) => join(floorDir, `${tag}-${r}-${i}.${format}`);
-          const create = (tag: string, i: number) => sh(['qemu-img', 'create', '-q', '-f', format, file(tag, i), String(GiB)]);
-          const seq: number[] = [];
-          for (let i = 0; i < samples; i++) seq.push(await timed(() => create('s', i)));
-          let conc: number[] = [];
-          const wall = await timed(async () => {
-            conc = await pool(concOps, CONCURRENCY, (i) => create('c', i));
-          });
-          const del: number[] = [];
-          for (let i = 0; i < samples; i++) del.push(await timed(() => rm(file('s', i))));
-          await Promise.all(Array.from({ length: concOps }, (_, i) => rm(file('c', i))));
-          record(flr[format], seq, conc, (concOps / wall) * 1000, del);
-        } else {
-          const name = (tag: string, i: number) => `bench-cv-${format}-${tag}-${r}-${i}`;
-          const create = (tag: string, i: number) =>
-            d.client.controller('CreateVolume', createRequest(name(tag, i), GiB, { format, mounts: 'xfs' }));
-          const seq: number[] = [];
-          for (let i = 0; i < samples; i++) seq.push(await timed(() => create('s', i)));
-          let conc: number[] = [];
-          const wall = await timed(async () => {
-            conc = await pool(concOps, CONCURRENCY, (i) => create('c', i));
-          });
-          const del: number[] = [];
-          for (let i = 0; i < samples; i++) del.push(await timed(() => d.client.controller('DeleteVolume', { volume_id: name('s', i) })));
-          await pool(concOps, 4, (i) => d.client.controller('DeleteVolume', { volume_id: name('c', i) }));
-          record(drv[format], seq, conc, (concOps / wall) * 1000, del);
-        }
-      }
+      const file = (tag: string, i: number) => join(floorDir, `${tag}-${r}-${i}.${format}`);
+      const name = (tag: string, i: number) => `bench-cv-${format}-${tag}-${r}-${i}`;
+      const floorSide = async () =>
+        record(flr[format], await oneSide(samples, concOps, (tag, i) => sh(['qemu-img', 'create', '-q', '-f', format, file(tag, i), String(GiB)]), (tag, i) => rm(file(tag, i))));
+      const driverSide = async () =>
+        record(
+          drv[format],
+          await oneSide(
+            samples,
+            concOps,
+            (tag, i) => d.client.controller('CreateVolume', createRequest(name(tag, i), GiB, { format, mounts: 'xfs' })),
+            (tag, i) => d.client.controller('DeleteVolume', { volume_id: name(tag, i) }),
+          ),
+        );
+      await alternate(r, floorSide, driverSide);
     }
     ctx.log(`  CreateVolume/DeleteVolume run ${r + 1}/${runs} done`);
   }
@@ -123,11 +131,11 @@ export async function createAndDelete(ctx: Ctx, d: Driver): Promise<void> {
   }
 }
 
-function record(s: Series, seq: number[], conc: number[], rate: number, del: number[]): void {
-  s.seq.push(runStats(seq));
-  s.conc.push(runStats(conc));
-  s.rate.push(rate);
-  s.del.push(runStats(del));
+function record(s: Series, side: SideTimes): void {
+  s.seq.push(runStats(side.seq));
+  s.conc.push(runStats(side.conc));
+  s.rate.push(side.rate);
+  s.del.push(runStats(side.del));
 }
 
 export const capacityRequest = {
