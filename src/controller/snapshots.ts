@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { alreadyExists, busy, invalid, notFound } from '../domain/errors.js';
+import { alreadyExists, busy, invalid, notFound, precondition } from '../domain/errors.js';
 import { checkId, idFromName, isValidId } from '../domain/ids.js';
 import { parseToken, tokenAfter } from '../domain/tokens.js';
 import { Layout } from '../storage/layout.js';
@@ -67,7 +67,9 @@ export class SnapshotService {
       deleted: false,
       internal: false,
     };
-    await this.copyInto(layout, record, layout.imagePath(sourceVolumeId, source.record.format), source.record.backing);
+    await this.copyInto(layout, record, layout.imagePath(sourceVolumeId, source.record.format), source.record.backing, {
+      attachedTo: source.record.publications.map((p) => p.node),
+    });
     log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, method: record.method }, 'snapshot created');
     const made = await this.snapshots.read(layout, id);
     return view(made ?? record);
@@ -77,23 +79,45 @@ export class SnapshotService {
    * Builds snapshot `record` from `image`. A reflink keeps the image's own
    * backing reference (relative, so still valid), and so depends on the same
    * base; a converted copy is flattened and depends on nothing.
+   *
+   * `attachedTo`: nodes the image is published to. A reflink is atomic, so it
+   * is crash-consistent even while a node writes; a copy reads an image that
+   * changes under it and may be torn (for qcow2, even its metadata), so it is
+   * refused for an attached image. `flatten`: the image's backing chain is not
+   * the driver's (an admin's golden image): only a flattened copy is safe.
    */
-  async copyInto(layout: Layout, record: SnapshotRecord, image: string, imageBacking: string | null): Promise<void> {
+  async copyInto(
+    layout: Layout,
+    record: SnapshotRecord,
+    image: string,
+    imageBacking: string | null,
+    options: { attachedTo?: readonly string[]; flatten?: boolean } = {},
+  ): Promise<void> {
+    const attached = options.attachedTo ?? [];
     if (imageBacking !== null) await this.snapshots.addRef(layout, imageBacking, record.id);
     let backing: string | null = null;
-    const created = await this.snapshots.create(layout, record, async (dir) => {
-      const target = join(dir, Layout.imageName(record.format));
-      if (await this.files.reflink(image, target)) {
-        record.method = 'reflink';
-        backing = imageBacking;
-      } else {
-        record.method = 'copy';
-        await this.qemuImg.convert(image, record.format, target, record.format);
-      }
-      record.backing = backing;
-    });
-    // Drop the ref taken in advance when it turned out not to be needed.
-    if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
+    let created = false;
+    try {
+      created = await this.snapshots.create(layout, record, async (dir) => {
+        const target = join(dir, Layout.imageName(record.format));
+        if (options.flatten !== true && (await this.files.reflink(image, target))) {
+          record.method = 'reflink';
+          backing = imageBacking;
+        } else if (attached.length > 0) {
+          throw precondition(
+            `${image} is attached to node(s) ${attached.join(', ')} and mount ${layout.mountPath} cannot reflink it: ` +
+              'a copy of an image in use would not be consistent; detach the volume first, or use a mount with reflinks (xfs reflink=1, NFS 4.2 CLONE)',
+          );
+        } else {
+          record.method = 'copy';
+          await this.qemuImg.convert(image, record.format, target, record.format);
+        }
+        record.backing = backing;
+      });
+    } finally {
+      // Drop the ref taken in advance when it turned out not to be needed, or nothing was made.
+      if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
+    }
     if (!created) throw busy(`snapshot ${record.id} appeared while being created; retry`);
   }
 

@@ -64,11 +64,13 @@ export class Sources {
     const source = await this.volumes.find(id);
     if (source === undefined) throw notFound(`source volume ${id} does not exist`);
     const layout = await this.mounts.requireUsable(source.mount);
-    const baseId = `clone-of-${id}-for-${newId}`.slice(0, 128);
+    const baseId = cloneBaseId(id, newId);
     const existing = await this.snapshots.read(layout, baseId);
     if (existing === undefined) {
       const record = internalSnapshot(baseId, `base of volume ${newId}, cloned from ${id}`, id, source.record.format, source.record.sizeBytes);
-      await this.snapshotService.copyInto(layout, record, layout.imagePath(id, source.record.format), source.record.backing);
+      await this.snapshotService.copyInto(layout, record, layout.imagePath(id, source.record.format), source.record.backing, {
+        attachedTo: source.record.publications.map((p) => p.node),
+      });
       log.info({ volumeId: newId, source: id, baseId }, 'made a base snapshot of the source volume');
     }
     const r = (await this.snapshots.read(layout, baseId)) ?? existing;
@@ -88,15 +90,29 @@ export class Sources {
     const st = await stat(image);
     const info = await this.qemuImg.info(image);
     if (!isFormat(info.format)) throw invalid(`sourceImage ${src.mount}/${src.path} is a ${info.format} image; qcow2 or raw expected`);
+    // An overlay or an external data file keeps references the driver does not own (relative to
+    // the admin's directory, absolute, or on another mount): only a flattened copy is self-contained.
+    const chain = await this.qemuImg.backingChain(image, info.format);
+    const flatten = chain.length > 1 || chain.some((link) => link.dataFile !== undefined);
     const key = createHash('sha256').update(`${image}\0${st.size}\0${st.mtimeMs}`).digest('hex').slice(0, 24);
     const baseId = `image-${key}`;
     if ((await this.snapshots.read(layout, baseId)) === undefined) {
       const record = internalSnapshot(baseId, `golden image ${src.mount}/${src.path}`, '', info.format, info.virtualSize.toString());
-      await this.snapshotService.copyInto(layout, record, image, null);
+      await this.snapshotService.copyInto(layout, record, image, null, { flatten });
       log.info({ sourceImage: `${src.mount}/${src.path}`, baseId }, 'adopted a golden image');
     }
     return { mount: src.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, info.format), format: info.format, sizeBytes: info.virtualSize, backing: null, internal: true };
   }
+}
+
+/**
+ * The hidden base of a PVC-to-PVC clone: readable while it fits in an id, else hashed, so two
+ * long names can never truncate to the same base (a clone would get another clone's data).
+ */
+export function cloneBaseId(sourceId: string, newId: string): string {
+  const plain = `clone-of-${sourceId}-for-${newId}`;
+  if (plain.length <= 128) return plain;
+  return `clone-of-${createHash('sha256').update(`${sourceId}\0${newId}`).digest('hex').slice(0, 40)}`;
 }
 
 function internalSnapshot(id: string, name: string, sourceVolumeId: string, format: Format, sizeBytes: string): SnapshotRecord {

@@ -88,7 +88,11 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       'CreateVolume',
       {
         ids: (r: CreateVolumeRequest) => ({ name: r.name ?? '' }),
-        locks: (r: CreateVolumeRequest) => [`volume:${idFromName(r.name ?? '')}`],
+        // A PVC clone copies its source: the source is locked too, so it cannot be published (and written) mid-copy.
+        locks: (r: CreateVolumeRequest) => {
+          const source = r.volume_content_source?.volume?.volume_id;
+          return [`volume:${idFromName(r.name ?? '')}`, ...(source === undefined || source === '' ? [] : [`volume:${source}`])];
+        },
       },
       async (r: CreateVolumeRequest, log) => {
         const name = requireString(r.name, 'name');

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
-import { createRequest, MiB } from '../helpers/csi.js';
+import { createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -69,6 +69,30 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     await c('CreateSnapshot', { name: 'snap-plain', source_volume_id: 'pvc-plain' });
     expect(snapMeta(plain, 'snap-plain')).toMatchObject({ method: 'copy', format: 'raw' });
     expect(matches(join(snapDir(plain, 'snap-plain'), 'disk.raw'), 'raw', 0x11, 1024 * 1024)).toBe(true);
+  });
+
+  it('refuses to copy an attached volume where the mount cannot reflink, and reflinks one where it can', async () => {
+    const publish = (volume_id: string) =>
+      c('ControllerPublishVolume', { volume_id, node_id: 'node-a', volume_capability: mountCap(), readonly: false });
+    await c('CreateVolume', createRequest('pvc-plain-busy', { parameters: { mounts: 'plain' } }));
+    await publish('pvc-plain-busy');
+    const refused = c('CreateSnapshot', { name: 'snap-plain-busy', source_volume_id: 'pvc-plain-busy' });
+    await expect(refused).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/attached to node\(s\) node-a.*cannot reflink/) });
+    expect(await codeOf(c('CreateVolume', createRequest('pvc-plain-clone', { parameters: { mounts: 'plain' }, volume_content_source: { volume: { volume_id: 'pvc-plain-busy' } } })))).toBe(
+      status.FAILED_PRECONDITION,
+    );
+    // Nothing half-made is left: no snapshot, no hidden base, no clone.
+    expect(readdirNames(join(plain.path, 'filedriver/snapshots')).filter((n) => n.includes('plain-busy'))).toEqual([]);
+    expect(existsSync(join(plain.path, 'filedriver/volumes/pvc-plain-clone'))).toBe(false);
+    await c('ControllerUnpublishVolume', { volume_id: 'pvc-plain-busy', node_id: 'node-a' });
+    expect((await c('CreateSnapshot', { name: 'snap-plain-busy', source_volume_id: 'pvc-plain-busy' })).snapshot.ready_to_use).toBe(true);
+    await onFast('pvc-fast-busy');
+    await publish('pvc-fast-busy');
+    await c('CreateSnapshot', { name: 'snap-fast-busy', source_volume_id: 'pvc-fast-busy' });
+    expect(snapMeta(fast, 'snap-fast-busy').method).toBe('reflink');
+    await c('ControllerUnpublishVolume', { volume_id: 'pvc-fast-busy', node_id: 'node-a' });
+    for (const id of ['snap-plain-busy', 'snap-fast-busy']) await c('DeleteSnapshot', { snapshot_id: id });
+    for (const id of ['pvc-plain-busy', 'pvc-fast-busy']) await c('DeleteVolume', { volume_id: id });
   });
 
   it.each([
@@ -145,6 +169,27 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     expect(existsSync(join(fast.path, 'filedriver/snapshots', bases[0]!))).toBe(false);
     expect(existsSync(join(dir, 'base.qcow2'))).toBe(true); // the admin's image is never touched
     expect(await codeOf(onFast('pvc-gold-bad', { parameters: { mounts: 'fast', sourceImage: 'fast/../etc/passwd' } }))).toBe(status.INVALID_ARGUMENT);
+  });
+
+  it('adopts a golden image that is itself an overlay as a flattened base, never keeping its backing reference', async () => {
+    const dir = join(fast.path, 'images');
+    mkdirSync(dir, { recursive: true });
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'os.qcow2'), '32M']);
+    qemuIo(join(dir, 'os.qcow2'), 'qcow2', 'write -P 0x61 0 1M');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'os.qcow2', '-F', 'qcow2', join(dir, 'app.qcow2')]);
+    qemuIo(join(dir, 'app.qcow2'), 'qcow2', 'write -P 0x62 1M 1M');
+    await onFast('pvc-gold-overlay', { parameters: { mounts: 'fast', sourceImage: 'fast/images/app.qcow2' } });
+    const base = readdirNames(join(fast.path, 'filedriver/snapshots')).find((n) => n.startsWith('image-'));
+    expect(base).toBeDefined();
+    const baseImage = join(fast.path, 'filedriver/snapshots', base!, 'disk.qcow2');
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', baseImage], { encoding: 'utf8' })) as Record<string, unknown>;
+    expect(info['backing-filename']).toBeUndefined();
+    expect(snapMeta(fast, base!).method).toBe('copy');
+    // The clone reads both layers' data, and keeps reading it after the admin's files are gone.
+    execFileSync('rm', [join(dir, 'app.qcow2'), join(dir, 'os.qcow2')]);
+    expect(matches(volImage(fast, 'pvc-gold-overlay'), 'qcow2', 0x61, 0)).toBe(true);
+    expect(matches(volImage(fast, 'pvc-gold-overlay'), 'qcow2', 0x62, 1024 * 1024)).toBe(true);
+    await c('DeleteVolume', { volume_id: 'pvc-gold-overlay' });
   });
 
   it('lists snapshots with filters and pagination', async () => {

@@ -106,3 +106,15 @@ describe('placement', () => {
     expect(place([room('a', GiB), room('b', 5n * GiB)], { ...req, allowed: ['a'] })).toEqual({ mount: 'a' });
   });
 });
+
+describe('hidden clone bases', () => {
+  it('keeps short names readable and hashes long ones apart', async () => {
+    const { cloneBaseId } = await import('../../src/controller/sources.js');
+    expect(cloneBaseId('pvc-a', 'pvc-b')).toBe('clone-of-pvc-a-for-pvc-b');
+    const long = 'p'.repeat(100);
+    const one = cloneBaseId(long, `${long}-1`);
+    const two = cloneBaseId(long, `${long}-2`);
+    expect(one).not.toBe(two);
+    for (const id of [one, two]) expect(id.length).toBeLessThanOrEqual(128);
+  });
+});
