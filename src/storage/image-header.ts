@@ -25,8 +25,7 @@ export function headerProblem(head: Buffer, format: Format): string | undefined 
 
 /** Reads the header of `path` and judges it; a missing file is the caller's business (it throws). */
 export async function imageHeaderProblem(path: string, format: Format): Promise<string | undefined> {
-  if (format === 'raw') return undefined;
-  const fh = await open(path, 'r');
+  const fh = await open(path, 'r'); // also for raw: a missing image must throw
   try {
     const head = Buffer.alloc(INCOMPATIBLE_AT + 8);
     const { bytesRead } = await fh.read(head, 0, head.length, 0);

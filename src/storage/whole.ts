@@ -6,6 +6,7 @@
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { unavailable } from '../domain/errors.js';
 import { uniqueSuffix } from './records.js';
 
 /** Temp entries are named host_pid_random so start-up can tell its own dead leftovers. */
@@ -22,7 +23,14 @@ export function workName(): string {
  */
 export async function buildWhole(tmp: string, target: string, build: (dir: string) => Promise<void>): Promise<boolean> {
   const work = join(tmp, workName());
-  await mkdir(work, { recursive: true });
+  // Not recursive: tmp/ exists only on the real share (the health probe made it). Had the share
+  // been unmounted since, a recursive mkdir would recreate the tree in the bare mountpoint.
+  try {
+    await mkdir(work);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw unavailable(`${tmp} is gone: the share is no longer mounted there; retry when it is back`);
+    throw e;
+  }
   try {
     await build(work);
     await rename(work, target);

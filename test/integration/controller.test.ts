@@ -195,6 +195,8 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone']) {
       await driver.client.controller('CreateVolume', createRequest(name, { parameters: { mounts: 'big' } }));
     }
+    await driver.client.controller('CreateVolume', createRequest('pvc-lc-rawgone', { parameters: { mounts: 'big', format: 'raw' } }));
+    execFileSync('rm', [join(vol(big, 'pvc-lc-rawgone'), 'disk.raw')]);
     const corrupt = join(vol(big, 'pvc-lc-corrupt'), 'disk.qcow2');
     const header = readFileSync(corrupt);
     header.writeBigUInt64BE(header.readBigUInt64BE(72) | 2n, 72); // the "corrupt" incompatible-feature bit
@@ -210,7 +212,10 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     expect(conditions['pvc-lc-ok']).toEqual({ abnormal: false, message: 'volume is healthy' });
     expect(conditions['pvc-lc-corrupt']).toEqual({ abnormal: true, message: expect.stringMatching(/marked the qcow2 image corrupt/) });
     expect(conditions['pvc-lc-gone']).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
-    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone']) await driver.client.controller('DeleteVolume', { volume_id: name });
+    expect(conditions['pvc-lc-rawgone']).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
+    const raw = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-lc-rawgone' });
+    expect(raw.status.volume_condition).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
+    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone', 'pvc-lc-rawgone']) await driver.client.controller('DeleteVolume', { volume_id: name });
   });
 
   it('validates capabilities against the volume', async () => {

@@ -81,4 +81,21 @@ describe.skipIf(!isRoot)('readiness without usable mounts', () => {
       bare.cleanup();
     }
   });
+
+  it('writes nothing into a share unmounted while its health is still cached', async () => {
+    const share = makeScratch('tmpfs', 256);
+    const d = await startDriver({ mounts: { cached: share.path }, args: ['--health-cache-seconds', '300'] });
+    try {
+      await d.client.controller('CreateVolume', createRequest('pvc-before', { parameters: { mounts: 'cached' } }));
+      execFileSync('umount', [share.path]);
+      const err = await d.client.controller('CreateVolume', createRequest('pvc-after', { parameters: { mounts: 'cached' } })).catch((e: unknown) => e as { code: number; details: string });
+      expect(err).toMatchObject({ code: status.UNAVAILABLE, details: expect.stringMatching(/no longer mounted/) });
+      expect(readdirSync(share.path)).toEqual([]);
+    } finally {
+      await d.stop();
+      // The test unmounted it already; put a mount back so cleanup() finds what it made.
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'fdtest-remount', share.path]);
+      share.cleanup();
+    }
+  });
 });
