@@ -7,6 +7,7 @@
 import { realpath, statfs } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
+import { edgesAreZero } from './device-read.js';
 import { mountAt, readMountInfo } from './mountinfo.js';
 import { internal, invalid } from '../domain/errors.js';
 import type { FsType } from '../domain/capabilities.js';
@@ -139,7 +140,9 @@ export function makeFilesystems(run: Runner): Filesystems {
         if (e.exitCode === 2) {
           // blkid found nothing; wipefs lists every signature libblkid knows, at any offset.
           const sigs = await signatures(device);
-          return sigs.length === 0 ? { kind: 'blank' } : { kind: 'other', description: describeSignatures(sigs) };
+          if (sigs.length > 0) return { kind: 'other', description: describeSignatures(sigs) };
+          // Both also find nothing when their reads fail: blank only if we can read zeros ourselves.
+          return (await edgesAreZero(device)) ? { kind: 'blank' } : { kind: 'other', description: 'data without a signature blkid knows' };
         }
         if (e.exitCode === 8) {
           // "ambivalent result": more than one signature; name them all.

@@ -4,6 +4,7 @@
  * idempotent unmount (also of a dead FUSE mount); online growth; usage.
  */
 import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -16,6 +17,7 @@ import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch } from '../helpers/scratch.js';
 
 const MiB = 1024 * 1024;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const CAP_SYS_RESOURCE = 24n;
 const capEff = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0';
 const hasCapSysResource = ((BigInt(`0x${capEff}`) >> CAP_SYS_RESOURCE) & 1n) === 1n;
@@ -48,6 +50,11 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     return { file, device: dev.device };
   }
 
+  /** Back to a fresh image's zeros (wipefs would leave the old metadata, which is not blank). */
+  function zero(d: string): void {
+    execFileSync('blkdiscard', ['-f', d], { stdio: 'ignore' });
+  }
+
   function mountPoint(base: string, name = 'mnt'): string {
     const path = join(base, name);
     mkdirSync(path);
@@ -61,14 +68,14 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     expect(await fs.probe(d)).toEqual({ kind: 'blank' });
     await fs.formatIfBlank(d, 'ext4');
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'ext4' });
-    execFileSync('wipefs', ['-a', '-q', d]);
+    zero(d);
     await fs.formatIfBlank(d, 'xfs');
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'xfs' });
-    execFileSync('wipefs', ['-a', '-q', d]);
+    zero(d);
     execFileSync('mkswap', ['-q', d]);
     expect(await fs.probe(d)).toEqual({ kind: 'other', description: 'swap (other)' });
     // An xfs superblock at 0 and an ext4 one at 1 KiB: blkid calls it ambivalent.
-    execFileSync('wipefs', ['-a', '-q', d]);
+    zero(d);
     execFileSync('mkfs.xfs', ['-q', '-f', d]);
     const e4 = join(base, 'e4.img');
     writeFileSync(e4, '');
@@ -85,11 +92,64 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     execFileSync('mkswap', ['-q', d]);
     expect(await fs.formatIfBlank(d, 'ext4')).toEqual({ kind: 'other', description: expect.stringMatching(/swap/) });
     expect(await fs.probe(d)).toEqual({ kind: 'other', description: 'swap (other)' });
-    execFileSync('wipefs', ['-a', '-q', d]);
+    zero(d);
     expect(await fs.formatIfBlank(d, 'xfs')).toEqual({ kind: 'blank' });
     expect(await fs.formatIfBlank(d, 'ext4')).toEqual({ kind: 'filesystem', fsType: 'xfs' });
     expect(await fs.probe(d)).toEqual({ kind: 'filesystem', fsType: 'xfs' });
   });
+
+  it('calls data without a signature other and never formats it', async () => {
+    const base = dir();
+    const { file, device: d } = await device(base, 16);
+    writeFileSync(file, randomBytes(16 * MiB));
+    const before = sha(readFileSync(file));
+    expect(await fs.probe(d)).toEqual({ kind: 'other', description: 'data without a signature blkid knows' });
+    expect(await fs.formatIfBlank(d, 'ext4')).toMatchObject({ kind: 'other' });
+    expect(sha(readFileSync(file))).toBe(before);
+  });
+
+  it('refuses to call a device blank, or format it, when its reads fail', async () => {
+    const base = dir();
+    const image = join(base, 'img');
+    writeFileSync(image, randomBytes(8 * MiB));
+    const dev = await failingDevice(base, image);
+    await expect(fs.formatIfBlank(dev, 'ext4')).rejects.toMatchObject({
+      kind: 'internal',
+      message: expect.stringMatching(new RegExp(`${dev}.*(I/O|EIO)`)),
+    });
+    await expect(fs.probe(dev)).rejects.toMatchObject({ kind: 'internal' });
+  });
+
+  /** A loop device over a qemu FUSE export whose reads all fail with EIO (blkdebug). */
+  async function failingDevice(base: string, image: string): Promise<string> {
+    const exp = join(base, 'exp.raw');
+    const pidFile = join(base, 'qsd.pid');
+    writeFileSync(exp, '');
+    execFileSync('qemu-storage-daemon', [
+      '--blockdev', `driver=file,node-name=file0,filename=${image}`,
+      '--blockdev', 'driver=blkdebug,node-name=dbg0,image=file0,inject-error.0.event=read_aio,inject-error.0.errno=5',
+      '--blockdev', 'driver=raw,node-name=fmt0,file=dbg0',
+      '--export', `type=fuse,id=e0,node-name=fmt0,mountpoint=${exp},writable=off`,
+      '--pidfile', pidFile, '--daemonize',
+    ]);
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    cleanups.push(async () => {
+      process.kill(pid, 'SIGKILL');
+      // Gone, or a zombie nobody reaps (the daemon's parent is whatever PID 1 is here).
+      const alive = () => {
+        try {
+          return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+        } catch {
+          return false;
+        }
+      };
+      for (let i = 0; i < 100 && alive(); i++) await new Promise((r) => setTimeout(r, 20));
+      await fs.unmount(exp);
+    });
+    const dev = await loops.attach(exp, { readOnly: true, directIo: false });
+    cleanups.push(() => loops.detach(dev.device));
+    return dev.device;
+  }
 
   it('formats, mounts, reports usage and unmounts idempotently', async () => {
     const base = dir();

@@ -1,5 +1,8 @@
 /** blkid/wipefs parsing and the probe's decisions, against captured util-linux 2.38 output. */
-import { describe, expect, it } from 'vitest';
+import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CommandFailed, type RunResult, type Runner } from '../../src/system/command.js';
 import { classifyBlkid, makeFilesystems, parseBlkidExport, parseWipefs } from '../../src/system/filesystems.js';
 
@@ -86,9 +89,53 @@ function scripted(answer: (argv: readonly string[]) => RunResult | Error): { run
 }
 
 describe('probe', () => {
-  it('calls a device blank only when blkid (exit 2) and wipefs both find nothing', async () => {
-    const { run } = scripted((argv) => (argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: WIPEFS_BLANK, stderr: '' }));
-    expect(await makeFilesystems(run).probe('/dev/loop1')).toEqual({ kind: 'blank' });
+  // The probe reads the device itself before it answers 'blank': regular files stand in here.
+  const dir = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  /** A sparse file of `mib` MiB with `bytes` written at `offset`. */
+  function fakeDevice(mib = 4, offset = 0, bytes = Buffer.alloc(0)): string {
+    const file = join(dir, `dev${String(n++)}`);
+    writeFileSync(file, '');
+    truncateSync(file, mib * 1024 * 1024);
+    const fd = openSync(file, 'r+');
+    writeSync(fd, bytes, 0, bytes.length, offset);
+    closeSync(fd);
+    return file;
+  }
+  const nothingFound = () =>
+    scripted((argv) => (argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: argv[0] === 'wipefs' ? WIPEFS_BLANK : '', stderr: '' }));
+
+  it('calls a device blank only when blkid (exit 2) and wipefs find nothing and it reads zeros', async () => {
+    expect(await makeFilesystems(nothingFound().run).probe(fakeDevice())).toEqual({ kind: 'blank' });
+  });
+
+  it.each([
+    ['the first MiB', 4096],
+    ['the last MiB', 4 * 1024 * 1024 - 1],
+  ])('calls data in %s without a known signature other, and never formats it', async (_where, offset) => {
+    const { run, calls } = nothingFound();
+    const device = fakeDevice(4, offset, Buffer.from([0x5a]));
+    const other = { kind: 'other', description: 'data without a signature blkid knows' };
+    expect(await makeFilesystems(run).formatIfBlank(device, 'ext4')).toEqual(other);
+    expect(calls.some((c) => c[0]?.startsWith('mkfs'))).toBe(false);
+  });
+
+  it('looks only at the edges: data in the middle of a large device is not read', async () => {
+    expect(await makeFilesystems(nothingFound().run).probe(fakeDevice(8, 3 * 1024 * 1024, Buffer.from([1])))).toEqual({ kind: 'blank' });
+  });
+
+  it.each([
+    ['cannot be opened', () => join(dir, 'missing')],
+    ['fails to read (EISDIR)', () => dir],
+  ])('refuses, naming the device, when blkid finds nothing but the device %s', async (_why, path) => {
+    const { run, calls } = nothingFound();
+    const device = path();
+    await expect(makeFilesystems(run).formatIfBlank(device, 'xfs')).rejects.toMatchObject({
+      kind: 'internal',
+      message: expect.stringContaining(device),
+    });
+    expect(calls.some((c) => c[0]?.startsWith('mkfs'))).toBe(false);
   });
 
   it('treats a signature only wipefs sees as other', async () => {
@@ -112,12 +159,11 @@ describe('probe', () => {
   });
 
   it('formats only after a blank probe, with the fast flags', async () => {
-    const { run, calls } = scripted((argv) =>
-      argv[0] === 'blkid' ? new CommandFailed(argv, 2, '') : { stdout: argv[0] === 'wipefs' ? WIPEFS_BLANK : '', stderr: '' },
-    );
-    expect(await makeFilesystems(run).formatIfBlank('/dev/loop1', 'ext4')).toEqual({ kind: 'blank' });
+    const { run, calls } = nothingFound();
+    const device = fakeDevice();
+    expect(await makeFilesystems(run).formatIfBlank(device, 'ext4')).toEqual({ kind: 'blank' });
     expect(calls.at(-1)).toEqual([
-      'mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '/dev/loop1',
+      'mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', device,
     ]);
   });
 
