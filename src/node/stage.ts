@@ -118,9 +118,26 @@ export class Stager {
   }
 
   private async isComplete(rec: StageRecord): Promise<boolean> {
-    if (rec.device === undefined) return false;
-    if (rec.access === 'block') return true;
-    return rec.mounted && (await this.sys.fs.isMountPoint(rec.stagingPath));
+    return (await this.missing(rec)) === undefined;
+  }
+
+  /**
+   * What of a recorded stage is no longer there, if anything. A record
+   * outlives a reboot or an external detach, and a loop device number may
+   * since serve another volume: only what still reads our file counts.
+   */
+  private async missing(rec: StageRecord): Promise<string | undefined> {
+    const { device, loopFile } = rec;
+    if (device === undefined || loopFile === undefined) return 'its stage did not finish';
+    if (rec.format === 'qcow2' && (rec.export === undefined || !(await this.sys.exports.isAlive(rec.export)))) {
+      return `the qemu export of ${rec.image} is not running`;
+    }
+    if (!(await this.sys.loops.findByFile(loopFile)).some((l) => l.device === device)) {
+      return `loop device ${device} no longer reads ${loopFile}`;
+    }
+    if (rec.access === 'block') return undefined;
+    const source = rec.mounted ? (await this.sys.fs.mountEntry(rec.stagingPath))?.source : undefined;
+    return source === device ? undefined : `${rec.stagingPath} is not a mount of ${device}`;
   }
 
   /**
@@ -130,7 +147,11 @@ export class Stager {
    */
   async requireStaged(volumeId: string, stagingPath: string): Promise<StageRecord> {
     const rec = await this.state.read(volumeId);
-    if (rec !== undefined && rec.stagingPath === stagingPath && rec.device !== undefined) return rec;
+    if (rec !== undefined && rec.stagingPath === stagingPath) {
+      const missing = await this.missing(rec);
+      if (missing === undefined) return rec;
+      throw precondition(`volume ${volumeId} is not staged at ${stagingPath} any more (${missing}); NodeStageVolume must come first`);
+    }
     if (rec === undefined && (await this.store.find(volumeId)) === undefined) {
       throw notFound(`volume ${volumeId} does not exist on any mount of this node`);
     }

@@ -8,7 +8,7 @@ import { realpath, statfs } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
 import { edgesAreZero } from './device-read.js';
-import { mountAt, readMountInfo } from './mountinfo.js';
+import { mountAt, readMountInfo, type MountEntry } from './mountinfo.js';
 import { internal, invalid } from '../domain/errors.js';
 import type { FsType } from '../domain/capabilities.js';
 
@@ -49,6 +49,8 @@ export interface Filesystems {
   /** Idempotent: not mounted is done; stale mounts are lazily unmounted; stacked mounts all go. */
   unmount(target: string): Promise<void>;
   isMountPoint(path: string): Promise<boolean>;
+  /** The topmost mount at `path` (its source and options), from mountinfo. */
+  mountEntry(path: string): Promise<MountEntry | undefined>;
   /** Online grow to the device size: resize2fs takes the device, xfs_growfs the mount point. */
   grow(fsType: FsType, device: string, mountPoint: string): Promise<void>;
   usage(path: string): Promise<Usage>;
@@ -203,6 +205,10 @@ export function makeFilesystems(run: Runner): Filesystems {
 
     async isMountPoint(path) {
       return mounted(await canonicalPath(path));
+    },
+
+    async mountEntry(path) {
+      return mountAt(await readMountInfo(), await canonicalPath(path));
     },
 
     async grow(fsType, device, mountPoint) {

@@ -1,0 +1,91 @@
+/**
+ * The node service when its record and the machine disagree: a loop device
+ * detached behind its back (reboot, admin), a device still held open at
+ * unstage, an export left by a crash before its record was written.
+ */
+import { execFileSync } from 'node:child_process';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { codeOf } from '../helpers/client.js';
+import { blockCap, createRequest, MiB } from '../helpers/csi.js';
+import { kubeletPaths, leftovers } from '../helpers/node.js';
+import { isRoot, rootOnlyReason } from '../helpers/root.js';
+import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { startDriver, type Driver } from '../helpers/server.js';
+
+describe.skipIf(!isRoot)('node service recovery', () => {
+  let share: Scratch;
+  let kubelet: string;
+  let driver: Driver;
+  const stateDir = () => join(kubelet, 'plugins/filedriver.dev');
+  const leftFor = (id: string) => [...leftovers(id), ...leftovers(kubelet)];
+
+  beforeAll(async () => {
+    rootOnlyReason();
+    share = makeScratch('xfs', 1024);
+    kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
+    driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
+  });
+  afterAll(async () => {
+    await driver?.stop();
+    share?.cleanup();
+    rmSync(kubelet, { recursive: true, force: true });
+  });
+
+  async function provision(name: string, format: string, cap: object): Promise<string> {
+    await driver.client.controller('CreateVolume', createRequest(name, { parameters: { format }, volume_capabilities: [cap] }));
+    return name;
+  }
+  const paths = (id: string) => kubeletPaths(kubelet, id);
+  const stage = (id: string, cap: object) =>
+    driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
+  const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
+  const publishBlock = (id: string) =>
+    driver.client.node('NodePublishVolume', {
+      volume_id: id,
+      staging_target_path: paths(id).staging,
+      target_path: paths(id).device,
+      volume_capability: blockCap(),
+    });
+  const unpublishBlock = (id: string) => driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).device });
+  const record = (id: string) => JSON.parse(readFileSync(join(stateDir(), 'volumes', id, 'stage.json'), 'utf8'));
+  const image = (id: string, format = 'raw') => join(share.path, 'filedriver/volumes', id, `disk.${format}`);
+  const loopsOf = (file: string) => execFileSync('losetup', ['-j', file], { encoding: 'utf8' }).trim();
+  const mountedAt = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+
+  it('stages afresh after its loop device was detached behind its back, and never publishes a stale device', async () => {
+    const cap = blockCap();
+    const a = await provision('pvc-stale-a', 'raw', cap);
+    const b = await provision('pvc-stale-b', 'raw', cap);
+    await stage(a, cap);
+    const old = record(a).device as string;
+    execFileSync('losetup', ['-d', old]);
+    // Another volume may now get the same device number.
+    await stage(b, cap);
+    expect(await codeOf(publishBlock(a))).toBe(status.FAILED_PRECONDITION);
+    expect(mountedAt(paths(a).device)).toBe(false);
+
+    await stage(a, cap);
+    expect(loopsOf(image(a))).toContain(record(a).device as string);
+    await publishBlock(a);
+    const data = randomBytes(Number(MiB));
+    const fd = openSync(paths(a).device, 'r+');
+    writeSync(fd, data, 0, data.length, 0);
+    fsyncSync(fd);
+    closeSync(fd);
+    const back = Buffer.alloc(data.length);
+    const img = openSync(image(a), 'r');
+    readSync(img, back, 0, back.length, 0);
+    closeSync(img);
+    expect(back.equals(data)).toBe(true); // a's device, not b's
+    await unpublishBlock(a);
+    await unstage(a);
+    await unstage(b);
+    expect(leftFor(a)).toEqual([]);
+    expect(leftFor(b)).toEqual([]);
+  });
+});
