@@ -8,7 +8,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, invalid, notFound, precondition } from '../domain/errors.js';
+import { alreadyExists, busy, invalid, notFound, precondition } from '../domain/errors.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { NodeSystem } from './system.js';
 import type { StageRecord, StageState } from './state.js';
@@ -200,6 +200,9 @@ export class Stager {
       // give it up to 2 s to go before the export under it is stopped. The look is a sysfs
       // read, so a short poll costs nothing and unstage does not wait 50 ms for a device gone in 1.
       for (let i = 0; i < 400 && (await this.sys.loops.findByFile(file)).length > 0; i++) await sleep(5);
+      // Still open (a pod, a stray process): keep the record and the export so kubelet's retry finishes the job.
+      const still = (await this.sys.loops.findByFile(file)).map((l) => l.device);
+      if (still.length > 0) throw busy(`loop device ${still.join(', ')} of volume ${rec.volumeId} is still open; retry`);
     }
     if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
     await this.state.remove(rec.volumeId);

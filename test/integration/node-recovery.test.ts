@@ -4,7 +4,7 @@
  * unstage, an export left by a crash before its record was written.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -87,5 +87,23 @@ describe.skipIf(!isRoot)('node service recovery', () => {
     await unstage(b);
     expect(leftFor(a)).toEqual([]);
     expect(leftFor(b)).toEqual([]);
+  });
+
+  it('answers ABORTED while a loop device is still open, keeping its record and export, and finishes on the retry', async () => {
+    const cap = blockCap();
+    const id = await provision('pvc-held', 'qcow2', cap);
+    await stage(id, cap);
+    const { device, export: exp } = record(id) as { device: string; export: { pid: number } };
+    const fd = openSync(device, 'r');
+    try {
+      expect(await codeOf(unstage(id))).toBe(status.ABORTED);
+      expect(record(id).device).toBe(device);
+      expect(readFileSync(`/proc/${exp.pid}/cmdline`, 'utf8')).toContain('qemu-storage-daemon');
+    } finally {
+      closeSync(fd);
+    }
+    await unstage(id);
+    expect(existsSync(join(stateDir(), 'volumes', id))).toBe(false);
+    expect(leftFor(id)).toEqual([]);
   });
 });
