@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
 import { alreadyExists, busy, invalid, notFound, precondition } from '../domain/errors.js';
 import type { VolumeStore } from '../storage/volume-store.js';
+import { stageMountFlags } from '../system/filesystems.js';
 import type { NodeSystem } from './system.js';
 import type { StageRecord, StageState } from './state.js';
 
@@ -112,7 +113,8 @@ export class Stager {
       throw precondition(`volume ${rec.volumeId} holds a ${found.fsType} filesystem but ${fsType} was asked for; refusing to format over it`);
     }
     await mkdir(rec.stagingPath, { recursive: true });
-    await this.sys.fs.mount(device, rec.stagingPath, { fsType, flags, readOnly: rec.readOnly });
+    const needed = stageMountFlags(fsType, rec.readOnly).filter((f) => !flags.includes(f));
+    await this.sys.fs.mount(device, rec.stagingPath, { fsType, flags: [...flags, ...needed], readOnly: rec.readOnly });
     rec.mounted = true;
     await this.state.write(rec);
   }

@@ -74,6 +74,17 @@ export async function canonicalPath(path: string): Promise<string> {
   }
 }
 
+/**
+ * Options every stage of `fsType` needs. xfs refuses a second filesystem with
+ * the same UUID, and clones and restored snapshots share their source's. A
+ * read-only device cannot replay a dirty journal (a snapshot of a volume in
+ * use has one), so read-only stages skip the replay.
+ */
+export function stageMountFlags(fsType: FsType, readOnly: boolean): string[] {
+  if (fsType === 'xfs') return readOnly ? ['nouuid', 'norecovery'] : ['nouuid'];
+  return readOnly ? ['noload'] : [];
+}
+
 /** `blkid -o export` lines (KEY=value) into a record. */
 export function parseBlkidExport(stdout: string): Record<string, string> {
   const fields: Record<string, string> = {};

@@ -1,0 +1,92 @@
+/**
+ * Staging filesystems that are copies of each other or carry a dirty journal,
+ * as clones and snapshots of volumes in use do: through the real server.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRequest, MiB, mountCap } from '../helpers/csi.js';
+import { kubeletPaths, leftovers } from '../helpers/node.js';
+import { isRoot, rootOnlyReason } from '../helpers/root.js';
+import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { startDriver, type Driver } from '../helpers/server.js';
+
+describe.skipIf(!isRoot)('node mount options', () => {
+  let share: Scratch;
+  let kubelet: string;
+  let driver: Driver;
+
+  beforeAll(async () => {
+    rootOnlyReason();
+    share = makeScratch('xfs', 2048);
+    kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
+    driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
+  });
+  afterAll(async () => {
+    await driver?.stop();
+    share?.cleanup();
+    rmSync(kubelet, { recursive: true, force: true });
+  });
+
+  // mkfs.xfs needs 300 MiB at least.
+  async function provision(name: string, cap: object, sizeBytes = 320n * MiB): Promise<string> {
+    const req = createRequest(name, { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(sizeBytes) } });
+    await driver.client.controller('CreateVolume', req);
+    return name;
+  }
+  const staging = (id: string) => kubeletPaths(kubelet, id).staging;
+  const stage = (id: string, cap: object, readonly = false) =>
+    driver.client.node('NodeStageVolume', {
+      volume_id: id,
+      staging_target_path: staging(id),
+      volume_capability: cap,
+      publish_context: { readonly: String(readonly) },
+    });
+  const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging(id) });
+  const image = (id: string) => join(share.path, 'filedriver/volumes', id, 'disk.raw');
+  const mountOptions = (path: string) =>
+    readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === path)?.split(' ')[5];
+
+  it('stages two xfs volumes that are byte copies of each other (same UUID) on one node', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const a = await provision('pvc-xfs-a', cap);
+    const b = await provision('pvc-xfs-b', cap);
+    await stage(a, cap);
+    await unstage(a);
+    execFileSync('cp', ['--reflink=never', '--sparse=always', image(a), image(b)]);
+    await stage(a, cap);
+    await stage(b, cap);
+    expect(mountOptions(staging(a))).toBeDefined();
+    expect(mountOptions(staging(b))).toBeDefined();
+    await unstage(a);
+    await unstage(b);
+    expect([...leftovers(a), ...leftovers(b)]).toEqual([]);
+  });
+
+  it('stages read-only an ext4 image whose journal needs recovery', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
+    const id = await provision('pvc-dirty-ext4', cap, 64n * MiB);
+    await stage(id, cap);
+    await unstage(id);
+    // What a copy of a mounted ext4 looks like: the journal still to be replayed.
+    execFileSync('debugfs', ['-w', '-R', 'feature needs_recovery', image(id)], { stdio: 'ignore' });
+    await stage(id, cap, true);
+    expect(mountOptions(staging(id))).toMatch(/^ro\b/);
+    await unstage(id);
+    expect(leftovers(id)).toEqual([]);
+  });
+
+  it('stages read-only an xfs image whose log is dirty', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const id = await provision('pvc-dirty-xfs', cap);
+    await stage(id, cap);
+    execFileSync('xfs_io', ['-x', '-c', 'pwrite 0 64k', '-c', 'fsync', '-c', 'shutdown', '-f', join(staging(id), 'f')], { stdio: 'ignore' });
+    await unstage(id); // after a shutdown, the unmount leaves the log dirty
+    await stage(id, cap, true);
+    expect(mountOptions(staging(id))).toMatch(/^ro\b/);
+    await unstage(id);
+    expect(leftovers(id)).toEqual([]);
+  });
+});
