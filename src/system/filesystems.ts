@@ -172,10 +172,12 @@ export function makeFilesystems(run: Runner): Filesystems {
       // safe; lazy inode tables are finished by the kernel after mount; -m 0 as kubernetes
       // mount-utils does (pods rarely run as root); 4 KiB blocks even on small volumes, which
       // mke2fs would otherwise make with 1 KiB blocks. No discard: a blank image is sparse already.
+      // xfs gets 4 KiB sectors: a direct-I/O loop over a reflinked xfs file (a snapshot or clone
+      // shares its extents) has 4 KiB logical sectors, and xfs will not mount 512-byte ones there.
       const argv =
         fsType === 'ext4'
           ? ['mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', device]
-          : ['mkfs.xfs', '-f', '-q', '-K', device];
+          : ['mkfs.xfs', '-f', '-q', '-K', '-s', 'size=4096', device];
       await run(argv, { timeoutMs: 10 * 60_000 });
       return found;
     },

@@ -65,6 +65,22 @@ describe.skipIf(!isRoot)('node mount options', () => {
     expect([...leftovers(a), ...leftovers(b)]).toEqual([]);
   });
 
+  it('stages an xfs volume again after its image was reflinked (as a snapshot or clone does)', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const id = await provision('pvc-xfs-reflinked', cap);
+    await stage(id, cap);
+    await unstage(id);
+    const copy = join(share.path, 'reflinked.raw');
+    execFileSync('cp', ['--reflink=always', image(id), copy]);
+    try {
+      await stage(id, cap);
+      await unstage(id);
+    } finally {
+      rmSync(copy);
+    }
+    expect(leftovers(id)).toEqual([]);
+  });
+
   it('stages read-only an ext4 image whose journal needs recovery', async () => {
     const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
     const id = await provision('pvc-dirty-ext4', cap, 64n * MiB);
