@@ -206,7 +206,9 @@ export class Stager {
       const still = (await this.sys.loops.findByFile(file)).map((l) => l.device);
       if (still.length > 0) throw busy(`loop device ${still.join(', ')} of volume ${rec.volumeId} is still open; retry`);
     }
+    // A crash between the export's start and the record's write leaves it unrecorded, in its deterministic dir.
     if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
+    else if (rec.format === 'qcow2') await this.sys.exports.stopIn(this.state.exportDir(rec.volumeId));
     await this.state.remove(rec.volumeId);
   }
 }

@@ -73,6 +73,8 @@ export interface QemuExports {
    * fresh process. Detach loop devices from the export file first.
    */
   stop(handle: ExportHandle): Promise<void>;
+  /** stop() for whatever export runs in `stateDir`, from its files alone: a crash may have left one unrecorded. */
+  stopIn(stateDir: string): Promise<void>;
 }
 
 /** sun_path holds 108 bytes with the terminating NUL; longer paths fail or get cut. */
@@ -282,5 +284,21 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     }
   }
 
-  return { start, isAlive, resize, stop: (h) => teardown(pathsOf(h), h.pid, h.image) };
+  async function stopIn(stateDir: string): Promise<void> {
+    const dir = await realpath(stateDir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined; // never started: nothing to stop
+      throw e;
+    });
+    if (dir === undefined) return;
+    const paths = pathsIn(dir);
+    let image = dir;
+    try {
+      image = (JSON.parse((await readText(paths.intent)) ?? '{}') as Partial<ExportHandle>).image ?? dir;
+    } catch {
+      // unreadable intent: the messages name the directory instead
+    }
+    await teardown(paths, undefined, image);
+  }
+
+  return { start, isAlive, resize, stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }

@@ -9,7 +9,11 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StageState } from '../../src/node/state.js';
+import { makeRunner } from '../../src/system/command.js';
+import { makeQemuExports } from '../../src/system/qemu-export.js';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
@@ -103,6 +107,28 @@ describe.skipIf(!isRoot)('node service recovery', () => {
       closeSync(fd);
     }
     await unstage(id);
+    expect(existsSync(join(stateDir(), 'volumes', id))).toBe(false);
+    expect(leftFor(id)).toEqual([]);
+  });
+
+  it('stops an export a crash left unrecorded (started, record not yet written) when unstaging', async () => {
+    const id = await provision('pvc-unrecorded', 'qcow2', blockCap());
+    const state = new StageState(stateDir());
+    const silent = pino({ level: 'silent' });
+    const h = await makeQemuExports(makeRunner(silent), silent).start(image(id, 'qcow2'), {
+      format: 'qcow2',
+      readOnly: false,
+      stateDir: state.exportDir(id),
+    });
+    await state.write({
+      volumeId: id, image: image(id, 'qcow2'), format: 'qcow2', mount: 's', stagingPath: paths(id).staging, access: 'block',
+      fsType: undefined, readOnly: false, capability: 'block:SINGLE_NODE_WRITER:false', export: undefined, loopFile: undefined,
+      device: undefined, mounted: false, stagedAt: new Date().toISOString(), targets: [],
+    });
+    await unstage(id);
+    expect(existsSync(`/proc/${h.pid}/cmdline`) && readFileSync(`/proc/${h.pid}/cmdline`, 'utf8').includes('qemu-storage-daemon')).toBe(false);
+    expect(mountedAt(h.exportFile)).toBe(false);
+    expect(existsSync(state.exportDir(id))).toBe(false);
     expect(existsSync(join(stateDir(), 'volumes', id))).toBe(false);
     expect(leftFor(id)).toEqual([]);
   });
