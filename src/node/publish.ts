@@ -37,17 +37,24 @@ export class Publisher {
     }
     const target: PublishedTarget = { path: targetPath, capability: fingerprint(cap, input.readonly), mode: cap.mode };
     const recorded = (rec.targets ?? []).find((t) => t.path === targetPath);
+    const readOnly = input.readonly || rec.readOnly || isReadOnlyMode(cap.mode);
     if (await this.sys.fs.isMountPoint(targetPath)) {
       // Same target: the same arguments are a repeat, others ALREADY_EXISTS (CSI NodePublishVolume).
-      if (recorded !== undefined) {
-        if (recorded.capability !== target.capability) {
-          throw alreadyExists(`volume ${volumeId} is already published at ${targetPath} with another capability or readonly flag`);
-        }
+      if (recorded !== undefined && recorded.capability !== target.capability) {
+        throw alreadyExists(`volume ${volumeId} is already published at ${targetPath} with another capability or readonly flag`);
+      }
+      // Unrecorded: published by a version that did not record targets, adopted if it shows the volume.
+      if (recorded === undefined && !(await showsVolume(rec, targetPath))) {
+        throw precondition(`${targetPath} is already a mount point of something other than volume ${volumeId}`);
+      }
+      const entry = await this.sys.fs.mountEntry(targetPath);
+      if (!readOnly || entry?.options.split(',').includes('ro') === true) {
+        if (recorded === undefined) await this.remember(rec, target);
         return;
       }
-      // Published by a version that did not record targets: adopt it.
-      if (await showsVolume(rec, targetPath)) return this.remember(rec, target);
-      throw precondition(`${targetPath} is already a mount point of something other than volume ${volumeId}`);
+      // Writable where read-only was asked: a publish that died between the bind and its remount.
+      log.warn({ volumeId, target: targetPath }, 'target is mounted writable but must be read-only; publishing it again');
+      await this.sys.fs.unmount(targetPath);
     }
     // Another target: fine for modes shared on a node, FAILED_PRECONDITION for those published once.
     const others = await this.liveTargets(rec, targetPath);
@@ -56,7 +63,6 @@ export class Publisher {
       throw precondition(`volume ${volumeId} is published at ${others.map((t) => t.path).join(', ')} with access mode ${once.mode}, which allows one target only`);
     }
     await this.remember(rec, target);
-    const readOnly = input.readonly || rec.readOnly || isReadOnlyMode(cap.mode);
     try {
       await this.mount(input, rec, readOnly);
     } catch (e) {
@@ -68,13 +74,24 @@ export class Publisher {
 
   private async mount(input: PublishInput, rec: StageRecord, readOnly: boolean): Promise<void> {
     const device = rec.device ?? '';
-    if (input.capability.access === 'block') {
-      await mkdir(dirname(input.targetPath), { recursive: true });
-      await (await open(input.targetPath, 'a', 0o660)).close();
-      await this.sys.fs.mount(device, input.targetPath, { bind: true, readOnly, flags: [] });
-    } else {
-      await mkdir(input.targetPath, { recursive: true, mode: 0o750 });
-      await this.sys.fs.mount(input.stagingPath, input.targetPath, { bind: true, readOnly, flags: input.capability.mountFlags });
+    const target = input.targetPath;
+    const existed = (await stat(target).catch(() => undefined)) !== undefined;
+    try {
+      if (input.capability.access === 'block') {
+        await mkdir(dirname(target), { recursive: true });
+        await (await open(target, 'a', 0o660)).close();
+        await this.sys.fs.mount(device, target, { bind: true, readOnly, flags: [] });
+      } else {
+        await mkdir(target, { recursive: true, mode: 0o750 });
+        await this.sys.fs.mount(input.stagingPath, target, { bind: true, readOnly, flags: input.capability.mountFlags });
+      }
+    } catch (e) {
+      // Leave no target file or directory of ours behind (rmdir: only an empty one).
+      if (!existed && !(await this.sys.fs.isMountPoint(target))) {
+        const st = await stat(target).catch(() => undefined);
+        await (st?.isDirectory() === true ? rmdir(target) : rm(target, { force: true })).catch(() => undefined);
+      }
+      throw e;
     }
   }
 

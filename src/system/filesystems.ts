@@ -9,7 +9,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
 import { edgesAreZero } from './device-read.js';
 import { mountAt, readMountInfo, type MountEntry } from './mountinfo.js';
-import { internal, invalid } from '../domain/errors.js';
+import { describe, internal, invalid } from '../domain/errors.js';
 import type { FsType } from '../domain/capabilities.js';
 
 export type Probe =
@@ -190,7 +190,16 @@ export function makeFilesystems(run: Runner): Filesystems {
       if (options.bind === true) {
         await run(['mount', '--bind', source, target]);
         // A bind mount takes ro and other flags only on a remount of the bind.
-        if (flags.length > 0) await run(['mount', '-o', ['remount', 'bind', ...flags].join(','), target]);
+        if (flags.length === 0) return;
+        try {
+          await run(['mount', '-o', ['remount', 'bind', ...flags].join(','), target]);
+        } catch (e) {
+          // Never leave the bind behind without its flags: a read-only publish would be writable.
+          await run(['umount', target]).catch((u: unknown) => {
+            throw internal(`remounting the bind at ${target} failed (${describe(e)}), and so did unmounting it: ${describe(u)}`, e);
+          });
+          throw e;
+        }
         return;
       }
       const argv = ['mount'];

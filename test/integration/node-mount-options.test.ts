@@ -3,7 +3,7 @@
  * as clones and snapshots of volumes in use do: through the real server.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -102,6 +102,22 @@ describe.skipIf(!isRoot)('node mount options', () => {
     await unstage(id); // after a shutdown, the unmount leaves the log dirty
     await stage(id, cap, true);
     expect(mountOptions(staging(id))).toMatch(/^ro\b/);
+    await unstage(id);
+    expect(leftovers(id)).toEqual([]);
+  });
+
+  it('publishes read-only again over a writable bind a crashed publish left at the target', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
+    const id = await provision('pvc-half-published', cap, 64n * MiB);
+    await stage(id, cap);
+    const target = kubeletPaths(kubelet, id).target;
+    mkdirSync(target, { recursive: true });
+    execFileSync('mount', ['--bind', staging(id), target]); // the bind, without its read-only remount
+    const req = { volume_id: id, staging_target_path: staging(id), target_path: target, volume_capability: cap, readonly: true };
+    await driver.client.node('NodePublishVolume', req);
+    expect(mountOptions(target)).toMatch(/^ro\b/);
+    expect(() => writeFileSync(join(target, 'x'), 'no')).toThrow(/EROFS|read-only/);
+    await driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target });
     await unstage(id);
     expect(leftovers(id)).toEqual([]);
   });

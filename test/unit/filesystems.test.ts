@@ -184,6 +184,25 @@ describe('mount', () => {
     ]);
   });
 
+  it('undoes the bind when the read-only remount fails, and passes the failure on', async () => {
+    const remountFailed = (argv: readonly string[]) => new CommandFailed(argv, 32, 'mount: /dst: mount point not mounted or bad option.');
+    const { run, calls } = scripted((argv) => (argv.includes('-o') ? remountFailed(argv) : { stdout: '', stderr: '' }));
+    await expect(makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: [] })).rejects.toBeInstanceOf(CommandFailed);
+    expect(calls).toEqual([
+      ['mount', '--bind', '/src', '/dst'],
+      ['mount', '-o', 'remount,bind,ro', '/dst'],
+      ['umount', '/dst'],
+    ]);
+  });
+
+  it('says so when the bind cannot be undone either', async () => {
+    const { run } = scripted((argv) => (argv[0] === 'mount' && argv[1] === '--bind' ? { stdout: '', stderr: '' } : new CommandFailed(argv, 32, 'busy')));
+    await expect(makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: [] })).rejects.toMatchObject({
+      kind: 'internal',
+      message: expect.stringMatching(/remounting the bind at \/dst failed .*and so did unmounting it/),
+    });
+  });
+
   it('refuses flags that would smuggle in more options', async () => {
     const { run } = scripted(() => ({ stdout: '', stderr: '' }));
     await expect(makeFilesystems(run).mount('/dev/loop1', '/dst', { flags: ['ro,suid'], readOnly: false })).rejects.toMatchObject({
