@@ -57,19 +57,19 @@ export interface Filesystems {
 }
 
 /**
- * The path as mountinfo and the loop driver name it (symlinks resolved).
- * Falls back to the parent's real path when the path itself cannot be
- * resolved (missing, or a stale mount answering ENOTCONN), then to resolve().
+ * The path as mountinfo and the loop driver name it (symlinks resolved). When
+ * the path cannot be resolved (missing, or a stale mount answering ENOTCONN),
+ * the nearest ancestor that can be is resolved and the rest appended: a share
+ * reached through a symlink keeps its real name even after its files are gone.
  */
 export async function canonicalPath(path: string): Promise<string> {
-  const absolute = resolve(path);
-  try {
-    return await realpath(absolute);
-  } catch {
+  const rest: string[] = [];
+  for (let at = resolve(path); ; at = dirname(at)) {
     try {
-      return join(await realpath(dirname(absolute)), basename(absolute));
+      return join(await realpath(at), ...rest);
     } catch {
-      return absolute;
+      if (at === dirname(at)) return resolve(path);
+      rest.unshift(basename(at));
     }
   }
 }

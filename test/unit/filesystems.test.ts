@@ -1,10 +1,10 @@
 /** blkid/wipefs parsing and the probe's decisions, against captured util-linux 2.38 output. */
-import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, realpathSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CommandFailed, type RunResult, type Runner } from '../../src/system/command.js';
-import { classifyBlkid, makeFilesystems, parseBlkidExport, parseWipefs } from '../../src/system/filesystems.js';
+import { canonicalPath, classifyBlkid, makeFilesystems, parseBlkidExport, parseWipefs } from '../../src/system/filesystems.js';
 
 // `blkid -p -o export /dev/loop1` after mkfs.ext4, mkfs.xfs and mkswap.
 const EXT4 = `DEVNAME=/dev/loop1
@@ -210,3 +210,21 @@ describe('mount', () => {
     });
   });
 });
+
+describe('canonicalPath', () => {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), 'fdtest-unit-')));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'real', 'share'), { recursive: true });
+  symlinkSync(join(dir, 'real'), join(dir, 'link'));
+  writeFileSync(join(dir, 'real', 'share', 'disk.raw'), '');
+
+  it.each([
+    ['an existing file through the symlink', 'link/share/disk.raw', 'real/share/disk.raw'],
+    ['a missing file whose parent exists', 'link/share/gone.raw', 'real/share/gone.raw'],
+    ['a file whose parent and grandparent are gone too', 'link/share/vol/x/disk.raw', 'real/share/vol/x/disk.raw'],
+    ['a relative step inside the missing part', 'link/share/vol/../disk2.raw', 'real/share/disk2.raw'],
+  ])('resolves %s', async (_what, path, want) => {
+    expect(await canonicalPath(join(dir, path))).toBe(join(dir, want));
+  });
+});
+
