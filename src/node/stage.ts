@@ -8,7 +8,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, busy, invalid, notFound, precondition } from '../domain/errors.js';
+import { alreadyExists, busy, invalid, isDriverError, notFound, precondition } from '../domain/errors.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import { stageMountFlags } from '../system/filesystems.js';
 import type { NodeSystem } from './system.js';
@@ -94,7 +94,11 @@ export class Stager {
       rec.loopFile = rec.image;
     }
     await this.state.write(rec);
-    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo: true });
+    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo: true }).catch((e: unknown) => {
+      // Refused: the file already has a device that is not ours to take (or to detach in the cleanup).
+      if (isDriverError(e) && e.kind === 'precondition') rec.loopFile = undefined;
+      throw e;
+    });
     rec.device = loop.device;
     await this.state.write(rec);
   }

@@ -11,7 +11,7 @@ import { readdir, readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
 import { canonicalPath } from './filesystems.js';
-import { internal } from '../domain/errors.js';
+import { internal, precondition } from '../domain/errors.js';
 
 export interface LoopDevice {
   /** e.g. /dev/loop3 */
@@ -146,23 +146,38 @@ export function makeLoopDevices(run: Runner, { sysBlock = '/sys/block' }: LoopDe
     return found;
   };
 
+  async function attach(file: string, options: AttachOptions): Promise<LoopDevice> {
+    const path = await canonicalPath(file);
+    const argv = ['losetup', '--find', '--show', '--nooverlap', ...(options.readOnly ? ['--read-only'] : [])];
+    const onFuse = (await statfs(path)).type === FUSE_MAGIC;
+    if (!options.directIo || onFuse) return describe(lastLine((await run([...argv, path])).stdout));
+    const before = new Set((await findByFile(path)).map((d) => d.device));
+    try {
+      return await describe(lastLine((await run([...argv, '--direct-io=on', path])).stdout));
+    } catch (e) {
+      if (!(e instanceof CommandFailed) || /overlapping/.test(e.stderr)) throw e;
+      // Older losetup attaches first and only then fails to switch direct I/O on: never attach twice.
+      const leftover = (await findByFile(path)).find((d) => !before.has(d.device));
+      if (leftover !== undefined) return leftover;
+      // Filesystem without O_DIRECT (ramfs, some FUSE): the kernel refuses the whole setup (EINVAL).
+      return describe(lastLine((await run([...argv, path])).stdout));
+    }
+  }
+
+  /**
+   * --nooverlap hands back an existing device of the file as it is: a read-only request may get
+   * a writable one (losetup refuses only the converse). Never detached here: it is someone's.
+   */
+  const asAsked = (d: LoopDevice, options: AttachOptions): LoopDevice => {
+    if (options.readOnly && !d.readOnly) {
+      throw precondition(`${d.backingFile} is already attached read-write at ${d.device}; it cannot be attached read-only`);
+    }
+    return d;
+  };
+
   return {
     async attach(file, options) {
-      const path = await canonicalPath(file);
-      const argv = ['losetup', '--find', '--show', '--nooverlap', ...(options.readOnly ? ['--read-only'] : [])];
-      const onFuse = (await statfs(path)).type === FUSE_MAGIC;
-      if (!options.directIo || onFuse) return describe(lastLine((await run([...argv, path])).stdout));
-      const before = new Set((await findByFile(path)).map((d) => d.device));
-      try {
-        return await describe(lastLine((await run([...argv, '--direct-io=on', path])).stdout));
-      } catch (e) {
-        if (!(e instanceof CommandFailed) || /overlapping/.test(e.stderr)) throw e;
-        // Older losetup attaches first and only then fails to switch direct I/O on: never attach twice.
-        const leftover = (await findByFile(path)).find((d) => !before.has(d.device));
-        if (leftover !== undefined) return leftover;
-        // Filesystem without O_DIRECT (ramfs, some FUSE): the kernel refuses the whole setup (EINVAL).
-        return describe(lastLine((await run([...argv, path])).stdout));
-      }
+      return asAsked(await attach(file, options), options);
     },
 
     findByFile,

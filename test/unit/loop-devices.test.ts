@@ -159,6 +159,28 @@ describe('loop devices over a fake sysfs', () => {
     expect(finds(calls)).toBe(1);
   });
 
+  it.each([true, false])('refuses, detaching nothing, a writable device handed back for a read-only attach (direct I/O %s)', async (directIo) => {
+    const { sys, file } = setup();
+    const { run, calls } = scripted(() => {
+      device(sys, 'loop0', attached(file, '0')); // --nooverlap: the existing read-write device
+      return ok('/dev/loop0');
+    });
+    await expect(makeLoopDevices(run, { sysBlock: sys }).attach(file, { readOnly: true, directIo })).rejects.toMatchObject({
+      kind: 'precondition',
+      message: expect.stringMatching(/already attached read-write at \/dev\/loop0/),
+    });
+    expect(calls.every((c) => c.includes('--read-only') && !c.includes('--detach'))).toBe(true);
+  });
+
+  it('hands back a read-only device for a read-only attach', async () => {
+    const { sys, file } = setup();
+    const { run } = scripted(() => {
+      device(sys, 'loop0', { ...attached(file, '0'), ro: '1\n' });
+      return ok('/dev/loop0');
+    });
+    expect(await makeLoopDevices(run, { sysBlock: sys }).attach(file, { readOnly: true, directIo: false })).toMatchObject({ readOnly: true });
+  });
+
   it('does not retry an overlap conflict', async () => {
     const { sys, file } = setup();
     const { run, calls } = scripted((argv) => fail(argv, `losetup: ${file}: overlapping read-only loop device exists for ${file}`));
