@@ -12,6 +12,7 @@ import { isThin, parseParameters, type VolumeParameters } from '../domain/parame
 import { place, roomFor, type Segment } from '../domain/placement.js';
 import { fitsRange, formatBytes, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
 import { topologyKey } from '../domain/topology.js';
+import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
@@ -61,6 +62,14 @@ function defining(params: Record<string, string>): string {
   return JSON.stringify(keys.map((k) => [k, params[k]]));
 }
 
+/** A tool that ran out of space is RESOURCE_EXHAUSTED, not an internal failure. */
+function noSpace(e: unknown, name: string): unknown {
+  if (e instanceof CommandFailed && /No space left on device|Disk quota exceeded/.test(e.stderr)) {
+    return exhausted(`no room left for volume ${name} while building it: ${e.message}`);
+  }
+  return e;
+}
+
 export function view(found: Pick<FoundVolume, 'mount' | 'record'>): VolumeView {
   return { id: found.record.id, mount: found.mount, sizeBytes: BigInt(found.record.sizeBytes), record: found.record };
 }
@@ -78,6 +87,7 @@ export class VolumeService {
   ) {}
 
   keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
+  private placing: Promise<void> = Promise.resolve();
 
   async create(input: CreateVolumeInput, log: Logger): Promise<VolumeView> {
     if (input.name === '') throw invalid('name is required');
@@ -97,10 +107,13 @@ export class VolumeService {
     let record: VolumeRecord;
     let mount: string;
     let linked = false;
+    let release = (): void => undefined;
     try {
       const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
       linked = base !== undefined && params.cloneMode === 'linked';
-      mount = await this.place(input, params, sizeBytes, linked ? base?.mount : undefined);
+      const placed = await this.placeAndReserve(input, params, sizeBytes, linked ? base?.mount : undefined, id);
+      mount = placed.mount;
+      release = placed.release;
       const layout = await this.mounts.requireUsable(mount);
       record = {
         schema: SCHEMA,
@@ -118,7 +131,11 @@ export class VolumeService {
       // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
       if (linked && base !== undefined) await this.snapshots.addRef(base.layout, base.snapshotId, id);
       created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
+      if (created) this.ledger.note(mount, id, sizeBytes);
+    } catch (e) {
+      throw noSpace(e, input.name);
     } finally {
+      release();
       // Release the ref taken in advance, and a base made for this request that nothing uses.
       if (base !== undefined && ((linked && !created) || (base.internal && !(linked && created)))) {
         await this.snapshots.release(base.layout, base.snapshotId, id);
@@ -129,9 +146,31 @@ export class VolumeService {
       if (raced === undefined) throw precondition(`volume ${id} appeared and vanished while being created; retry`);
       return this.reuse(raced, input);
     }
-    this.ledger.note(mount, id, BigInt(record.sizeBytes));
     log.info({ volumeId: id, mount, format: params.format, sizeBytes: record.sizeBytes, source: input.contentSource, linked }, 'volume created');
     return view({ mount, record });
+  }
+
+  /**
+   * Placement and its reservation happen one request at a time (in-process:
+   * the controller is a single leader-elected replica), so concurrent creates
+   * cannot all be given the same room.
+   */
+  private async placeAndReserve(
+    input: CreateVolumeInput,
+    params: VolumeParameters,
+    sizeBytes: bigint,
+    only: string | undefined,
+    id: string,
+  ): Promise<{ mount: string; release: () => void }> {
+    const turn = this.placing.then(async () => {
+      const mount = await this.place(input, params, sizeBytes, only);
+      return { mount, release: this.ledger.reserve(mount, id, sizeBytes) };
+    });
+    this.placing = turn.then(
+      () => undefined,
+      () => undefined,
+    );
+    return turn;
   }
 
   /** The mount for a new volume; a linked clone must sit beside its base. */

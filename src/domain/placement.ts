@@ -19,15 +19,18 @@ function scale(n: bigint, ratio: number): bigint {
 }
 
 /**
- * Bytes one new volume could take on a mount. Raw and preallocated images need
- * the space now; thin qcow2 may over-commit the mount like Cinder's
- * max_over_subscription_ratio (1.0 = the sum of virtual sizes never exceeds it).
+ * Bytes one new volume could take on a mount. Every volume promises its full
+ * virtual size. Thin qcow2 may over-commit the mount like Cinder's
+ * max_over_subscription_ratio (1.0 = the sum of virtual sizes never exceeds
+ * it); raw and preallocated images never over-commit, and need the space free
+ * now. Free bytes alone would not do: a raw image is a sparse file that takes
+ * nothing until written, so any number of them would fit.
  */
 export function roomFor(m: MountRoom, thin: boolean, ratio: number): bigint {
   if (!m.usable) return 0n;
-  if (!thin) return m.freeBytes;
-  const byCommitment = scale(m.totalBytes, ratio) - m.committedBytes;
-  const byFree = scale(m.freeBytes, ratio);
+  const r = thin ? ratio : 1;
+  const byCommitment = scale(m.totalBytes, r) - m.committedBytes;
+  const byFree = scale(m.freeBytes, r);
   const room = byCommitment < byFree ? byCommitment : byFree;
   return room > 0n ? room : 0n;
 }

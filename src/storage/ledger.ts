@@ -15,6 +15,8 @@ interface MountLedger {
   refreshing: Promise<void> | undefined;
   /** What this process created or deleted while a refresh was in flight; it wins over the refresh's readdir. */
   changes: Map<string, bigint | null>;
+  /** Volumes being built: counted already, though no readdir shows them yet. */
+  reserved: Map<string, bigint>;
 }
 
 const REFRESH_MS = 5_000;
@@ -28,7 +30,22 @@ export class Ledger {
     const ledger = await this.fresh(mount, layout);
     let sum = 0n;
     for (const size of ledger.sizes.values()) sum += size;
+    for (const [id, size] of ledger.reserved) if (!ledger.sizes.has(id)) sum += size;
     return sum;
+  }
+
+  /**
+   * Counts a volume being built from now on, so concurrent placements cannot
+   * all claim the same room. Call with the ledger built (after committed()).
+   * Returns the release, for when the build is done or failed.
+   */
+  reserve(mount: string, id: string, sizeBytes: bigint): () => void {
+    const ledger = this.byMount.get(mount);
+    if (ledger === undefined) return () => undefined;
+    ledger.reserved.set(id, sizeBytes);
+    return () => {
+      ledger.reserved.delete(id);
+    };
   }
 
   /** Records a size this process just wrote, so the next placement sees it at once. */
@@ -56,7 +73,7 @@ export class Ledger {
   private async fresh(mount: string, layout: Layout): Promise<MountLedger> {
     let ledger = this.byMount.get(mount);
     if (ledger === undefined) {
-      ledger = { sizes: new Map(), refreshedAt: 0, refreshing: undefined, changes: new Map() };
+      ledger = { sizes: new Map(), refreshedAt: 0, refreshing: undefined, changes: new Map(), reserved: new Map() };
       this.byMount.set(mount, ledger);
     }
     if (ledger.refreshing === undefined && Date.now() - ledger.refreshedAt >= REFRESH_MS) {

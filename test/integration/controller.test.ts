@@ -218,6 +218,28 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone', 'pvc-lc-rawgone']) await driver.client.controller('DeleteVolume', { volume_id: name });
   });
 
+  it('never over-commits a mount with sparse raw images, even when many creates arrive at once', async () => {
+    const tight = makeScratch('ext4', 200);
+    const d = await startDriver({ mounts: { tight: tight.path }, args: ['--health-cache-seconds', '0'] });
+    try {
+      const make = (name: string, format: string) =>
+        d.client.controller('CreateVolume', createRequest(name, { capacity_range: { required_bytes: String(120n * MiB) }, parameters: { format } }));
+      // Eight at once, each larger than half the mount: exactly one fits, whatever the format.
+      for (const format of ['raw', 'qcow2']) {
+        const codes = await Promise.all(Array.from({ length: 8 }, (_, i) => codeOf(make(`pvc-tight-${format}-${i}`, format))));
+        expect(codes.filter((c) => c === "OK"), JSON.stringify(codes)).toHaveLength(1);
+        expect(codes.filter((c) => c === status.RESOURCE_EXHAUSTED), JSON.stringify(codes)).toHaveLength(7);
+        const raw = await d.client.controller('GetCapacity', { parameters: { format: 'raw' } });
+        expect(BigInt(raw.available_capacity)).toBeLessThan(120n * MiB);
+        const made = codes.findIndex((c) => c === 'OK');
+        await d.client.controller('DeleteVolume', { volume_id: `pvc-tight-${format}-${made}` });
+      }
+    } finally {
+      await d.stop();
+      tight.cleanup();
+    }
+  });
+
   it('validates capabilities against the volume', async () => {
     await driver.client.controller('CreateVolume', createRequest('pvc-val'));
     const ok = await driver.client.controller('ValidateVolumeCapabilities', { volume_id: 'pvc-val', volume_capabilities: [mountCap()] });
@@ -280,15 +302,21 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
   });
 
   it('reports capacity per topology segment, format and mounts', async () => {
-    const statfs = (p: string) => {
-      const out = execFileSync('stat', ['-f', '-c', '%a %S', p], { encoding: 'utf8' }).trim().split(' ');
-      return BigInt(out[0]!) * BigInt(out[1]!);
+    // Raw images may not over-commit: a mount's room is the lesser of its free bytes and its
+    // size less every volume's promised size (sparse raw files take no space until written).
+    const room = (sc: Scratch) => {
+      const [free, total, bsize] = execFileSync('stat', ['-f', '-c', '%a %b %S', sc.path], { encoding: 'utf8' }).trim().split(' ').map(BigInt);
+      const dir = join(sc.path, 'filedriver', 'volumes');
+      const committed = readdirSync(dir).reduce((sum, id) => sum + BigInt(JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')).sizeBytes), 0n);
+      const byCommitment = total! * bsize! - committed;
+      const byFree = free! * bsize!;
+      return byCommitment < byFree ? byCommitment : byFree;
     };
     const raw = await driver.client.controller('GetCapacity', { parameters: { format: 'raw' } });
-    const expected = statfs(big.path) + statfs(small.path);
-    // Free space moves a little as the filesystems settle; within 1 MiB of statfs.
-    expect(Number(BigInt(raw.available_capacity) - expected)).toBeLessThan(Number(MiB));
-    expect(Number(expected - BigInt(raw.available_capacity))).toBeLessThan(Number(MiB));
+    const expected = room(big) + room(small);
+    // Free space moves a little as the filesystems settle, and each room is whole MiB: within 2 MiB.
+    expect(Number(BigInt(raw.available_capacity) - expected)).toBeLessThan(Number(2n * MiB));
+    expect(Number(expected - BigInt(raw.available_capacity))).toBeLessThan(Number(2n * MiB));
     const onlySmall = await driver.client.controller('GetCapacity', {
       parameters: { format: 'raw' },
       accessible_topology: { segments: { [key('small')]: 'true' } },

@@ -99,8 +99,14 @@ describe('placement', () => {
     const m = room('a', 10n * GiB, { committedBytes: 9n * GiB });
     expect(roomFor(m, true, 1)).toBe(GiB);
     expect(roomFor(m, true, 2)).toBe(11n * GiB);
-    expect(roomFor(m, false, 2)).toBe(10n * GiB);
     expect(roomFor({ ...m, usable: false }, true, 2)).toBe(0n);
+  });
+  it('never over-commits thick volumes, though sparse raw images leave the free space untouched', () => {
+    // Nine 1 GiB raw volumes, never written: 9 GiB promised, nothing used.
+    const m = room('a', 10n * GiB, { committedBytes: 9n * GiB });
+    expect(roomFor(m, false, 2)).toBe(GiB);
+    expect(roomFor({ ...m, committedBytes: 0n, freeBytes: 3n * GiB }, false, 2)).toBe(3n * GiB);
+    expect(place([m], { ...req, sizeBytes: 2n * GiB }).mount).toBeUndefined();
   });
   it('respects the allowed mounts', () => {
     expect(place([room('a', GiB), room('b', 5n * GiB)], { ...req, allowed: ['a'] })).toEqual({ mount: 'a' });
