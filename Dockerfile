@@ -50,7 +50,10 @@ COPY package.json ./
 COPY proto ./proto
 RUN ln -s /opt/filedriver/dist/src/main.js /usr/local/bin/filedriver && chmod 0755 dist/src/main.js \
  && filedriver --version
-ENV NODE_ENV=production
+# A share whose NFS server is gone blocks each filesystem call on it, and each blocked call
+# holds a libuv pool thread (4 by default): more threads keep the other shares served. It must
+# be set before node starts (the ESM loader already uses the pool).
+ENV NODE_ENV=production UV_THREADPOOL_SIZE=16
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/tini", "--", "filedriver"]
 CMD ["--help"]

@@ -6,6 +6,7 @@
  * root disk. Health is cached briefly so hot RPCs stay cheap.
  */
 import { mkdir, realpath, statfs, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MountConfig } from '../config.js';
@@ -40,7 +41,8 @@ export const linuxProbes: MountProbes = {
     await mkdir(layout.volumes, { recursive: true });
     await mkdir(layout.snapshots, { recursive: true });
     await mkdir(layout.tmp, { recursive: true });
-    const probe = join(layout.tmp, `.probe-${process.pid}`);
+    // Unique per check: two checks of one mount (another process, or a cache of 0 s) must not remove each other's probe.
+    const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
     await writeFile(probe, 'filedriver probe\n');
     await unlink(probe);
   },
@@ -51,8 +53,17 @@ export const linuxProbes: MountProbes = {
   },
 };
 
+/**
+ * How long one health check may take. A hard-mounted NFS share whose server is gone blocks
+ * every filesystem call on it: the mount is then reported unusable instead of stalling each
+ * RPC, and while that check hangs no second one is started (each holds a libuv thread).
+ */
+export const HEALTH_TIMEOUT_MS = 5_000;
+
 export class Mounts {
   private readonly cache = new Map<string, { at: number; health: Promise<MountHealth> }>();
+  /** Checks still running (settled or not), so a hung share holds one libuv thread, not one per RPC. */
+  private readonly running = new Map<string, Promise<MountHealth>>();
   private readonly byName: ReadonlyMap<string, MountConfig>;
 
   constructor(
@@ -60,6 +71,7 @@ export class Mounts {
     private readonly probes: MountProbes,
     private readonly cacheMs: number,
     private readonly log: Logger,
+    private readonly timeoutMs = HEALTH_TIMEOUT_MS,
   ) {
     this.byName = new Map(configs.map((m) => [m.name, m]));
   }
@@ -82,9 +94,26 @@ export class Mounts {
     const hit = this.cache.get(name);
     const now = Date.now();
     if (hit !== undefined && now - hit.at < this.cacheMs) return hit.health;
-    const health = this.check(name);
+    const health = this.checkOnce(name);
     this.cache.set(name, { at: now, health });
     return health;
+  }
+
+  /** One check per mount at a time, bounded by the timeout. */
+  private checkOnce(name: string): Promise<MountHealth> {
+    const path = this.byName.get(name)?.path ?? '?';
+    const stuck = (reason: string): MountHealth => {
+      this.log.warn({ mount: name, path, reason }, 'mount unusable');
+      return { name, path, mounted: false, usable: false, reason, freeBytes: 0n, totalBytes: 0n };
+    };
+    const inFlight = this.running.get(name);
+    if (inFlight !== undefined) {
+      // Callers at the same moment share it; after the timeout, the share is hung.
+      return withTimeout(inFlight, this.timeoutMs, () => stuck(`a health check of ${path} has not returned for ${this.timeoutMs / 1000} s: is the share hung?`));
+    }
+    const check = this.check(name).finally(() => this.running.delete(name));
+    this.running.set(name, check);
+    return withTimeout(check, this.timeoutMs, () => stuck(`the health check of ${path} took over ${this.timeoutMs / 1000} s: is the share hung?`));
   }
 
   async all(): Promise<MountHealth[]> {
@@ -132,4 +161,14 @@ export class Mounts {
       return down(describe(e));
     }
   }
+}
+
+/** `p`, or `late()` if it has not settled after `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number, late: () => T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(late()), ms);
+    timer.unref();
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { Mounts, type MountProbes } from '../../src/storage/mounts.js';
 import { parseMountInfo } from '../../src/system/mountinfo.js';
 
-function fakeProbes(opts: { mounted: string[]; writable: boolean }) {
+function fakeProbes(opts: { mounted: string[]; writable: boolean; hang?: Promise<void> }) {
   const calls = { mountInfo: 0, writeProbe: 0 };
   const probes: MountProbes = {
     async mountInfo() {
@@ -13,6 +13,7 @@ function fakeProbes(opts: { mounted: string[]; writable: boolean }) {
     realpath: async (p) => p,
     async writeProbe() {
       calls.writeProbe++;
+      await opts.hang;
       if (!opts.writable) throw new Error('EROFS: read-only file system');
     },
     space: async () => ({ freeBytes: 100n, totalBytes: 200n }),
@@ -49,5 +50,26 @@ describe('mount health', () => {
     mounts.invalidate('a');
     await mounts.health('a');
     expect(calls.mountInfo).toBe(2);
+  });
+
+  it('runs one check at a time per mount, even with no cache', async () => {
+    const { probes, calls } = fakeProbes({ mounted: ['/srv/a'], writable: true });
+    const mounts = new Mounts([{ name: 'a', path: '/srv/a' }], probes, 0, log);
+    const all = await Promise.all(Array.from({ length: 8 }, () => mounts.health('a')));
+    expect(all.every((h) => h.usable)).toBe(true);
+    expect(calls.writeProbe).toBe(1);
+  });
+
+  it('reports a hung share unusable after the timeout and starts no second check while it hangs', async () => {
+    let release = (): void => undefined;
+    const hang = new Promise<void>((r) => (release = r));
+    const { probes, calls } = fakeProbes({ mounted: ['/srv/a'], writable: true, hang });
+    const mounts = new Mounts([{ name: 'a', path: '/srv/a' }], probes, 0, log, 50);
+    expect(await mounts.health('a')).toMatchObject({ usable: false, reason: expect.stringMatching(/took over .* hung/) });
+    expect(await mounts.health('a')).toMatchObject({ usable: false, reason: expect.stringMatching(/has not returned .* hung/) });
+    expect(calls.writeProbe).toBe(1);
+    release();
+    await new Promise((r) => setImmediate(r));
+    expect(await mounts.health('a')).toMatchObject({ usable: true });
   });
 });
