@@ -7,16 +7,13 @@
 import { realpath, statfs } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CommandFailed, type Runner } from './command.js';
+import { classifyBlkid, describeSignatures, parseBlkidExport, parseWipefs, type Probe, type Signature } from './blkid.js';
 import { edgesAreZero } from './device-read.js';
 import { mountAt, readMountInfo, type MountEntry } from './mountinfo.js';
 import { describe, internal, invalid } from '../domain/errors.js';
 import type { FsType } from '../domain/capabilities.js';
 
-export type Probe =
-  | { kind: 'blank' }
-  | { kind: 'filesystem'; fsType: string }
-  /** Anything else (swap, LUKS, RAID member, partition table, two signatures …): never formatted over. */
-  | { kind: 'other'; description: string };
+export { classifyBlkid, parseBlkidExport, parseWipefs, type Probe, type Signature } from './blkid.js';
 
 export interface MountOptions {
   fsType?: string;
@@ -84,41 +81,6 @@ export function stageMountFlags(fsType: FsType, readOnly: boolean): string[] {
   if (fsType === 'xfs') return readOnly ? ['nouuid', 'norecovery'] : ['nouuid'];
   return readOnly ? ['noload'] : [];
 }
-
-/** `blkid -o export` lines (KEY=value) into a record. */
-export function parseBlkidExport(stdout: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const line of stdout.split('\n')) {
-    const eq = line.indexOf('=');
-    if (eq > 0) fields[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
-  }
-  return fields;
-}
-
-/** What blkid found, as a Probe. Only USAGE=filesystem with a TYPE counts as a filesystem. */
-export function classifyBlkid(fields: Record<string, string>): Probe {
-  const type = fields['TYPE'];
-  if (fields['USAGE'] === 'filesystem' && type !== undefined) return { kind: 'filesystem', fsType: type };
-  const parts: string[] = [];
-  if (type !== undefined) parts.push(`${type} (${fields['USAGE'] ?? 'unknown usage'})`);
-  if (fields['PTTYPE'] !== undefined) parts.push(`partition table ${fields['PTTYPE']}`);
-  return { kind: 'other', description: parts.join(', ') || 'unrecognised signature' };
-}
-
-export interface Signature {
-  type: string;
-  offset: string;
-}
-
-/** `wipefs --no-act --json`; older versions print nothing when there are no signatures. */
-export function parseWipefs(stdout: string): Signature[] {
-  if (stdout.trim() === '') return [];
-  const data = JSON.parse(stdout) as { signatures?: { type?: string; offset?: string }[] };
-  return (data.signatures ?? []).map((s) => ({ type: s.type ?? 'unknown', offset: s.offset ?? '?' }));
-}
-
-const describeSignatures = (sigs: readonly Signature[]): string =>
-  sigs.map((s) => `${s.type} at ${s.offset}`).join(', ');
 
 /** errors a dead FUSE daemon or an unreachable NFS server give for a stat of the mount point */
 const STALE = /Transport endpoint is not connected|Stale file handle|Input\/output error|timed out/;
