@@ -36,8 +36,9 @@ export async function listVolumes(
       const owner = owners.get(id);
       if (owner === undefined) return undefined;
       const layout = deps.mounts.layout(owner.name);
-      const record = await deps.store.read(layout, id);
-      if (record === undefined) return undefined; // removed since the readdir
+      // Removed since the readdir, or unreadable (doctor reports it): one bad record must not fail the page.
+      const record = await deps.store.read(layout, id).catch(() => undefined);
+      if (record === undefined) return undefined;
       return { mount: owner.name, layout, record, writable: owner.usable, reason: owner.reason };
   });
   const entries = read.filter((e) => e !== undefined);

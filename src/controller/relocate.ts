@@ -72,8 +72,8 @@ export class Relocator {
     if (mount !== found.mount) {
       await this.store.remove(from, r.id);
       this.ledger.forget(found.mount, r.id);
-      this.ledger.note(mount, r.id, size);
     }
+    this.ledger.note(mount, record);
     if (r.backing !== null) await this.snapshots.release(from, r.backing, r.id);
     log.info({ volumeId: r.id, from: `${found.mount}/${r.format}`, to: `${mount}/${format}` }, 'volume relocated');
     return { ...found, mount, layout: to, record };

@@ -6,13 +6,17 @@ import type { Mounts } from '../storage/mounts.js';
 export async function roomsOf(mounts: Mounts, ledger: Ledger): Promise<MountRoom[]> {
   const health = await mounts.all();
   return Promise.all(
-    health.map(async (h) => ({
-      name: h.name,
-      usable: h.usable,
-      reason: h.reason,
-      freeBytes: h.freeBytes,
-      totalBytes: h.totalBytes,
-      committedBytes: h.usable ? await ledger.committed(h.name, mounts.layout(h.name)) : 0n,
-    })),
+    health.map(async (h) => {
+      const committed = h.usable ? await ledger.committed(h.name, mounts.layout(h.name)) : { all: 0n, thick: 0n };
+      return {
+        name: h.name,
+        usable: h.usable,
+        reason: h.reason,
+        freeBytes: h.freeBytes,
+        totalBytes: h.totalBytes,
+        committedBytes: committed.all,
+        committedThickBytes: committed.thick,
+      };
+    }),
   );
 }

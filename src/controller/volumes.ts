@@ -131,7 +131,7 @@ export class VolumeService {
       // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
       if (linked && base !== undefined) await this.snapshots.addRef(base.layout, base.snapshotId, id);
       created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
-      if (created) this.ledger.note(mount, id, sizeBytes);
+      if (created) this.ledger.note(mount, record);
     } catch (e) {
       throw noSpace(e, input.name);
     } finally {
@@ -164,7 +164,7 @@ export class VolumeService {
   ): Promise<{ mount: string; release: () => void }> {
     const turn = this.placing.then(async () => {
       const mount = await this.place(input, params, sizeBytes, only);
-      return { mount, release: this.ledger.reserve(mount, id, sizeBytes) };
+      return { mount, release: this.ledger.reserve(mount, id, sizeBytes, !isThin(params)) };
     });
     this.placing = turn.then(
       () => undefined,
@@ -268,7 +268,7 @@ export class VolumeService {
     }
     const record = { ...found.record, sizeBytes: wanted.toString() };
     await this.store.update(layout, record);
-    this.ledger.note(found.mount, id, wanted);
+    this.ledger.note(found.mount, record);
     log.info({ volumeId: id, from: current.toString(), to: wanted.toString() }, 'volume expanded');
     return view({ mount: found.mount, record });
   }

@@ -9,8 +9,10 @@ export interface MountRoom {
   reason: string | undefined;
   freeBytes: bigint;
   totalBytes: bigint;
-  /** Sum of the virtual sizes of the volumes already on the mount. */
+  /** Sum of the virtual sizes of the volumes already on the mount (and being made there). */
   committedBytes: bigint;
+  /** The same for raw and preallocated volumes only. */
+  committedThickBytes: bigint;
 }
 
 /** Over-subscription ratio as parts per million, so bigint math stays exact. */
@@ -21,15 +23,17 @@ function scale(n: bigint, ratio: number): bigint {
 /**
  * Bytes one new volume could take on a mount. Every volume promises its full
  * virtual size. Thin qcow2 may over-commit the mount like Cinder's
- * max_over_subscription_ratio (1.0 = the sum of virtual sizes never exceeds
- * it); raw and preallocated images never over-commit, and need the space free
- * now. Free bytes alone would not do: a raw image is a sparse file that takes
- * nothing until written, so any number of them would fit.
+ * max_over_subscription_ratio (1.0 = the sum of all virtual sizes never
+ * exceeds it); raw and preallocated images never over-commit one another, and
+ * need the space free now. Free bytes alone would not do: a raw image is a
+ * sparse file that takes nothing until written, so any number of them would fit.
  */
 export function roomFor(m: MountRoom, thin: boolean, ratio: number): bigint {
   if (!m.usable) return 0n;
   const r = thin ? ratio : 1;
-  const byCommitment = scale(m.totalBytes, r) - m.committedBytes;
+  // Thin promises are the admin's over-commitment: they do not block thick volumes, which are
+  // measured against one another (and the free bytes).
+  const byCommitment = scale(m.totalBytes, r) - (thin ? m.committedBytes : m.committedThickBytes);
   const byFree = scale(m.freeBytes, r);
   const room = byCommitment < byFree ? byCommitment : byFree;
   return room > 0n ? room : 0n;

@@ -6,17 +6,37 @@
  */
 import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
 import type { Layout } from './layout.js';
+import type { VolumeRecord } from './records.js';
 import type { VolumeStore } from './volume-store.js';
 
+/** A volume's promise: its virtual size, and whether it is thick (raw or preallocated: never over-committed). */
+interface Promised {
+  size: bigint;
+  thick: boolean;
+}
+
+export interface Committed {
+  /** Every volume's size: what thin volumes are measured against. */
+  all: bigint;
+  /** Raw and preallocated volumes only: these never over-commit among themselves. */
+  thick: bigint;
+}
+
+/** Raw images, and qcow2 preallocated in full, need all their space; thin qcow2 does not. */
+export function isThick(r: Pick<VolumeRecord, 'format' | 'parameters'>): boolean {
+  const pre = r.parameters['preallocation'];
+  return r.format === 'raw' || pre === 'falloc' || pre === 'full';
+}
+
 interface MountLedger {
-  sizes: Map<string, bigint>;
+  sizes: Map<string, Promised>;
   refreshedAt: number;
   /** The refresh in flight, shared by everyone who asks meanwhile. */
   refreshing: Promise<void> | undefined;
   /** What this process created or deleted while a refresh was in flight; it wins over the refresh's readdir. */
-  changes: Map<string, bigint | null>;
+  changes: Map<string, Promised | null>;
   /** Volumes being built: counted already, though no readdir shows them yet. */
-  reserved: Map<string, bigint>;
+  reserved: Map<string, Promised>;
 }
 
 const REFRESH_MS = 5_000;
@@ -26,11 +46,15 @@ export class Ledger {
 
   constructor(private readonly store: VolumeStore) {}
 
-  async committed(mount: string, layout: Layout): Promise<bigint> {
+  async committed(mount: string, layout: Layout): Promise<Committed> {
     const ledger = await this.fresh(mount, layout);
-    let sum = 0n;
-    for (const size of ledger.sizes.values()) sum += size;
-    for (const [id, size] of ledger.reserved) if (!ledger.sizes.has(id)) sum += size;
+    const sum: Committed = { all: 0n, thick: 0n };
+    const add = (p: Promised): void => {
+      sum.all += p.size;
+      if (p.thick) sum.thick += p.size;
+    };
+    for (const p of ledger.sizes.values()) add(p);
+    for (const [id, p] of ledger.reserved) if (!ledger.sizes.has(id)) add(p);
     return sum;
   }
 
@@ -39,18 +63,18 @@ export class Ledger {
    * all claim the same room. Call with the ledger built (after committed()).
    * Returns the release, for when the build is done or failed.
    */
-  reserve(mount: string, id: string, sizeBytes: bigint): () => void {
+  reserve(mount: string, id: string, size: bigint, thick: boolean): () => void {
     const ledger = this.byMount.get(mount);
     if (ledger === undefined) return () => undefined;
-    ledger.reserved.set(id, sizeBytes);
+    ledger.reserved.set(id, { size, thick });
     return () => {
       ledger.reserved.delete(id);
     };
   }
 
-  /** Records a size this process just wrote, so the next placement sees it at once. */
-  note(mount: string, id: string, sizeBytes: bigint): void {
-    this.change(mount, id, sizeBytes);
+  /** Records a volume this process just wrote, so the next placement sees it at once. */
+  note(mount: string, record: Pick<VolumeRecord, 'id' | 'sizeBytes' | 'format' | 'parameters'>): void {
+    this.change(mount, record.id, { size: BigInt(record.sizeBytes), thick: isThick(record) });
   }
 
   forget(mount: string, id: string): void {
@@ -62,7 +86,7 @@ export class Ledger {
     await this.fresh(mount, layout);
   }
 
-  private change(mount: string, id: string, size: bigint | null): void {
+  private change(mount: string, id: string, size: Promised | null): void {
     const ledger = this.byMount.get(mount);
     if (ledger === undefined) return; // not built yet: its first refresh reads the disk
     if (size === null) ledger.sizes.delete(id);
@@ -97,8 +121,9 @@ export class Ledger {
     for (const id of ledger.sizes.keys()) if (!present.has(id)) ledger.sizes.delete(id);
     const unknown = ids.filter((id) => !ledger.sizes.has(id));
     await mapLimit(unknown, PARALLEL_READS, async (id) => {
-      const record = await this.store.read(layout, id);
-      if (record !== undefined) ledger.sizes.set(id, BigInt(record.sizeBytes));
+      // One unreadable volume.json must not stop placement on the mount; doctor reports it.
+      const record = await this.store.read(layout, id).catch(() => undefined);
+      if (record !== undefined) ledger.sizes.set(id, { size: BigInt(record.sizeBytes), thick: isThick(record) });
     });
     // This process's own creates and deletes during the readdir are newer than it.
     for (const [id, size] of ledger.changes) {

@@ -7,6 +7,8 @@ import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { AccessMode } from '../domain/capabilities.js';
 import type { Format } from '../domain/parameters.js';
+import { internal } from '../domain/errors.js';
+import { isValidId } from '../domain/ids.js';
 
 export const SCHEMA = 1;
 
@@ -65,7 +67,9 @@ export async function readRecord(path: string): Promise<VolumeRecord | undefined
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
-  const r = JSON.parse(text) as Partial<VolumeRecord>;
+  const r = parseJson(text, path) as Partial<VolumeRecord>;
+  checkBacking(r.backing, path);
+  if (r.sizeBytes !== undefined && !/^\d+$/.test(String(r.sizeBytes))) throw internal(`${path} gives size ${JSON.stringify(r.sizeBytes)}, not a byte count; run filedriver doctor`);
   return {
     schema: r.schema ?? SCHEMA,
     id: r.id ?? '',
@@ -102,10 +106,31 @@ export interface SnapshotRecord {
 }
 
 export async function readSnapshot(path: string): Promise<SnapshotRecord | undefined> {
+  let text: string;
   try {
-    return JSON.parse(await readFile(path, 'utf8')) as SnapshotRecord;
+    text = await readFile(path, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
+  }
+  const r = parseJson(text, path) as SnapshotRecord;
+  checkBacking(r.backing, path);
+  return r;
+}
+
+/** A record that is not JSON (a torn write by another tool, a hand edit) names itself. */
+function parseJson(text: string, path: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (e) {
+    throw internal(`${path} is not valid JSON (${e instanceof Error ? e.message : String(e)}); run filedriver doctor`);
+  }
+}
+
+/** `backing` becomes a path the driver removes: only a plain id may name it. */
+function checkBacking(backing: unknown, path: string): void {
+  if (backing === undefined || backing === null) return;
+  if (typeof backing !== 'string' || !isValidId(backing)) {
+    throw internal(`${path} names backing ${JSON.stringify(backing)}, which is not a valid snapshot id; run filedriver doctor`);
   }
 }

@@ -229,8 +229,8 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
         const codes = await Promise.all(Array.from({ length: 8 }, (_, i) => codeOf(make(`pvc-tight-${format}-${i}`, format))));
         expect(codes.filter((c) => c === "OK"), JSON.stringify(codes)).toHaveLength(1);
         expect(codes.filter((c) => c === status.RESOURCE_EXHAUSTED), JSON.stringify(codes)).toHaveLength(7);
-        const raw = await d.client.controller('GetCapacity', { parameters: { format: 'raw' } });
-        expect(BigInt(raw.available_capacity)).toBeLessThan(120n * MiB);
+        const left = await d.client.controller('GetCapacity', { parameters: { format } });
+        expect(BigInt(left.available_capacity)).toBeLessThan(120n * MiB);
         const made = codes.findIndex((c) => c === 'OK');
         await d.client.controller('DeleteVolume', { volume_id: `pvc-tight-${format}-${made}` });
       }
@@ -238,6 +238,32 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
       await d.stop();
       tight.cleanup();
     }
+  });
+
+  it('keeps serving a mount where one volume.json is corrupt, and names that file', async () => {
+    const bad = join(vol(big, 'pvc-torn'), 'volume.json');
+    await driver.client.controller('CreateVolume', createRequest('pvc-torn', { parameters: { mounts: 'big' } }));
+    writeFileSync(bad, '{"schema": 1, "id": "pvc-to');
+    await driver.client.controller('CreateVolume', createRequest('pvc-after-torn', { parameters: { mounts: 'big' } }));
+    await driver.client.controller('GetCapacity', { parameters: { mounts: 'big' } });
+    const listed: string[] = [];
+    let token = '';
+    do {
+      const page = await driver.client.controller('ListVolumes', { max_entries: 100, starting_token: token });
+      listed.push(...page.entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id));
+      token = page.next_token;
+    } while (token !== '');
+    expect(listed).toContain('pvc-after-torn');
+    expect(listed).not.toContain('pvc-torn');
+    const err = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-torn' }).catch((e: unknown) => e as { code: number; details: string });
+    expect(err).toMatchObject({ code: status.INTERNAL, details: expect.stringMatching(/pvc-torn\/volume\.json is not valid JSON/) });
+    // A record whose backing is not an id is refused before any path is built from it.
+    writeFileSync(bad, JSON.stringify({ schema: 1, id: 'pvc-torn', name: 'pvc-torn', format: 'qcow2', sizeBytes: '1', backing: '../../../etc' }));
+    expect(await codeOf(driver.client.controller('DeleteVolume', { volume_id: 'pvc-torn' }))).toBe(status.INTERNAL);
+    expect(existsSync(join(vol(big, 'pvc-torn'), 'disk.qcow2'))).toBe(true);
+    writeFileSync(bad, JSON.stringify({ schema: 1, id: 'pvc-torn', name: 'pvc-torn', format: 'qcow2', sizeBytes: String(64n * MiB), backing: null }));
+    await driver.client.controller('DeleteVolume', { volume_id: 'pvc-torn' });
+    await driver.client.controller('DeleteVolume', { volume_id: 'pvc-after-torn' });
   });
 
   it('validates capabilities against the volume', async () => {
@@ -303,11 +329,13 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
 
   it('reports capacity per topology segment, format and mounts', async () => {
     // Raw images may not over-commit: a mount's room is the lesser of its free bytes and its
-    // size less every volume's promised size (sparse raw files take no space until written).
+    // size less the raw and preallocated volumes' sizes (sparse raw files take no space until written).
     const room = (sc: Scratch) => {
       const [free, total, bsize] = execFileSync('stat', ['-f', '-c', '%a %b %S', sc.path], { encoding: 'utf8' }).trim().split(' ').map(BigInt);
       const dir = join(sc.path, 'filedriver', 'volumes');
-      const committed = readdirSync(dir).reduce((sum, id) => sum + BigInt(JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')).sizeBytes), 0n);
+      const records = readdirSync(dir).map((id) => JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')));
+      const thick = records.filter((r) => r.format === 'raw' || ['falloc', 'full'].includes(r.parameters?.preallocation));
+      const committed = thick.reduce((sum, r) => sum + BigInt(r.sizeBytes), 0n);
       const byCommitment = total! * bsize! - committed;
       const byFree = free! * bsize!;
       return byCommitment < byFree ? byCommitment : byFree;

@@ -75,6 +75,7 @@ describe('placement', () => {
     freeBytes: free,
     totalBytes: 10n * GiB,
     committedBytes: 0n,
+    committedThickBytes: 0n,
     ...extra,
   });
   const req = { sizeBytes: GiB, thin: false, ratio: 1, allowed: undefined, requisite: [], preferred: [], keyOf: key };
@@ -103,10 +104,15 @@ describe('placement', () => {
   });
   it('never over-commits thick volumes, though sparse raw images leave the free space untouched', () => {
     // Nine 1 GiB raw volumes, never written: 9 GiB promised, nothing used.
-    const m = room('a', 10n * GiB, { committedBytes: 9n * GiB });
+    const m = room('a', 10n * GiB, { committedBytes: 9n * GiB, committedThickBytes: 9n * GiB });
     expect(roomFor(m, false, 2)).toBe(GiB);
-    expect(roomFor({ ...m, committedBytes: 0n, freeBytes: 3n * GiB }, false, 2)).toBe(3n * GiB);
+    expect(roomFor({ ...m, committedBytes: 0n, committedThickBytes: 0n, freeBytes: 3n * GiB }, false, 2)).toBe(3n * GiB);
     expect(place([m], { ...req, sizeBytes: 2n * GiB }).mount).toBeUndefined();
+    // Thin volumes over-committed by the admin's ratio do not block a thick one the free space can hold.
+    const thinHeavy = room('b', 10n * GiB, { committedBytes: 30n * GiB, committedThickBytes: 0n });
+    expect(roomFor(thinHeavy, false, 4)).toBe(10n * GiB);
+    expect(roomFor(thinHeavy, true, 4)).toBe(10n * GiB);
+    expect(roomFor(thinHeavy, true, 3)).toBe(0n);
   });
   it('respects the allowed mounts', () => {
     expect(place([room('a', GiB), room('b', 5n * GiB)], { ...req, allowed: ['a'] })).toEqual({ mount: 'a' });

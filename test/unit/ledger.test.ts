@@ -18,19 +18,21 @@ function fakeStore(n: number) {
     async read(_layout: Layout, id: string) {
       counts.reads++;
       const size = sizes.get(id);
-      return size === undefined ? undefined : ({ id, sizeBytes: size.toString() } as VolumeRecord);
+      return size === undefined ? undefined : ({ id, sizeBytes: size.toString(), format: 'qcow2', parameters: {} } as unknown as VolumeRecord);
     },
   } as unknown as VolumeStore;
   return { store, sizes, counts, hold: (p: Promise<void>) => (gate = p) };
 }
 
 const layout = new Layout('/nowhere');
+const rec = (id: string, size: bigint, format: 'qcow2' | 'raw' = 'qcow2') => ({ id, sizeBytes: size.toString(), format, parameters: {} });
+const all = async (l: Ledger) => (await l.committed('a', layout)).all;
 
 describe('committed-bytes ledger', () => {
   it('reads every volume once, however many ask at once', async () => {
     const f = fakeStore(500);
     const ledger = new Ledger(f.store);
-    const sums = await Promise.all(Array.from({ length: 10 }, () => ledger.committed('a', layout)));
+    const sums = await Promise.all(Array.from({ length: 10 }, () => all(ledger)));
     expect(sums).toEqual(Array(10).fill(500n << 20n));
     expect(f.counts).toEqual({ ids: 1, reads: 500 });
   });
@@ -43,20 +45,32 @@ describe('committed-bytes ledger', () => {
     const building = ledger.warm('a', layout);
     // The readdir is in flight: a create and a delete by this process happen meanwhile (the readdir still lists v00000).
     await Promise.resolve();
-    ledger.note('a', 'new', 5n << 20n);
+    ledger.note('a', rec('new', 5n << 20n));
     ledger.forget('a', 'v00000');
     release();
     await building;
-    expect(await ledger.committed('a', layout)).toBe((2n << 20n) + (5n << 20n));
+    expect(await all(ledger)).toBe((2n << 20n) + (5n << 20n));
   });
 
-  it('sees a volume another process wrote only after a refresh, and drops removed ones', async () => {
+  it('counts what this process notes at once, thick volumes apart, and forgets at once', async () => {
     const f = fakeStore(2);
     const ledger = new Ledger(f.store);
-    expect(await ledger.committed('a', layout)).toBe(2n << 20n);
-    ledger.note('a', 'mine', 1n << 20n);
-    expect(await ledger.committed('a', layout)).toBe(3n << 20n);
+    expect(await all(ledger)).toBe(2n << 20n);
+    ledger.note('a', rec('mine', 1n << 20n, 'raw'));
+    expect(await ledger.committed('a', layout)).toEqual({ all: 3n << 20n, thick: 1n << 20n });
     ledger.forget('a', 'mine');
-    expect(await ledger.committed('a', layout)).toBe(2n << 20n);
+    expect(await ledger.committed('a', layout)).toEqual({ all: 2n << 20n, thick: 0n });
+  });
+
+  it('counts a reservation until it is released, once', async () => {
+    const f = fakeStore(1);
+    const ledger = new Ledger(f.store);
+    await ledger.warm('a', layout);
+    const release = ledger.reserve('a', 'building', 7n << 20n, true);
+    expect(await ledger.committed('a', layout)).toEqual({ all: 8n << 20n, thick: 7n << 20n });
+    ledger.note('a', rec('building', 7n << 20n, 'raw'));
+    expect(await all(ledger)).toBe(8n << 20n); // built: counted once, not twice
+    release();
+    expect(await all(ledger)).toBe(8n << 20n);
   });
 });
