@@ -45,7 +45,7 @@ export interface App {
   services: Services;
   /** Prometheus figures, fed by every RPC; served only with --metrics-address. */
   metrics: Metrics;
-  /** What Probe answers: a usable mount and working tools (also /healthz). */
+  /** What Probe answers (also /healthz): working tools, and for the controller a usable mount. */
   ready: (log: Logger) => Promise<boolean>;
   /** Work to do once before serving (removing leftovers of interrupted work). */
   prepare(): Promise<void>;
@@ -96,6 +96,10 @@ export function buildApp(config: Config, log: Logger): App {
         return false;
       }
     }
+    // The node plugin stays "ready" without a usable share: Probe feeds the liveness probe, and a
+    // restart cannot mount a share but would stop every qcow2 export on the node. The controller
+    // can do nothing without one (issue 2's rule), and restarting it touches no data path.
+    if (!controller) return true;
     return (await mounts.usable()).length > 0;
   };
 

@@ -117,7 +117,7 @@ export interface MetricsServer {
 
 /**
  * Serves GET /metrics and GET /healthz. /healthz answers 200 exactly when the
- * CSI Probe would say ready (a usable mount and working tools), else 503.
+ * CSI Probe would say ready (working tools; for the controller, a usable mount), else 503.
  */
 export async function startMetricsServer(
   at: ListenAddress,

@@ -192,6 +192,8 @@ describe('invalid values', () => {
     ['an unknown class format', { storageClasses: [{ name: 'x', format: 'vhd' }] }, /\/storageClasses\/0\/format.*must be one of/],
     ['no mounts', withMounts([]), /\/mounts.*minItems: got 0, want 1/],
     ['a relative hostPath', withMounts([{ name: 'a', hostPath: 'mnt/a' }]), /\/mounts\/0\/hostPath.*does not match pattern/],
+    ['a hostPath directly under / (its parent / would be bound into the pods)', withMounts([{ name: 'a', hostPath: '/nfs' }]), /\/mounts\/0\/hostPath.*does not match pattern/],
+    ['a hostPath with a .. segment', withMounts([{ name: 'a', hostPath: '/mnt/../a' }]), /mounts: a hostPath \/mnt\/\.\.\/a has a \. or \.\. segment/],
     ['an nfs mount without server', withMounts([{ name: 'a', nfs: { path: '/x' } }]), /\/mounts\/0\/nfs.*missing property 'server'/],
     ['a misspelt key', { mount: [] }, /additional properties 'mount' not allowed/],
     ['an unknown class parameter', { storageClasses: [{ name: 'x', format: 'raw', parameters: { size: '1' } }] }, /invalid propertyName 'size'[\s\S]*'preallocation', 'clusterSize', 'cloneMode', 'sourceImage'/],

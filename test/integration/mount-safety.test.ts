@@ -82,6 +82,19 @@ describe.skipIf(!isRoot)('readiness without usable mounts', () => {
     }
   });
 
+  it('keeps a node plugin without a usable mount ready, so its liveness probe does not restart it', async () => {
+    const bare = makeScratch('dir');
+    const driver = await startDriver({ mounts: { bare: bare.path }, args: ['--mode', 'node'] });
+    try {
+      expect((await driver.client.identity('Probe')).ready.value).toBe(true);
+      expect((await driver.client.node('NodeGetInfo')).accessible_topology?.segments ?? {}).toEqual({});
+      expect(readdirSync(bare.path)).toEqual([]);
+    } finally {
+      await driver.stop();
+      bare.cleanup();
+    }
+  });
+
   it('writes nothing into a share unmounted while its health is still cached', async () => {
     const share = makeScratch('tmpfs', 256);
     const d = await startDriver({ mounts: { cached: share.path }, args: ['--health-cache-seconds', '300'] });

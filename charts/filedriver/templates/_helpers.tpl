@@ -111,6 +111,9 @@ Checks the schema cannot express; each fails the render with one clear line.
 {{- if not (or .hostPath .nfs) -}}
 {{- fail (printf "mounts: %s needs hostPath (a directory the share is mounted on, on the nodes) or nfs {server, path}" .name) -}}
 {{- end -}}
+{{- if and .hostPath (or (has ".." (splitList "/" .hostPath)) (has "." (splitList "/" .hostPath))) -}}
+{{- fail (printf "mounts: %s hostPath %s has a . or .. segment; give the plain path (its parent is bound into the pods)" .name .hostPath) -}}
+{{- end -}}
 {{- if has .name $names -}}
 {{- fail (printf "mounts: %s is listed twice" .name) -}}
 {{- end -}}
