@@ -33,6 +33,6 @@ export class ImageBuilder {
       this.log.debug({ from: base.image, to: target }, 'full clone by copy');
       await this.qemuImg.convert(base.image, base.format, target, params.format);
     }
-    if (sizeBytes > base.sizeBytes) await this.qemuImg.resize(target, params.format, sizeBytes);
+    if (sizeBytes > base.sizeBytes) await this.qemuImg.resize(target, params.format, sizeBytes, params.preallocation);
   }
 }

@@ -259,7 +259,7 @@ export class VolumeService {
     }
     const image = layout.imagePath(id, found.record.format);
     try {
-      await this.qemuImg.resize(image, found.record.format, wanted);
+      await this.qemuImg.resize(image, found.record.format, wanted, params.preallocation);
     } catch (e) {
       // A qcow2 image attached on a node is held by its qemu export: the node
       // grows it online (NodeExpandVolume) to the size recorded here.

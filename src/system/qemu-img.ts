@@ -53,7 +53,8 @@ export interface QemuImg {
   inUse(path: string, format?: Format): Promise<boolean>;
   /** Bytes a flattened copy of the image in `targetFormat` needs (`qemu-img measure`). */
   measure(path: string, format: Format, targetFormat: Format): Promise<bigint>;
-  resize(path: string, format: Format, sizeBytes: bigint): Promise<void>;
+  /** `preallocation` falloc/full allocates the grown part too, so a thick image stays thick. */
+  resize(path: string, format: Format, sizeBytes: bigint, preallocation?: Preallocation): Promise<void>;
   check(path: string, format: Format): Promise<CheckResult>;
 }
 
@@ -172,8 +173,11 @@ export function makeQemuImg(run: Runner): QemuImg {
       const { stdout } = await run(argv, { timeoutMs: QUICK_MS });
       return jsonInteger(stdout, 'required') ?? 0n;
     },
-    async resize(path, format, sizeBytes) {
-      await run(['qemu-img', 'resize', '-q', '-f', format, path, String(sizeBytes)], { timeoutMs: QUICK_MS }).catch(
+    async resize(path, format, sizeBytes, preallocation) {
+      const pre = preallocation === 'falloc' || preallocation === 'full' ? [`--preallocation=${preallocation}`] : [];
+      // A full preallocation writes every new byte: as slow as the share, so no quick timeout.
+      const timeoutMs = preallocation === 'full' ? SLOW_MS : QUICK_MS;
+      await run(['qemu-img', 'resize', '-q', '-f', format, ...pre, path, String(sizeBytes)], { timeoutMs }).catch(
         (e: unknown) => lockAware(path, e),
       );
     },

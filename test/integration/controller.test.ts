@@ -266,6 +266,16 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     await driver.client.controller('DeleteVolume', { volume_id: 'pvc-after-torn' });
   });
 
+  it.each(['raw', 'qcow2'])('keeps a preallocated %s volume allocated when it grows', async (format) => {
+    const name = `pvc-falloc-${format}`;
+    await driver.client.controller('CreateVolume', createRequest(name, { capacity_range: { required_bytes: String(16n * MiB) }, parameters: { mounts: 'big', format, preallocation: 'falloc' } }));
+    await driver.client.controller('ControllerExpandVolume', { volume_id: name, capacity_range: { required_bytes: String(48n * MiB) } });
+    const image = join(vol(big, name), `disk.${format}`);
+    const allocated = BigInt(execFileSync('stat', ['-c', '%b*%B', image], { encoding: 'utf8' }).trim().split('*').map(BigInt).reduce((a, b) => a * b));
+    expect(allocated).toBeGreaterThanOrEqual(48n * MiB);
+    await driver.client.controller('DeleteVolume', { volume_id: name });
+  });
+
   it('validates capabilities against the volume', async () => {
     await driver.client.controller('CreateVolume', createRequest('pvc-val'));
     const ok = await driver.client.controller('ValidateVolumeCapabilities', { volume_id: 'pvc-val', volume_capabilities: [mountCap()] });
