@@ -3,6 +3,7 @@
  * one is not world-writable, and shutdown lets in-flight calls finish (bounded).
  */
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -18,11 +19,24 @@ export interface RunningServer {
   shutdown(graceMs?: number): Promise<void>;
 }
 
+/** Replaces a socket nobody listens on; one that answers belongs to a running server, left alone. */
 async function clearStaleSocket(path: string): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
   if (st === undefined) return;
   if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  if (await answers(path)) throw new Error(`another process is serving on ${path}; refusing to take its socket`);
   await unlink(path);
+}
+
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false)); // ECONNREFUSED: its server is gone
+  });
 }
 
 export async function startServer(socketPath: string, services: Services, log: Logger): Promise<RunningServer> {

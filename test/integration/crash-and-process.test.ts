@@ -90,6 +90,21 @@ describe.skipIf(!isRoot)('crash safety', () => {
     expect(await driver.stop()).toBe(0);
     expect(existsSync(socket)).toBe(false);
   });
+
+  it('refuses to take the socket of a server that still answers on it', async () => {
+    const first = await startDriver({ mounts: { s: share.path }, dir });
+    try {
+      const second = spawnSync(process.execPath, [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'csi.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n2'], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(second.status).not.toBe(0);
+      expect(second.stderr).toMatch(/another process is serving on .*csi\.sock/);
+      expect((await first.client.identity('Probe')).ready.value).toBe(true);
+    } finally {
+      await first.stop();
+    }
+  });
 });
 
 describe('command line', () => {
