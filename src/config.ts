@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { isAbsolute } from 'node:path';
+import { isAbsolute, normalize } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { isValidMountName } from './domain/ids.js';
 import { isFormat, type Format } from './domain/parameters.js';
@@ -214,9 +214,20 @@ function parseMounts(value: string | string[] | undefined, problems: string[]): 
     else if (!isValidMountName(name)) problems.push(`--mount ${item}: name ${JSON.stringify(name)} must be 1-40 of a-z 0-9 - (not starting or ending with -)`);
     else if (!isAbsolute(path)) problems.push(`--mount ${item}: path must be absolute`);
     else if (mounts.some((m) => m.name === name)) problems.push(`--mount ${name} is given twice`);
-    else mounts.push({ name, path: path.replace(/\/+$/, '') || '/' });
+    else {
+      const clean = normalize(path).replace(/\/+$/, '') || '/';
+      // One share under two names, or one inside another, would count its space twice and
+      // show one driver tree under two names.
+      const clash = mounts.find((m) => m.path === clean || isInside(m.path, clean) || isInside(clean, m.path));
+      if (clash !== undefined) problems.push(`--mount ${name}=${path} overlaps --mount ${clash.name}=${clash.path}; each share once, none inside another`);
+      else mounts.push({ name, path: clean });
+    }
   }
   return mounts;
+}
+
+function isInside(parent: string, child: string): boolean {
+  return child.startsWith(parent === '/' ? '/' : `${parent}/`);
 }
 
 /** What the admin commands (import, move, export, list, doctor) need: they act on the mounts, not on a socket. */

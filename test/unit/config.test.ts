@@ -29,4 +29,17 @@ describe('config', () => {
       expect(problems.join('\n')).toMatch(/given twice/);
     }
   });
+
+  it.each([
+    ['the same path twice', ['a=/srv/x', 'b=/srv/x/']],
+    ['one share inside another', ['a=/srv', 'b=/srv/x']],
+    ['the outer one second', ['a=/srv/x/y', 'b=/srv/x']],
+    ['a path that only normalises to the same', ['a=/srv/x', 'b=/srv/./x']],
+  ])('refuses mounts that overlap: %s', (_what, mounts) => {
+    expect(() => buildConfig({ ...base, mounts })).toThrow(/overlaps --mount a=/);
+  });
+
+  it('accepts sibling paths that share a prefix', () => {
+    expect(buildConfig({ ...base, mounts: ['a=/srv/x', 'b=/srv/xy'] }).mounts).toHaveLength(2);
+  });
 });
