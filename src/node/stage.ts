@@ -77,7 +77,7 @@ export class Stager {
       if (cap.access === 'mount') await this.mountFilesystem(rec, cap.mountFlags, log);
     } catch (e) {
       await this.unstageRecord(rec).catch((cleanup: unknown) => log.error({ err: cleanup }, 'cleanup after failed stage failed'));
-      throw e;
+      throw withHolders(e, volume.publications.map((p) => p.node));
     }
     log.info({ volumeId: rec.volumeId, device: rec.device, format: rec.format, access: rec.access }, 'volume staged');
   }
@@ -218,3 +218,10 @@ export class Stager {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A qemu lock conflict names the nodes the controller has published the volume to: the likely holders. */
+function withHolders(e: unknown, nodes: readonly string[]): unknown {
+  if (!isDriverError(e) || e.kind !== 'precondition' || !/image lock/.test(e.message)) return e;
+  const who = nodes.length === 0 ? 'the controller records no node for it (another process on a node holds it)' : `it is published to node(s) ${nodes.join(', ')}`;
+  return precondition(`${e.message}; ${who}`);
+}

@@ -295,6 +295,7 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
     try {
       const cap = blockCap();
       await a.client.controller('CreateVolume', createRequest('pvc-locked', { volume_capabilities: [cap] }));
+      await a.client.controller('ControllerPublishVolume', { volume_id: 'pvc-locked', node_id: 'node-a', volume_capability: cap, readonly: false });
       const stage = (d: Driver, k: string) =>
         d.client.node('NodeStageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(k, 'pvc-locked').staging, volume_capability: cap });
       await stage(a, kubeletA);
@@ -302,9 +303,11 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
       const err = await stage(b, kubeletB).catch((e: unknown) => e as { code: number; details: string });
       expect(err.code).toBe(status.FAILED_PRECONDITION);
       expect(err.details).toMatch(/lock|in use/);
+      expect(err.details).toMatch(/published to node\(s\) node-a/);
       expect(leftovers(kubeletB)).toEqual([]);
       await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(kubeletA, 'pvc-locked').staging });
       expect(leftovers(kubeletA)).toEqual([]);
+      await a.client.controller('ControllerUnpublishVolume', { volume_id: 'pvc-locked', node_id: 'node-a' });
     } finally {
       await a.stop();
       await b.stop();
