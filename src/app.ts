@@ -8,6 +8,7 @@ import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
+import { Placer } from './controller/placer.js';
 import { Relocator } from './controller/relocate.js';
 import { SnapshotService } from './controller/snapshots.js';
 import { Sources } from './controller/sources.js';
@@ -20,6 +21,7 @@ import { identityService } from './csi/identity.js';
 import { KeyedLocks } from './csi/locks.js';
 import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
+import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
@@ -81,7 +83,8 @@ export function buildApp(config: Config, log: Logger): App {
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
-  const volumes = new VolumeService(config, mounts, store, ledger, qemuImg, snapshotStore, sources, images);
+  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
+  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images);
   const publishing = new PublishService(volumes, mounts, store);
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, qemuImg, config.overSubscription);
 

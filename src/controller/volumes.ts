@@ -9,8 +9,8 @@ import { checkCapabilities, unsupportedReason, type Capability } from '../domain
 import { alreadyExists, exhausted, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import { isThin, parseParameters, type VolumeParameters } from '../domain/parameters.js';
-import { place, roomFor, type Segment } from '../domain/placement.js';
-import { fitsRange, formatBytes, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
+import type { Segment } from '../domain/placement.js';
+import { fitsRange, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
 import { topologyKey } from '../domain/topology.js';
 import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -24,7 +24,7 @@ import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, type VolumeRecord } from '../storage/records.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
-import { roomsOf } from './rooms.js';
+import type { Placer } from './placer.js';
 
 export interface ControllerSettings {
   driverName: string;
@@ -80,6 +80,7 @@ export class VolumeService {
     private readonly mounts: Mounts,
     private readonly store: VolumeStore,
     private readonly ledger: Ledger,
+    private readonly placer: Placer,
     private readonly qemuImg: QemuImg,
     private readonly snapshots: SnapshotStore,
     private readonly sources: Sources,
@@ -87,7 +88,6 @@ export class VolumeService {
   ) {}
 
   keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
-  private placing: Promise<void> = Promise.resolve();
 
   async create(input: CreateVolumeInput, log: Logger): Promise<VolumeView> {
     if (input.name === '') throw invalid('name is required');
@@ -111,7 +111,12 @@ export class VolumeService {
     try {
       const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
       linked = base !== undefined && params.cloneMode === 'linked';
-      const placed = await this.placeAndReserve(input, params, sizeBytes, linked ? base?.mount : undefined, id);
+      const only = linked ? base?.mount : undefined;
+      if (only !== undefined && params.mounts !== undefined && !params.mounts.includes(only)) {
+        throw invalid(`a linked clone must live on its source's mount ${only}, which the StorageClass does not allow; use cloneMode full`);
+      }
+      const claim = { id, name: input.name, sizeBytes, thin: isThin(params), allowed: only === undefined ? params.mounts : [only] };
+      const placed = await this.placer.claim({ ...claim, requisite: input.requisite, preferred: input.preferred });
       mount = placed.mount;
       release = placed.release;
       const layout = await this.mounts.requireUsable(mount);
@@ -148,49 +153,6 @@ export class VolumeService {
     }
     log.info({ volumeId: id, mount, format: params.format, sizeBytes: record.sizeBytes, source: input.contentSource, linked }, 'volume created');
     return view({ mount, record });
-  }
-
-  /**
-   * Placement and its reservation happen one request at a time (in-process:
-   * the controller is a single leader-elected replica), so concurrent creates
-   * cannot all be given the same room.
-   */
-  private async placeAndReserve(
-    input: CreateVolumeInput,
-    params: VolumeParameters,
-    sizeBytes: bigint,
-    only: string | undefined,
-    id: string,
-  ): Promise<{ mount: string; release: () => void }> {
-    const turn = this.placing.then(async () => {
-      const mount = await this.place(input, params, sizeBytes, only);
-      return { mount, release: this.ledger.reserve(mount, id, sizeBytes, !isThin(params)) };
-    });
-    this.placing = turn.then(
-      () => undefined,
-      () => undefined,
-    );
-    return turn;
-  }
-
-  /** The mount for a new volume; a linked clone must sit beside its base. */
-  private async place(input: CreateVolumeInput, params: VolumeParameters, sizeBytes: bigint, only: string | undefined): Promise<string> {
-    if (only !== undefined && params.mounts !== undefined && !params.mounts.includes(only)) {
-      throw invalid(`a linked clone must live on its source's mount ${only}, which the StorageClass does not allow; use cloneMode full`);
-    }
-    const placement = place(await roomsOf(this.mounts, this.ledger), {
-      sizeBytes,
-      thin: isThin(params),
-      ratio: this.settings.overSubscription,
-      allowed: only === undefined ? params.mounts : [only],
-      requisite: input.requisite,
-      preferred: input.preferred,
-      keyOf: this.keyOf,
-    });
-    if (placement.mount === undefined) {
-      throw exhausted(`no mount can hold volume ${input.name} of ${formatBytes(sizeBytes)}: ${placement.reasons.join('; ')}`);
-    }
-    return placement.mount;
   }
 
   /** A repeated CreateVolume: the same volume when compatible, ALREADY_EXISTS otherwise. */
@@ -252,23 +214,25 @@ export class VolumeService {
     if (wanted <= current) return view(found);
     const layout = await this.mounts.requireUsable(found.mount);
     const params = parseParameters(found.record.parameters, found.record.format);
-    const room = (await roomsOf(this.mounts, this.ledger)).find((r) => r.name === found.mount);
-    const growth = wanted - current;
-    if (room === undefined || roomFor(room, isThin(params), this.settings.overSubscription) < growth) {
-      throw exhausted(`mount ${found.mount} has no room to grow volume ${id} by ${formatBytes(growth)}`);
-    }
-    const image = layout.imagePath(id, found.record.format);
+    const release = await this.placer.grow(found.mount, id, wanted - current, isThin(params));
+    const record = { ...found.record, sizeBytes: wanted.toString() };
     try {
-      await this.qemuImg.resize(image, found.record.format, wanted, params.preallocation);
+      await this.qemuImg.resize(layout.imagePath(id, found.record.format), found.record.format, wanted, params.preallocation);
     } catch (e) {
       // A qcow2 image attached on a node is held by its qemu export: the node
       // grows it online (NodeExpandVolume) to the size recorded here.
-      if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) throw e;
+      if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) {
+        release();
+        throw noSpace(e, id);
+      }
       log.info({ volumeId: id }, 'image in use; the node will grow it online');
     }
-    const record = { ...found.record, sizeBytes: wanted.toString() };
-    await this.store.update(layout, record);
-    this.ledger.note(found.mount, record);
+    try {
+      await this.store.update(layout, record);
+      this.ledger.note(found.mount, record);
+    } finally {
+      release();
+    }
     log.info({ volumeId: id, from: current.toString(), to: wanted.toString() }, 'volume expanded');
     return view({ mount: found.mount, record });
   }
@@ -295,7 +259,6 @@ export class VolumeService {
     return { abnormal: false, message: 'volume is healthy' };
   }
 
-  /** The capabilities this volume cannot serve, as a message; undefined when all are fine. */
   /**
    * Why this volume does not match what the CO asks to confirm, or undefined
    * when it does: every capability, and the parameters and context, if given.

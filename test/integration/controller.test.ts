@@ -234,6 +234,15 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
         const made = codes.findIndex((c) => c === 'OK');
         await d.client.controller('DeleteVolume', { volume_id: `pvc-tight-${format}-${made}` });
       }
+      // Growth claims room the same way: two raw volumes may not both grow into the last 80-odd MiB.
+      for (const n of ['a', 'b']) {
+        await d.client.controller('CreateVolume', createRequest(`pvc-grow-${n}`, { capacity_range: { required_bytes: String(50n * MiB) }, parameters: { format: 'raw' } }));
+      }
+      const grown = await Promise.all(
+        ['a', 'b'].map((n) => codeOf(d.client.controller('ControllerExpandVolume', { volume_id: `pvc-grow-${n}`, capacity_range: { required_bytes: String(120n * MiB) } }))),
+      );
+      expect(grown.sort()).toEqual([status.RESOURCE_EXHAUSTED, 'OK'].sort());
+      for (const n of ['a', 'b']) await d.client.controller('DeleteVolume', { volume_id: `pvc-grow-${n}` });
     } finally {
       await d.stop();
       tight.cleanup();
