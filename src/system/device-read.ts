@@ -7,6 +7,8 @@ import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { internal } from '../domain/errors.js';
 
 const REGION = 1024 * 1024;
+/** Compared natively (memcmp): a per-byte JS check of 2 MiB cost ~20 ms per stage. */
+const ZEROS = Buffer.alloc(REGION);
 
 /** /sys/dev/block/MAJ:MIN of a device number (glibc's dev_t encoding). */
 function sysfsName(rdev: bigint): string {
@@ -46,7 +48,7 @@ export async function edgesAreZero(device: string): Promise<boolean> {
       if (length === 0) continue;
       const buf = Buffer.alloc(length);
       await readAll(handle, buf, position);
-      if (buf.some((b) => b !== 0)) return false;
+      if (!buf.equals(ZEROS.subarray(0, length))) return false;
     }
     return true;
   } catch (e) {
