@@ -10,7 +10,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { packageRoot } from '../src/csi/proto.js';
-import { BASE_PREFIX, Cleanup, staleBases, sweep } from './lib/cleanup.js';
+import { BASE_PREFIX, Cleanup, releaseHolders, staleBases, sweep } from './lib/cleanup.js';
 import { driver, type Ctx, type Scale } from './lib/context.js';
 import { driverMain, useDriverBuild } from './lib/driver.js';
 import { fmt, machine, Results, table } from './lib/report.js';
@@ -120,6 +120,8 @@ async function main(): Promise<number> {
   const finish = (): Promise<void> =>
     (finishing ??= (async () => {
       log('cleaning up');
+      // What holds the shares goes before the shares' own undo steps (an aborted run leaves volumes staged).
+      await releaseHolders(base, log);
       await cleanup.runAll(log);
       // The servers' logs (one JSON line per RPC with its durationMs) outlive the run in .bench-out/logs/.
       const logs = join(packageRoot(), '.bench-out', 'logs');

@@ -109,44 +109,46 @@ async function killAll(base: string, match: (argv0: string) => boolean): Promise
 }
 
 /**
- * Removes every trace of a bench run under `base`, whatever state it was left in.
- * `scratchImages` is the directory holding the scratch filesystems' image files.
+ * Frees what holds the scratch shares: drivers, pod and staging mounts, loop devices on volume
+ * images and export files, qemu exports and their FUSE mounts. Run before the shares are unmounted:
+ * a share lazily unmounted under a live loop device stays busy, and its files' paths no longer lie
+ * under `base`, so nothing could find that loop device afterwards.
  */
-export async function sweep(base: string, log: (line: string) => void): Promise<void> {
+export async function releaseHolders(base: string, log: (line: string) => void): Promise<void> {
   if (!existsSync(base)) return;
   const scratchImages = join(base, 'img');
+  // The scratch shares (and the tmpfs holding the RAM share's image) are not holders.
+  const isShare = (m: MountLine): boolean =>
+    (/^\/mnt\/[^/]+$/.test(m.mountPoint.slice(base.length)) && !m.fsType.startsWith('fuse')) ||
+    (m.fsType === 'tmpfs' && m.mountPoint.startsWith(`${scratchImages}/`));
   // Drivers first (they stop exports they know of on unstage, but not on exit), then tools.
   await killAll(base, (a) => !a.endsWith('qemu-storage-daemon'));
   for (let round = 0; round < 3; round++) {
-    const mounts = mountsUnder(base);
-    const loops = await loopsUnder(base);
+    const mounts = mountsUnder(base).filter((m) => !isShare(m));
+    const loops = (await loopsUnder(base)).filter((l) => !l.file.startsWith(`${scratchImages}/`));
     const daemons = processesUnder(base);
-    if (mounts.length === 0 && loops.length === 0 && daemons.length === 0) break;
-    // The scratch shares (and the tmpfs holding the RAM share's image) go last, in step 4.
-    const isShare = (m: MountLine): boolean =>
-      (/^\/mnt\/[^/]+$/.test(m.mountPoint.slice(base.length)) && !m.fsType.startsWith('fuse')) ||
-      (m.fsType === 'tmpfs' && m.mountPoint.startsWith(`${scratchImages}/`));
-    if (round > 0 || mounts.some((m) => !isShare(m)) || loops.some((l) => !l.file.startsWith(`${scratchImages}/`))) {
-      log(`sweep round ${round}: ${mounts.length} mounts, ${loops.length} loop devices, ${daemons.length} processes left`);
-    }
-    // 1. pod and staging mounts (everything but the scratch shares and FUSE exports)
-    for (const m of mounts) {
-      if (m.fsType.startsWith('fuse') || isShare(m)) continue;
-      await umount(m.mountPoint);
-    }
+    if (mounts.length === 0 && loops.length === 0 && daemons.length === 0) return;
+    log(`releasing round ${round}: ${mounts.length} mounts, ${loops.length} loop devices, ${daemons.length} processes`);
+    // 1. pod and staging mounts (everything but the shares and FUSE exports)
+    for (const m of mounts) if (!m.fsType.startsWith('fuse')) await umount(m.mountPoint);
     // 2. loop devices on images inside the shares and on export files
-    for (const l of await loopsUnder(base)) {
-      if (l.file.startsWith(`${scratchImages}/`)) continue;
-      await sh(['losetup', '--detach', l.device]).catch(() => undefined);
-    }
+    for (const l of loops) await sh(['losetup', '--detach', l.device]).catch(() => undefined);
     // 3. qemu exports, then their (possibly stale) FUSE mounts
     await killAll(base, () => true);
     for (const m of mountsUnder(base).filter((x) => x.fsType.startsWith('fuse'))) await umount(m.mountPoint);
-    // 4. the scratch shares, then what holds their images, and their loop devices should autoclear have failed
+  }
+}
+
+/** Removes every trace of a bench run under `base`, whatever state it was left in. */
+export async function sweep(base: string, log: (line: string) => void): Promise<void> {
+  if (!existsSync(base)) return;
+  await releaseHolders(base, log);
+  // The scratch shares, then what holds their images, and their loop devices should autoclear have failed.
+  for (let round = 0; round < 3 && mountsUnder(base).length > 0; round++) {
     const rest = mountsUnder(base);
     for (const m of [...rest.filter((x) => x.fsType !== 'tmpfs'), ...rest.filter((x) => x.fsType === 'tmpfs')]) await umount(m.mountPoint);
-    for (const l of await loopsUnder(base)) await sh(['losetup', '--detach', l.device]).catch(() => undefined);
   }
+  for (const l of await loopsUnder(base)) await sh(['losetup', '--detach', l.device]).catch(() => undefined);
   const left = [...mountsUnder(base).map((m) => `mount ${m.mountPoint}`), ...(await loopsUnder(base)).map((l) => `loop ${l.device} ${l.file}`)];
   if (left.length > 0) {
     log(`sweep: could not remove: ${left.join(', ')}; leaving ${base} in place`);

@@ -33,6 +33,8 @@ export function setup(): () => void {
     if (process.getuid?.() !== 0) return;
     const found = leaks();
     if (found.length > 0) {
+      // vitest prints an error thrown here but still exits 0: set the exit code ourselves.
+      process.exitCode = 1;
       throw new Error(`test suite leaked system resources:\n${found.join('\n')}`);
     }
   };
