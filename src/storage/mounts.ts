@@ -5,7 +5,7 @@
  * mountpoint is an empty local directory, and writing there fills the node's
  * root disk. Health is cached briefly so hot RPCs stay cheap.
  */
-import { mkdir, realpath, statfs, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, realpath, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -32,6 +32,8 @@ export interface MountProbes {
   /** Creates the driver tree and a probe file, then removes the probe. */
   writeProbe(layout: Layout): Promise<void>;
   space(path: string): Promise<{ freeBytes: bigint; totalBytes: bigint }>;
+  /** Both paths are on one filesystem (st_dev). */
+  sameFilesystem(a: string, b: string): Promise<boolean>;
 }
 
 export const linuxProbes: MountProbes = {
@@ -45,6 +47,10 @@ export const linuxProbes: MountProbes = {
     const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
     await writeFile(probe, 'filedriver probe\n');
     await unlink(probe);
+  },
+  async sameFilesystem(a, b) {
+    const [x, y] = await Promise.all([stat(a), stat(b)]);
+    return x.dev === y.dev;
   },
   async space(path) {
     // statfs in-process: no `df` spawn on the hot path of GetCapacity.
@@ -154,6 +160,10 @@ export class Mounts {
         await this.probes.writeProbe(layout);
       } catch (e) {
         return down(`cannot write to ${layout.root}: ${describe(e)}`, true);
+      }
+      // Unmounted while the probe ran? Then the probe wrote into the bare mountpoint: never use it.
+      if (mountAt(await this.probes.mountInfo(), real) === undefined || !(await this.probes.sameFilesystem(real, layout.tmp))) {
+        return down(`${config.path} stopped being a mount point during the health check`);
       }
       const space = await this.probes.space(config.path);
       return { name, path: config.path, mounted: true, usable: true, reason: undefined, ...space };

@@ -3,12 +3,13 @@ import { describe, expect, it } from 'vitest';
 import { Mounts, type MountProbes } from '../../src/storage/mounts.js';
 import { parseMountInfo } from '../../src/system/mountinfo.js';
 
-function fakeProbes(opts: { mounted: string[]; writable: boolean; hang?: Promise<void> }) {
+function fakeProbes(opts: { mounted: string[]; writable: boolean; hang?: Promise<void>; unmountDuringProbe?: boolean }) {
   const calls = { mountInfo: 0, writeProbe: 0 };
   const probes: MountProbes = {
     async mountInfo() {
       calls.mountInfo++;
-      return parseMountInfo(opts.mounted.map((p, i) => `${i + 30} 1 0:${i} / ${p} rw - nfs4 filer:/x rw`).join('\n'));
+      const mounted = opts.unmountDuringProbe === true && calls.writeProbe > 0 ? [] : opts.mounted;
+      return parseMountInfo(mounted.map((p, i) => `${i + 30} 1 0:${i} / ${p} rw - nfs4 filer:/x rw`).join('\n'));
     },
     realpath: async (p) => p,
     async writeProbe() {
@@ -17,6 +18,7 @@ function fakeProbes(opts: { mounted: string[]; writable: boolean; hang?: Promise
       if (!opts.writable) throw new Error('EROFS: read-only file system');
     },
     space: async () => ({ freeBytes: 100n, totalBytes: 200n }),
+    sameFilesystem: async () => true,
   };
   return { probes, calls };
 }
@@ -46,10 +48,10 @@ describe('mount health', () => {
     await mounts.health('a');
     await mounts.health('a');
     await mounts.usable();
-    expect(calls.mountInfo).toBe(1);
+    expect(calls.mountInfo).toBe(2);
     mounts.invalidate('a');
     await mounts.health('a');
-    expect(calls.mountInfo).toBe(2);
+    expect(calls.mountInfo).toBe(4); // each check reads it twice: before and after the probe
   });
 
   it('runs one check at a time per mount, even with no cache', async () => {
@@ -71,5 +73,11 @@ describe('mount health', () => {
     release();
     await new Promise((r) => setImmediate(r));
     expect(await mounts.health('a')).toMatchObject({ usable: true });
+  });
+
+  it('never uses a share that was unmounted while its probe ran', async () => {
+    const { probes } = fakeProbes({ mounted: ['/srv/a'], writable: true, unmountDuringProbe: true });
+    const mounts = new Mounts([{ name: 'a', path: '/srv/a' }], probes, 0, log);
+    expect(await mounts.health('a')).toMatchObject({ usable: false, reason: expect.stringMatching(/stopped being a mount point/) });
   });
 });
