@@ -86,7 +86,7 @@ export function buildApp(config: Config, log: Logger): App {
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
   const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images);
   const publishing = new PublishService(volumes, mounts, store);
-  const relocator = new Relocator(mounts, store, snapshotStore, ledger, qemuImg, config.overSubscription);
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg);
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {

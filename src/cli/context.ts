@@ -8,6 +8,8 @@ import { destination, pino, type Logger } from 'pino';
 import { buildAdminConfig, ConfigError, envSettings, readConfigFile, type AdminConfig, type RawSettings } from '../config.js';
 import { Relocator } from '../controller/relocate.js';
 import { describe } from '../domain/errors.js';
+import { Placer } from '../controller/placer.js';
+import { topologyKey } from '../domain/topology.js';
 import { Ledger } from '../storage/ledger.js';
 import { linuxProbes, Mounts } from '../storage/mounts.js';
 import { SnapshotStore } from '../storage/snapshot-store.js';
@@ -90,7 +92,7 @@ export function buildContext(values: CommonValues): Context {
   const store = new VolumeStore(mounts);
   const snapshots = new SnapshotStore(mounts);
   const ledger = new Ledger(store);
-  const relocator = new Relocator(mounts, store, snapshots, ledger, qemuImg, config.overSubscription);
+  const relocator = new Relocator(mounts, store, snapshots, ledger, new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m)), qemuImg);
   return { config, log, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
 }
 

@@ -53,13 +53,20 @@ export class Placer {
 
   /** `growth` more bytes for volume `id` on `mount`, reserved; RESOURCE_EXHAUSTED when the mount has no such room. */
   grow(mount: string, id: string, growth: bigint, thin: boolean): Promise<() => void> {
+    // Keyed apart from the volume itself, which the ledger already counts at its old size.
+    return this.reserveOn(mount, `${id}#growth`, growth, thin, `mount ${mount} has no room to grow volume ${id} by ${formatBytes(growth)}`);
+  }
+
+  /** Room on `mount` for a flattened copy of volume `id` (a move between mounts), reserved. */
+  copyTo(mount: string, id: string, sizeBytes: bigint): Promise<() => void> {
+    return this.reserveOn(mount, `${id}#copy`, sizeBytes, false, `mount ${mount} has no room for volume ${id} (${formatBytes(sizeBytes)})`);
+  }
+
+  private reserveOn(mount: string, key: string, bytes: bigint, thin: boolean, refusal: string): Promise<() => void> {
     return this.serially(async () => {
       const room = (await roomsOf(this.mounts, this.ledger)).find((r) => r.name === mount);
-      if (room === undefined || roomFor(room, thin, this.overSubscription) < growth) {
-        throw exhausted(`mount ${mount} has no room to grow volume ${id} by ${formatBytes(growth)}`);
-      }
-      // Keyed apart from the volume itself, which the ledger already counts at its old size.
-      return this.ledger.reserve(mount, `${id}#growth`, growth, !thin);
+      if (room === undefined || roomFor(room, thin, this.overSubscription) < bytes) throw exhausted(refusal);
+      return this.ledger.reserve(mount, key, bytes, !thin);
     });
   }
 

@@ -7,10 +7,8 @@
 import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { exhausted, internal, invalid, precondition } from '../domain/errors.js';
+import { internal, invalid, precondition } from '../domain/errors.js';
 import { isFormat, type Format } from '../domain/parameters.js';
-import { roomFor } from '../domain/placement.js';
-import { formatBytes } from '../domain/sizes.js';
 import type { Ledger } from '../storage/ledger.js';
 import { Layout } from '../storage/layout.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -19,7 +17,7 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import { uniqueSuffix } from '../storage/records.js';
 import type { QemuImg } from '../system/qemu-img.js';
-import { roomsOf } from './rooms.js';
+import type { Placer } from './placer.js';
 
 export interface RelocateTarget {
   mount?: string | undefined;
@@ -42,8 +40,8 @@ export class Relocator {
     private readonly store: VolumeStore,
     private readonly snapshots: SnapshotStore,
     private readonly ledger: Ledger,
+    private readonly placer: Placer,
     private readonly qemuImg: QemuImg,
-    private readonly overSubscription: number,
   ) {}
 
   async relocate(found: FoundVolume, target: RelocateTarget, log: Logger, options: { progress?: boolean } = {}): Promise<FoundVolume> {
@@ -56,24 +54,22 @@ export class Relocator {
     }
     const from = await this.mounts.requireUsable(found.mount);
     const to = await this.mounts.requireUsable(mount);
-    const size = BigInt(r.sizeBytes);
-    if (mount !== found.mount) {
-      const room = (await roomsOf(this.mounts, this.ledger)).find((m) => m.name === mount);
-      if (room === undefined || roomFor(room, false, this.overSubscription) < size) {
-        throw exhausted(`mount ${mount} has no room for volume ${r.id} (${formatBytes(size)})`);
-      }
-    }
+    const release = mount === found.mount ? () => undefined : await this.placer.copyTo(mount, r.id, BigInt(r.sizeBytes));
     const source = from.imagePath(r.id, r.format);
     // parameters stay as created, so a retried CreateVolume still matches; `format` is the truth.
     const record: VolumeRecord = { ...r, format, backing: null };
-    if (mount === found.mount) await this.convertInPlace(from, source, record, r.format, options);
-    else await this.copyAcross(from, to, source, record, r.format, options);
+    try {
+      if (mount === found.mount) await this.convertInPlace(from, source, record, r.format, options);
+      else await this.copyAcross(from, to, source, record, r.format, options);
+      this.ledger.note(mount, record);
+    } finally {
+      release();
+    }
     // The new copy is in place: the old one, and what it depended on, can go.
     if (mount !== found.mount) {
       await this.store.remove(from, r.id);
       this.ledger.forget(found.mount, r.id);
     }
-    this.ledger.note(mount, record);
     if (r.backing !== null) await this.snapshots.release(from, r.backing, r.id);
     log.info({ volumeId: r.id, from: `${found.mount}/${r.format}`, to: `${mount}/${format}` }, 'volume relocated');
     return { ...found, mount, layout: to, record };
