@@ -3,49 +3,33 @@
  * as clones and snapshots of volumes in use do: through the real server.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
-import { kubeletPaths, leftovers } from '../helpers/node.js';
-import { isRoot, rootOnlyReason } from '../helpers/root.js';
-import { makeScratch, type Scratch } from '../helpers/scratch.js';
-import { startDriver, type Driver } from '../helpers/server.js';
+import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
+import { isRoot } from '../helpers/root.js';
 
 describe.skipIf(!isRoot)('node mount options', () => {
-  let share: Scratch;
-  let kubelet: string;
-  let driver: Driver;
+  const rig = useNodeRig(2048);
 
-  beforeAll(async () => {
-    rootOnlyReason();
-    share = makeScratch('xfs', 2048);
-    kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
-    driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
-  });
-  afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    rmSync(kubelet, { recursive: true, force: true });
-  });
 
   // mkfs.xfs needs 300 MiB at least.
   async function provision(name: string, cap: object, sizeBytes = 320n * MiB): Promise<string> {
     const req = createRequest(name, { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(sizeBytes) } });
-    await driver.client.controller('CreateVolume', req);
+    await rig.driver.client.controller('CreateVolume', req);
     return name;
   }
-  const staging = (id: string) => kubeletPaths(kubelet, id).staging;
+  const staging = (id: string) => kubeletPaths(rig.kubelet, id).staging;
   const stage = (id: string, cap: object, readonly = false) =>
-    driver.client.node('NodeStageVolume', {
+    rig.driver.client.node('NodeStageVolume', {
       volume_id: id,
       staging_target_path: staging(id),
       volume_capability: cap,
       publish_context: { readonly: String(readonly) },
     });
-  const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging(id) });
-  const image = (id: string) => join(share.path, 'filedriver/volumes', id, 'disk.raw');
+  const unstage = (id: string) => rig.driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging(id) });
+  const image = (id: string) => join(rig.share.path, 'filedriver/volumes', id, 'disk.raw');
   const mountOptions = (path: string) =>
     readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === path)?.split(' ')[5];
 
@@ -70,7 +54,7 @@ describe.skipIf(!isRoot)('node mount options', () => {
     const id = await provision('pvc-xfs-reflinked', cap);
     await stage(id, cap);
     await unstage(id);
-    const copy = join(share.path, 'reflinked.raw');
+    const copy = join(rig.share.path, 'reflinked.raw');
     execFileSync('cp', ['--reflink=always', image(id), copy]);
     try {
       await stage(id, cap);
@@ -110,14 +94,14 @@ describe.skipIf(!isRoot)('node mount options', () => {
     const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
     const id = await provision('pvc-half-published', cap, 64n * MiB);
     await stage(id, cap);
-    const target = kubeletPaths(kubelet, id).target;
+    const target = kubeletPaths(rig.kubelet, id).target;
     mkdirSync(target, { recursive: true });
     execFileSync('mount', ['--bind', staging(id), target]); // the bind, without its read-only remount
     const req = { volume_id: id, staging_target_path: staging(id), target_path: target, volume_capability: cap, readonly: true };
-    await driver.client.node('NodePublishVolume', req);
+    await rig.driver.client.node('NodePublishVolume', req);
     expect(mountOptions(target)).toMatch(/^ro\b/);
     expect(() => writeFileSync(join(target, 'x'), 'no')).toThrow(/EROFS|read-only/);
-    await driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target });
+    await rig.driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target });
     await unstage(id);
     expect(leftovers(id)).toEqual([]);
   });

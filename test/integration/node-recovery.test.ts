@@ -4,60 +4,44 @@
  * unstage, an export left by a crash before its record was written.
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { StageState } from '../../src/node/state.js';
 import { makeRunner } from '../../src/system/command.js';
 import { makeQemuExports } from '../../src/system/qemu-export.js';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB } from '../helpers/csi.js';
-import { kubeletPaths, leftovers } from '../helpers/node.js';
-import { isRoot, rootOnlyReason } from '../helpers/root.js';
-import { makeScratch, type Scratch } from '../helpers/scratch.js';
-import { startDriver, type Driver } from '../helpers/server.js';
+import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
+import { isRoot } from '../helpers/root.js';
 
 describe.skipIf(!isRoot)('node service recovery', () => {
-  let share: Scratch;
-  let kubelet: string;
-  let driver: Driver;
-  const stateDir = () => join(kubelet, 'plugins/filedriver.dev');
-  const leftFor = (id: string) => [...leftovers(id), ...leftovers(kubelet)];
+  const rig = useNodeRig(1024);
+  const stateDir = () => join(rig.kubelet, 'plugins/filedriver.dev');
+  const leftFor = (id: string) => [...leftovers(id), ...leftovers(rig.kubelet)];
 
-  beforeAll(async () => {
-    rootOnlyReason();
-    share = makeScratch('xfs', 1024);
-    kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
-    driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
-  });
-  afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    rmSync(kubelet, { recursive: true, force: true });
-  });
 
   async function provision(name: string, format: string, cap: object): Promise<string> {
-    await driver.client.controller('CreateVolume', createRequest(name, { parameters: { format }, volume_capabilities: [cap] }));
+    await rig.driver.client.controller('CreateVolume', createRequest(name, { parameters: { format }, volume_capabilities: [cap] }));
     return name;
   }
-  const paths = (id: string) => kubeletPaths(kubelet, id);
+  const paths = (id: string) => kubeletPaths(rig.kubelet, id);
   const stage = (id: string, cap: object) =>
-    driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
-  const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
+    rig.driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
+  const unstage = (id: string) => rig.driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
   const publishBlock = (id: string) =>
-    driver.client.node('NodePublishVolume', {
+    rig.driver.client.node('NodePublishVolume', {
       volume_id: id,
       staging_target_path: paths(id).staging,
       target_path: paths(id).device,
       volume_capability: blockCap(),
     });
-  const unpublishBlock = (id: string) => driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).device });
+  const unpublishBlock = (id: string) => rig.driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).device });
   const record = (id: string) => JSON.parse(readFileSync(join(stateDir(), 'volumes', id, 'stage.json'), 'utf8'));
-  const image = (id: string, format = 'raw') => join(share.path, 'filedriver/volumes', id, `disk.${format}`);
+  const image = (id: string, format = 'raw') => join(rig.share.path, 'filedriver/volumes', id, `disk.${format}`);
   const loopsOf = (file: string) => execFileSync('losetup', ['-j', file], { encoding: 'utf8' }).trim();
   const mountedAt = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
 
