@@ -52,22 +52,27 @@ export async function serve(argv: string[]): Promise<number> {
   }
 
   const log = pino({ level: config.logLevel, base: { driver: config.driverName, node: config.nodeId }, redact: ['*.secrets', 'secrets'] });
-  log.info({ mode: config.mode, mounts: config.mounts, defaultFormat: config.defaultFormat }, 'starting filedriver');
-  const app = buildApp(config, log);
-  await app.prepare();
-  // Metrics first: a bad --metrics-address stops start-up before the socket appears.
-  const metricsServer =
-    config.metricsAddress === undefined ? undefined : await startMetricsServer(config.metricsAddress, app.metrics, app.ready, log);
-  const server = await startServer(config.socketPath, app.services, log);
-
-  await new Promise<void>((resolve) => {
+  // Signals are taken from the start: one that arrives while start-up runs ends it with exit 0 too.
+  let signalled: string | undefined;
+  const stopped = new Promise<void>((resolve) => {
     const stop = (signal: string) => {
+      signalled = signal;
       log.info({ signal }, 'shutting down');
       resolve();
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  log.info({ mode: config.mode, mounts: config.mounts, defaultFormat: config.defaultFormat }, 'starting filedriver');
+  const app = buildApp(config, log);
+  await app.prepare();
+  if (signalled !== undefined) return 0;
+  // Metrics first: a bad --metrics-address stops start-up before the socket appears.
+  const metricsServer =
+    config.metricsAddress === undefined ? undefined : await startMetricsServer(config.metricsAddress, app.metrics, app.ready, log);
+  const server = await startServer(config.socketPath, app.services, log);
+
+  await stopped;
   await server.shutdown();
   await metricsServer?.close();
   log.info('stopped');

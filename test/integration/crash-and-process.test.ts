@@ -2,7 +2,7 @@
  * The server as a process: crash safety of creation, start-up clean-up,
  * signals, socket handling, and the command line.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,6 +89,22 @@ describe.skipIf(!isRoot)('crash safety', () => {
     expect((await driver.client.identity('Probe')).ready.value).toBe(true);
     expect(await driver.stop()).toBe(0);
     expect(existsSync(socket)).toBe(false);
+  });
+
+  it('exits 0 on a SIGTERM that arrives as soon as it has logged its start', async () => {
+    const child = spawn(process.execPath, [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'early.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n3'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
+    await new Promise<void>((resolve) => {
+      let seen = '';
+      child.stdout.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('starting filedriver')) resolve();
+      });
+    });
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
   });
 
   it('refuses to take the socket of a server that still answers on it', async () => {
