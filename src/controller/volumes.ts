@@ -217,17 +217,14 @@ export class VolumeService {
     const release = await this.placer.grow(found.mount, id, wanted - current, isThin(params));
     const record = { ...found.record, sizeBytes: wanted.toString() };
     try {
-      await this.qemuImg.resize(layout.imagePath(id, found.record.format), found.record.format, wanted, params.preallocation);
-    } catch (e) {
-      // A qcow2 image attached on a node is held by its qemu export: the node
-      // grows it online (NodeExpandVolume) to the size recorded here.
-      if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) {
-        release();
-        throw noSpace(e, id);
+      try {
+        await this.qemuImg.resize(layout.imagePath(id, found.record.format), found.record.format, wanted, params.preallocation);
+      } catch (e) {
+        // A qcow2 image attached on a node is held by its qemu export: the node
+        // grows it online (NodeExpandVolume) to the size recorded here.
+        if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) throw noSpace(e, id);
+        log.info({ volumeId: id }, 'image in use; the node will grow it online');
       }
-      log.info({ volumeId: id }, 'image in use; the node will grow it online');
-    }
-    try {
       await this.store.update(layout, record);
       this.ledger.note(found.mount, record);
     } finally {

@@ -5,6 +5,7 @@
  * (a readdir diff), so GetCapacity and CreateVolume stay cheap with many volumes.
  */
 import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
+import { isThin, type Preallocation } from '../domain/parameters.js';
 import type { Layout } from './layout.js';
 import type { VolumeRecord } from './records.js';
 import type { VolumeStore } from './volume-store.js';
@@ -22,10 +23,9 @@ export interface Committed {
   thick: bigint;
 }
 
-/** Raw images, and qcow2 preallocated in full, need all their space; thin qcow2 does not. */
+/** The placement rule's thin/thick, from a record (its StorageClass parameters, preallocation defaulting to off). */
 export function isThick(r: Pick<VolumeRecord, 'format' | 'parameters'>): boolean {
-  const pre = r.parameters['preallocation'];
-  return r.format === 'raw' || pre === 'falloc' || pre === 'full';
+  return !isThin({ format: r.format, preallocation: (r.parameters['preallocation'] ?? 'off') as Preallocation });
 }
 
 interface MountLedger {
