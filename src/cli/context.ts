@@ -6,6 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { destination, pino, type Logger } from 'pino';
 import { buildAdminConfig, ConfigError, envSettings, readConfigFile, type AdminConfig, type RawSettings } from '../config.js';
+import { Layering } from '../controller/layering.js';
 import { Relocator } from '../controller/relocate.js';
 import { describe } from '../domain/errors.js';
 import { Placer } from '../controller/placer.js';
@@ -92,7 +93,8 @@ export function buildContext(values: CommonValues): Context {
   const store = new VolumeStore(mounts);
   const snapshots = new SnapshotStore(mounts);
   const ledger = new Ledger(store);
-  const relocator = new Relocator(mounts, store, snapshots, ledger, new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m)), qemuImg);
+  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
+  const relocator = new Relocator(mounts, store, snapshots, ledger, placer, qemuImg, new Layering(store, snapshots, qemuImg));
   return { config, log, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
 }
 

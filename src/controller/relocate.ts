@@ -17,6 +17,7 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import { uniqueSuffix } from '../storage/records.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { Layering } from './layering.js';
 import type { Placer } from './placer.js';
 
 export interface RelocateTarget {
@@ -42,6 +43,7 @@ export class Relocator {
     private readonly ledger: Ledger,
     private readonly placer: Placer,
     private readonly qemuImg: QemuImg,
+    private readonly layering: Layering,
   ) {}
 
   async relocate(found: FoundVolume, target: RelocateTarget, log: Logger, options: { progress?: boolean } = {}): Promise<FoundVolume> {
@@ -54,6 +56,7 @@ export class Relocator {
     }
     const from = await this.mounts.requireUsable(found.mount);
     const to = await this.mounts.requireUsable(mount);
+    await this.layering.settle(found, log, 'move');
     const release = mount === found.mount ? () => undefined : await this.placer.copyTo(mount, r.id, BigInt(r.sizeBytes));
     const source = from.imagePath(r.id, r.format);
     // parameters stay as created, so a retried CreateVolume still matches; `format` is the truth.

@@ -16,6 +16,7 @@ import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
+import type { Layering } from './layering.js';
 import type { ContentSource, Sources } from './sources.js';
 import type { RelocateTarget } from './relocate.js';
 import { imageHeaderProblem } from '../storage/image-header.js';
@@ -85,6 +86,7 @@ export class VolumeService {
     private readonly snapshots: SnapshotStore,
     private readonly sources: Sources,
     private readonly images: ImageBuilder,
+    private readonly layering: Layering,
   ) {}
 
   keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
@@ -186,9 +188,11 @@ export class VolumeService {
       throw precondition(`volume ${id} is still published to node(s) ${nodes.join(', ')}; unpublish it first`);
     }
     const layout = await this.mounts.requireUsable(found.mount);
+    await this.layering.settle(found, log, 'be deleted');
+    const record = (await this.store.read(layout, id)) ?? found.record;
     await this.store.remove(layout, id);
     this.ledger.forget(found.mount, id);
-    if (found.record.backing !== null) await this.snapshots.release(layout, found.record.backing, id);
+    if (record.backing !== null) await this.snapshots.release(layout, record.backing, id);
     log.info({ volumeId: id, mount: found.mount }, 'volume deleted');
   }
 
@@ -213,6 +217,8 @@ export class VolumeService {
     }
     if (wanted <= current) return view(found);
     const layout = await this.mounts.requireUsable(found.mount);
+    // Growing the image before its layer switch would grow the snapshot instead.
+    await this.layering.settle(found, log, 'grow');
     const params = parseParameters(found.record.parameters, found.record.format);
     const release = await this.placer.grow(found.mount, id, wanted - current, isThin(params));
     const record = { ...found.record, sizeBytes: wanted.toString() };

@@ -95,8 +95,13 @@ export interface SnapshotRecord {
   format: Format;
   sizeBytes: string;
   createdAt: string;
-  /** reflink: a shared-extent copy; copy: qemu-img convert. */
-  method: 'reflink' | 'copy';
+  /**
+   * reflink: a shared-extent copy; copy: qemu-img convert; layer: the source
+   * volume's own image, frozen, with the volume continuing in an overlay on it.
+   */
+  method: 'reflink' | 'copy' | 'layer';
+  /** A layer whose volume has not switched to its overlay yet: not ready to use. */
+  pending?: boolean;
   /** Snapshots whose image backs this one. */
   backing: string | null;
   /** Deleted by the CO but still backing a dependent: hidden, removed with its last dependent. */

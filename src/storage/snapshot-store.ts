@@ -26,16 +26,22 @@ export class SnapshotStore {
     return findOnMounts(this.mounts, `snapshot ${id}`, (layout) => readSnapshot(layout.snapshotMeta(id)));
   }
 
-  async create(layout: Layout, record: SnapshotRecord, build: (dir: string) => Promise<void>): Promise<boolean> {
+  /** `dependents`: refs the snapshot is born with (a layer backs its own volume from the start). */
+  async create(layout: Layout, record: SnapshotRecord, build: (dir: string) => Promise<void>, dependents: readonly string[] = []): Promise<boolean> {
     return buildWhole(layout.tmp, layout.snapshotDir(record.id), async (dir) => {
       await build(dir);
       await mkdir(join(dir, 'refs'));
+      for (const d of dependents) await writeFile(join(dir, 'refs', d), '');
       await writeJsonAtomic(join(dir, 'snapshot.json'), record);
     });
   }
 
   async read(layout: Layout, id: string): Promise<SnapshotRecord | undefined> {
     return readSnapshot(layout.snapshotMeta(id));
+  }
+
+  async update(layout: Layout, record: SnapshotRecord): Promise<void> {
+    await writeJsonAtomic(layout.snapshotMeta(record.id), record);
   }
 
   async ids(layout: Layout): Promise<string[]> {
@@ -75,6 +81,21 @@ export class SnapshotStore {
       });
       from = current;
     }
+  }
+
+  /** Layers below `backing`, counting it: how deep a chain a new layer would sit on. */
+  async depth(layout: Layout, backing: string | null): Promise<number> {
+    let n = 0;
+    for (let id = backing; id !== null; n++) {
+      if (n > 1000) throw new Error(`snapshot ${backing ?? ''} has a backing loop; run filedriver doctor`);
+      id = (await this.read(layout, id))?.backing ?? null;
+    }
+    return n;
+  }
+
+  /** Removes a snapshot that never became one (an undone layer): no dependents, no release. */
+  async discard(layout: Layout, id: string): Promise<void> {
+    await this.serial(layout, () => removeWhole(layout.tmp, layout.snapshotDir(id)));
   }
 
   /** Removes a snapshot now, or hides it while something still depends on it. Returns what happened. */

@@ -68,6 +68,13 @@ export interface QemuExports {
   /** Grows the image (never shrinks); the export file shows the new size on return. */
   resize(handle: ExportHandle, bytes: bigint): Promise<void>;
   /**
+   * Moves the export's writes to `overlay`, a qcow2 file backed by the image
+   * it serves now (blockdev-add, then blockdev-snapshot, which flushes the old
+   * top first): from then on the old image is not written. Idempotent: an
+   * export already on `nodeName` is left as it is.
+   */
+  switchTo(handle: ExportHandle, overlay: string, nodeName: string): Promise<void>;
+  /**
    * Removes the export, ends the daemon (SIGKILL after a bound), unmounts any
    * leftover FUSE mount and removes the state files. Idempotent; works from a
    * fresh process. Detach loop devices from the export file first.
@@ -266,6 +273,31 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     return handle;
   }
 
+  /** The node the export serves now: after a snapshot switch, no longer the one it started with. */
+  async function topNode(q: Qmp, h: ExportHandle): Promise<string> {
+    const r = await q.execute('query-block-exports');
+    const exp = r.ok && Array.isArray(r.value) ? (r.value as { id?: string; 'node-name'?: string }[]).find((e) => e.id === EXPORT_ID) : undefined;
+    if (exp?.['node-name'] === undefined) throw internal(`the qemu export of ${h.image} is missing from query-block-exports`);
+    return exp['node-name'];
+  }
+
+  async function switchTo(h: ExportHandle, overlay: string, node: string): Promise<void> {
+    if (h.readOnly) throw precondition(`the export of ${h.image} is read-only; it has no writes to move`);
+    await Qmp.session(h.qmpSocket, 30_000, async (q) => {
+      const top = await topNode(q, h);
+      if (top === node) return;
+      const file = { driver: 'file', filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
+      const add = await q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file, backing: null, discard: 'unmap' });
+      // Added before a crash of the plugin, but not switched: the node is there to use.
+      if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${overlay} failed: ${add.error}`);
+      const snap = await q.execute('blockdev-snapshot', { node: top, overlay: node });
+      if (!snap.ok) {
+        await q.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+        throw internal(`blockdev-snapshot of ${h.image} onto ${overlay} failed: ${snap.error}`);
+      }
+    });
+  }
+
   async function resize(h: ExportHandle, bytes: bigint): Promise<void> {
     if (h.readOnly) throw precondition(`the export of ${h.image} is read-only; it cannot be resized`);
     if (!(await isAlive(h))) throw precondition(`the export of ${h.image} is not running`);
@@ -274,7 +306,7 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     if (bytes < current) throw outOfRange(`image ${h.image} is ${current} bytes; shrinking to ${bytes} is not supported`);
     if (bytes === current) return;
     await Qmp.session(h.qmpSocket, 30_000, async (q) => {
-      const r = await q.execute('block_resize', { 'node-name': nodeName(h.format), size: bytes });
+      const r = await q.execute('block_resize', { 'node-name': await topNode(q, h), size: bytes });
       if (!r.ok) throw internal(`block_resize of ${h.image} to ${bytes} bytes failed: ${r.error}`);
     });
     // The kernel caches the export file's attributes for qemu's 1 s FUSE timeout and a loop
@@ -300,5 +332,5 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await teardown(paths, undefined, image);
   }
 
-  return { start, isAlive, resize, stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
+  return { start, isAlive, resize, switchTo, stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }

@@ -33,8 +33,11 @@ export interface ChainLink {
 export interface QemuImg {
   version(): Promise<string>;
   create(path: string, format: Format, sizeBytes: bigint, options?: CreateOptions): Promise<void>;
-  /** A qcow2 image whose unwritten clusters read from `backing` (a path relative to `path`'s directory). */
-  createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint): Promise<void>;
+  /**
+   * A qcow2 image whose unwritten clusters read from `backing` (a path relative to `path`'s directory).
+   * `unsafe`: do not open the backing (it may be written and locked by an export until the switch).
+   */
+  createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint, options?: { unsafe?: boolean }): Promise<void>;
   /** A sparse-preserving copy, flattening any backing chain; `progress` shows qemu's bar on a terminal. */
   convert(source: string, sourceFormat: Format, target: string, targetFormat: Format, options?: { progress?: boolean }): Promise<void>;
   /**
@@ -122,8 +125,9 @@ export function makeQemuImg(run: Runner): QemuImg {
       const slow = options.preallocation === 'falloc' || options.preallocation === 'full';
       await run(argv, { timeoutMs: slow ? SLOW_MS : QUICK_MS });
     },
-    async createOverlay(path, backing, backingFormat, sizeBytes) {
-      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, path, String(sizeBytes)], {
+    async createOverlay(path, backing, backingFormat, sizeBytes, options = {}) {
+      const unsafe = options.unsafe === true ? ['-u'] : [];
+      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', ...unsafe, '-b', backing, '-F', backingFormat, path, String(sizeBytes)], {
         timeoutMs: QUICK_MS,
       });
     },

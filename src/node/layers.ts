@@ -1,0 +1,106 @@
+/**
+ * The node's half of qcow2 snapshots as layers (storage/layering.ts). While a
+ * node's qemu export writes a volume, only that qemu can move the writes to a
+ * new layer: the controller prepares the snapshot and the overlay on the share
+ * and waits. The node polls the directories of the volumes it serves (NFS has
+ * no inotify) for an intent whose overlay is ready, switches its export onto
+ * the overlay, and renames the overlay into place. That rename is the answer
+ * the controller reads; a failure is written into the intent for it to undo.
+ */
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { KeyedLocks } from '../csi/locks.js';
+import { describe } from '../domain/errors.js';
+import { overlayPath, phaseOf, promoteOverlay, readIntent, writeIntent } from '../storage/layering.js';
+import type { Mounts } from '../storage/mounts.js';
+import type { QemuExports } from '../system/qemu-export.js';
+import type { StageRecord, StageState } from './state.js';
+
+/** How often staged volumes are looked at: the snapshotter retries about as often. */
+export const POLL_MS = 1_000;
+
+/** qemu node names: a letter first, at most 31 characters. */
+export const layerNode = (snapshotId: string): string => `l${createHash('sha256').update(snapshotId).digest('hex').slice(0, 24)}`;
+
+export class NodeLayering {
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly state: StageState,
+    private readonly exports: QemuExports,
+    private readonly locks: KeyedLocks,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Before a stage opens the image: a switch that no qemu has to make (the
+   * volume is not served yet) is the rename alone, so the new export starts on
+   * the overlay and never writes into the snapshot.
+   */
+  async beforeOpen(mount: string, volumeId: string): Promise<void> {
+    const layout = this.mounts.layout(mount);
+    const intent = await readIntent(layout, volumeId);
+    if (intent === undefined || intent.error !== undefined) return;
+    if ((await phaseOf(layout, volumeId, intent)) === 'ready') await promoteOverlay(layout, volumeId, intent);
+  }
+
+  /** One look at every staged qcow2 volume; the ones busy with another RPC wait for the next. */
+  async poll(): Promise<void> {
+    for (const rec of await this.state.list()) {
+      if (rec.format !== 'qcow2') continue;
+      let release: () => void;
+      try {
+        release = this.locks.acquire([`volume:${rec.volumeId}`]);
+      } catch {
+        continue;
+      }
+      try {
+        await this.serve(rec);
+      } catch (e) {
+        this.log.warn({ volumeId: rec.volumeId, err: describe(e) }, 'could not look at the volume for a snapshot layer');
+      } finally {
+        release();
+      }
+    }
+  }
+
+  private async serve(rec: StageRecord): Promise<void> {
+    const layout = this.mounts.layout(rec.mount);
+    const intent = await readIntent(layout, rec.volumeId);
+    if (intent === undefined || intent.error !== undefined) return;
+    if ((await phaseOf(layout, rec.volumeId, intent)) !== 'ready') return;
+    const log = this.log.child({ volumeId: rec.volumeId, snapshotId: intent.snapshotId });
+    // A read-only export, or none alive, writes nothing: the rename alone is the switch.
+    const writer = rec.export !== undefined && !rec.export.readOnly && (await this.exports.isAlive(rec.export)) ? rec.export : undefined;
+    if (writer !== undefined) {
+      try {
+        await this.exports.switchTo(writer, overlayPath(layout, rec.volumeId, intent.snapshotId), layerNode(intent.snapshotId));
+      } catch (e) {
+        log.error({ err: describe(e) }, 'could not switch the export to the new layer; the controller will undo the snapshot');
+        await writeIntent(layout, rec.volumeId, { ...intent, error: describe(e) });
+        return;
+      }
+    }
+    await promoteOverlay(layout, rec.volumeId, intent);
+    log.info({ online: writer !== undefined }, 'volume switched to a new layer; its old image is the snapshot now');
+  }
+
+  /** Polls until the returned function is called; that resolves once a poll in flight is over. */
+  start(): () => Promise<void> {
+    let stopped = false;
+    let running: Promise<void> = Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const tick = (): void => {
+      running = this.poll()
+        .catch((e: unknown) => this.log.warn({ err: describe(e) }, 'snapshot layer poll failed'))
+        .finally(() => {
+          if (!stopped) timer = setTimeout(tick, POLL_MS).unref();
+        });
+    };
+    timer = setTimeout(tick, POLL_MS).unref();
+    return async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    };
+  }
+}
