@@ -10,6 +10,7 @@
  */
 import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { crashPoint } from '../domain/crash.js';
 import { busy, internal, precondition } from '../domain/errors.js';
 import { Layout } from '../storage/layout.js';
 import {
@@ -67,6 +68,7 @@ export class Layering {
     }
     const intent: LayerIntent = { snapshotId: record.id, backing: current.backing };
     await writeIntent(layout, volumeId, intent);
+    crashPoint('layer:intent');
     // The frozen image keeps the volume's backing reference: the snapshot depends on it from now on.
     if (intent.backing !== null) await this.snapshots.addRef(layout, intent.backing, record.id);
     const made = await this.snapshots.create(
@@ -76,6 +78,7 @@ export class Layering {
       [volumeId],
     );
     if (!made) throw busy(`snapshot ${record.id} appeared while being created; retry`);
+    crashPoint('layer:frozen');
     log.info({ volumeId, snapshotId: record.id }, 'volume image frozen as a snapshot layer');
     return (await this.advance(found, log)) === undefined ? 'ready' : 'pending';
   }
@@ -111,6 +114,7 @@ export class Layering {
       const size = (await this.qemuImg.info(image, 'qcow2')).virtualSize;
       await this.qemuImg.createOverlay(overlayPath(layout, volumeId, intent.snapshotId), overlayBacking(intent.snapshotId), 'qcow2', size, { unsafe: true });
       phase = 'ready';
+      crashPoint('layer:overlay');
     }
     if (phase === 'ready') {
       const record = (await this.volumes.read(layout, volumeId)) ?? found.record;
@@ -125,6 +129,7 @@ export class Layering {
         return intent;
       }
       await promoteOverlay(layout, volumeId, intent);
+      crashPoint('layer:switched');
     }
     await this.finish(found, intent);
     log.info({ volumeId, snapshotId: intent.snapshotId }, 'volume continues in a new layer; snapshot ready');
@@ -140,6 +145,7 @@ export class Layering {
       await this.volumes.update(layout, { ...record, backing: intent.snapshotId });
       // The volume's old backing now backs the snapshot (ref taken before freezing), not the volume.
       if (intent.backing !== null) await this.snapshots.release(layout, intent.backing, volumeId);
+      crashPoint('layer:recorded');
     }
     const snap = await this.snapshots.read(layout, intent.snapshotId);
     if (snap?.pending === true) await this.snapshots.update(layout, { ...snap, pending: false, createdAt: new Date().toISOString() });

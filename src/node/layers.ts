@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
+import { crashPoint } from '../domain/crash.js';
 import { describe } from '../domain/errors.js';
 import { overlayPath, phaseOf, promoteOverlay, readIntent, writeIntent } from '../storage/layering.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -74,6 +75,7 @@ export class NodeLayering {
     if (writer !== undefined) {
       try {
         await this.exports.switchTo(writer, overlayPath(layout, rec.volumeId, intent.snapshotId), layerNode(intent.snapshotId));
+        crashPoint('node-layer:switched');
       } catch (e) {
         log.error({ err: describe(e) }, 'could not switch the export to the new layer; the controller will undo the snapshot');
         await writeIntent(layout, rec.volumeId, { ...intent, error: describe(e) });
