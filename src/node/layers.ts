@@ -12,16 +12,20 @@ import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
 import { crashPoint } from '../domain/crash.js';
 import { describe } from '../domain/errors.js';
-import { overlayPath, phaseOf, promoteOverlay, readIntent, writeIntent } from '../storage/layering.js';
+import { chainOf, overlayPath, phaseOf, promoteOverlay, readIntent, writeIntent } from '../storage/layering.js';
+import { readRecord } from '../storage/records.js';
 import type { Mounts } from '../storage/mounts.js';
-import type { QemuExports } from '../system/qemu-export.js';
+import type { ChainLayer, QemuExports } from '../system/qemu-export.js';
 import type { StageRecord, StageState } from './state.js';
 
 /** How often staged volumes are looked at: the snapshotter retries about as often. */
 export const POLL_MS = 1_000;
 
-/** qemu node names: a letter first, at most 31 characters. */
-export const layerNode = (snapshotId: string): string => `l${createHash('sha256').update(snapshotId).digest('hex').slice(0, 24)}`;
+const hashed = (id: string): string => createHash('sha256').update(id).digest('hex').slice(0, 24);
+/** qemu node names (a letter first, at most 31 characters): the overlay that goes on after snapshot `id`. */
+export const layerNode = (snapshotId: string): string => `l${hashed(snapshotId)}`;
+/** The node of snapshot `id`'s image when a stage opens the chain. */
+export const baseNode = (snapshotId: string): string => `s${hashed(snapshotId)}`;
 
 export class NodeLayering {
   constructor(
@@ -42,6 +46,14 @@ export class NodeLayering {
     const intent = await readIntent(layout, volumeId);
     if (intent === undefined || intent.error !== undefined) return;
     if ((await phaseOf(layout, volumeId, intent)) === 'ready') await promoteOverlay(layout, volumeId, intent);
+  }
+
+  /** The layers under the volume's image as the export opens them: nearest first, with our node names. */
+  async chain(mount: string, volumeId: string): Promise<(ChainLayer & { id: string })[]> {
+    const layout = this.mounts.layout(mount);
+    const volume = await readRecord(layout.metaPath(volumeId));
+    const chain = await chainOf(layout, volume?.backing ?? null);
+    return chain.map((r) => ({ id: r.id, node: baseNode(r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 
   /** One look at every staged qcow2 volume; the ones busy with another RPC wait for the next. */
@@ -74,6 +86,12 @@ export class NodeLayering {
     const writer = rec.export !== undefined && !rec.export.readOnly && (await this.exports.isAlive(rec.export)) ? rec.export : undefined;
     if (writer !== undefined) {
       try {
+        // Named before the switch: afterwards the old top is the snapshot's image, and merges address it.
+        const top = await this.exports.top(writer);
+        if (top !== layerNode(intent.snapshotId)) {
+          rec.layers = { ...rec.layers, [intent.snapshotId]: top };
+          await this.state.write(rec);
+        }
         await this.exports.switchTo(writer, overlayPath(layout, rec.volumeId, intent.snapshotId), layerNode(intent.snapshotId));
         crashPoint('node-layer:switched');
       } catch (e) {

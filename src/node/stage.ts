@@ -87,10 +87,13 @@ export class Stager {
   private async attach(rec: StageRecord): Promise<void> {
     if (rec.format === 'qcow2') {
       await this.layers.beforeOpen(rec.mount, rec.volumeId);
+      const chain = await this.layers.chain(rec.mount, rec.volumeId);
+      rec.layers = Object.fromEntries(chain.map((l) => [l.id, l.node]));
       rec.export = await this.sys.exports.start(rec.image, {
         format: 'qcow2',
         readOnly: rec.readOnly,
         stateDir: this.state.exportDir(rec.volumeId),
+        chain,
       });
       rec.loopFile = rec.export.exportFile;
     } else {

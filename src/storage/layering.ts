@@ -21,7 +21,7 @@
 import { link, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Layout } from './layout.js';
-import { writeJsonAtomic } from './records.js';
+import { readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
 
 export interface LayerIntent {
   /** The snapshot the volume's current image becomes. */
@@ -97,3 +97,16 @@ export async function promoteOverlay(layout: Layout, volumeId: string, intent: L
 
 /** The overlay's backing reference: relative, valid wherever the mount is mounted. */
 export const overlayBacking = (snapshotId: string): string => Layout.backingRef(snapshotId, 'qcow2');
+
+/** The snapshots whose images lie under a volume's, nearest first, as their records say. */
+export async function chainOf(layout: Layout, backing: string | null): Promise<SnapshotRecord[]> {
+  const chain: SnapshotRecord[] = [];
+  for (let id = backing; id !== null; ) {
+    const r = await readSnapshot(layout.snapshotMeta(id));
+    if (r === undefined) throw new Error(`snapshot ${id} under ${layout.root} is missing; run filedriver doctor`);
+    if (chain.length > 1000) throw new Error(`snapshot ${id} has a backing loop; run filedriver doctor`);
+    chain.push(r);
+    id = r.backing;
+  }
+  return chain;
+}

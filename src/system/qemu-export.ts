@@ -49,9 +49,21 @@ export interface ExportHandle {
   directIo: boolean;
 }
 
+/** A layer under the image, opened read-only under a name of ours so later QMP commands can name it. */
+export interface ChainLayer {
+  node: string;
+  image: string;
+  format: Format;
+}
+
 export interface StartOptions {
   format: Format;
   readOnly: boolean;
+  /**
+   * The image's backing chain, nearest layer first. Given, qemu opens it as
+   * these named nodes instead of following the images' backing references.
+   */
+  chain?: readonly ChainLayer[];
   /** Holds the export file, pid file, QMP socket and export.json; created if missing. */
   stateDir: string;
 }
@@ -74,6 +86,8 @@ export interface QemuExports {
    * export already on `nodeName` is left as it is.
    */
   switchTo(handle: ExportHandle, overlay: string, nodeName: string): Promise<void>;
+  /** The node the export serves now (the top of its chain). */
+  top(handle: ExportHandle): Promise<string>;
   /**
    * Removes the export, ends the daemon (SIGKILL after a bound), unmounts any
    * leftover FUSE mount and removes the state files. Idempotent; works from a
@@ -120,8 +134,17 @@ export function daemonArgs(image: string, o: StartOptions, paths: Paths, aio: Ex
   const common = o.readOnly ? ['read-only=on'] : ['discard=unmap'];
   const file = ['driver=file', 'node-name=file0', `filename=${opt(image)}`, `aio=${aio}`,
     `cache.direct=${directIo ? 'on' : 'off'}`, 'locking=on', ...common];
-  const blockdevs = ['--blockdev', file.join(',')];
-  if (o.format === 'qcow2') blockdevs.push('--blockdev', ['driver=qcow2', 'node-name=fmt0', 'file=file0', ...common].join(','));
+  const blockdevs: string[] = [];
+  // Bottom layer first: each names the one below it. JSON, since a layer without one needs no key at all.
+  const chain = o.format === 'qcow2' ? (o.chain ?? []) : [];
+  chain.forEach((layer, i) => {
+    const below = chain[i + 1];
+    const file = { driver: 'file', filename: layer.image, aio, cache: { direct: directIo }, locking: 'on' };
+    blockdevs.unshift('--blockdev', JSON.stringify({ driver: layer.format, 'node-name': layer.node, 'read-only': true, file, ...(below === undefined ? {} : { backing: below.node }) }));
+  });
+  blockdevs.push('--blockdev', file.join(','));
+  const top = chain[0] === undefined ? [] : [`backing=${chain[0].node}`];
+  if (o.format === 'qcow2') blockdevs.push('--blockdev', ['driver=qcow2', 'node-name=fmt0', 'file=file0', ...top, ...common].join(','));
   const exp = ['type=fuse', `id=${EXPORT_ID}`, `node-name=${nodeName(o.format)}`, `mountpoint=${opt(paths.exportFile)}`,
     `writable=${o.readOnly ? 'off' : 'on'}`];
   return ['qemu-storage-daemon', ...blockdevs,
@@ -332,5 +355,5 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await teardown(paths, undefined, image);
   }
 
-  return { start, isAlive, resize, switchTo, stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
+  return { start, isAlive, resize, switchTo, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }
