@@ -9,6 +9,7 @@ import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
 import { Layering } from './controller/layering.js';
+import { Merger } from './controller/merger.js';
 import { Placer } from './controller/placer.js';
 import { Relocator } from './controller/relocate.js';
 import { SnapshotService } from './controller/snapshots.js';
@@ -87,6 +88,8 @@ export function buildApp(config: Config, log: Logger): App {
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
   const snapshotStore = new SnapshotStore(mounts);
+  const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
+  if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
   const layering = new Layering(store, snapshotStore, qemuImg);
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
@@ -98,6 +101,7 @@ export function buildApp(config: Config, log: Logger): App {
 
   const nodeSide = nodeParts(config, log, run, store, mounts, locks);
   let stopLayers = async (): Promise<void> => undefined;
+  let stopMerges = async (): Promise<void> => undefined;
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -126,11 +130,13 @@ export function buildApp(config: Config, log: Logger): App {
       ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
     },
     async close() {
-      await stopLayers();
+      await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
       // The node serves the snapshot layers of the volumes it holds (node/layers.ts).
       if (node) stopLayers = nodeSide.layers.start();
+      // Deleted snapshots are merged away in the background (controller/merger.ts).
+      if (controller) stopMerges = merger.start();
       for (const h of await mounts.all()) {
         if (!h.usable) {
           log.warn({ mount: h.name, path: h.path, reason: h.reason }, 'mount is not usable; nothing will be written there');

@@ -12,8 +12,10 @@ import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
 import { crashPoint } from '../domain/crash.js';
 import { describe } from '../domain/errors.js';
-import { chainOf, overlayPath, phaseOf, promoteOverlay, readIntent, writeIntent } from '../storage/layering.js';
-import { readRecord } from '../storage/records.js';
+import { backingReference } from '../storage/image-header.js';
+import { Layout } from '../storage/layout.js';
+import { chainOf, overlayPath, phaseOf, promoteOverlay, readIntent, readMerge, writeIntent, writeMerge } from '../storage/layering.js';
+import { readRecord, readSnapshot } from '../storage/records.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { ChainLayer, QemuExports } from '../system/qemu-export.js';
 import type { StageRecord, StageState } from './state.js';
@@ -35,6 +37,9 @@ export class NodeLayering {
     private readonly locks: KeyedLocks,
     private readonly log: Logger,
   ) {}
+
+  /** Online merges started per volume/layer: a job that keeps failing is reported, not restarted forever. */
+  private readonly attempts = new Map<string, number>();
 
   /**
    * Before a stage opens the image: a switch that no qemu has to make (the
@@ -78,6 +83,11 @@ export class NodeLayering {
 
   private async serve(rec: StageRecord): Promise<void> {
     const layout = this.mounts.layout(rec.mount);
+    await this.switchLayer(rec, layout);
+    await this.merge(rec, layout);
+  }
+
+  private async switchLayer(rec: StageRecord, layout: Layout): Promise<void> {
     const intent = await readIntent(layout, rec.volumeId);
     if (intent === undefined || intent.error !== undefined) return;
     if ((await phaseOf(layout, rec.volumeId, intent)) !== 'ready') return;
@@ -102,6 +112,44 @@ export class NodeLayering {
     }
     await promoteOverlay(layout, rec.volumeId, intent);
     log.info({ online: writer !== undefined }, 'volume switched to a new layer; its old image is the snapshot now');
+  }
+
+  /**
+   * A merge the controller could not do because this node's qemu holds the
+   * chain: stream the layer into its dependent with that qemu. The
+   * dependent's header changing is the answer; three failed starts are
+   * reported in the request.
+   */
+  private async merge(rec: StageRecord, layout: Layout): Promise<void> {
+    const request = await readMerge(layout, rec.volumeId);
+    if (request === undefined || request.error !== undefined || rec.export === undefined) return;
+    const key = `${rec.volumeId}/${request.layer}`;
+    const fail = async (error: string): Promise<void> => {
+      this.log.error({ volumeId: rec.volumeId, layer: request.layer, error }, 'could not merge the layer online');
+      this.attempts.delete(key);
+      await writeMerge(layout, rec.volumeId, { ...request, error });
+    };
+    const into = request.into === rec.volumeId ? rec.image : layout.snapshotImage(request.into, 'qcow2');
+    const layerFormat = (await readSnapshot(layout.snapshotMeta(request.layer)))?.format ?? 'qcow2';
+    if ((await backingReference(into)) !== Layout.backingRef(request.layer, layerFormat)) return; // merged: the controller finishes
+    if (rec.export.readOnly || !(await this.exports.isAlive(rec.export))) return fail('the volume is not served writable on this node');
+    const device = request.into === rec.volumeId ? await this.exports.top(rec.export) : rec.layers?.[request.into];
+    const baseNode = request.backing === null ? undefined : rec.layers?.[request.backing];
+    if (device === undefined || (request.backing !== null && baseNode === undefined)) {
+      return fail(`this node's export has no node for ${device === undefined ? request.into : (request.backing ?? '')}`);
+    }
+    const below = request.backing === null ? undefined : await readSnapshot(layout.snapshotMeta(request.backing));
+    const id = `m${layerNode(request.layer).slice(1)}`;
+    const tries = this.attempts.get(key) ?? 0;
+    try {
+      if ((await this.exports.jobs(rec.export)).includes(id)) return;
+      if (tries >= 3) return fail(`block-stream did not finish after ${tries} starts`);
+      this.attempts.set(key, tries + 1);
+      await this.exports.stream(rec.export, { id, device, baseNode, backingFile: below === undefined ? undefined : Layout.backingRef(below.id, below.format) });
+      this.log.info({ volumeId: rec.volumeId, layer: request.layer, into: request.into }, 'merging a deleted snapshot layer online');
+    } catch (e) {
+      await fail(describe(e));
+    }
   }
 
   /** Polls until the returned function is called; that resolves once a poll in flight is over. */

@@ -47,14 +47,16 @@ export const intentPath = (layout: Layout, volumeId: string): string => join(lay
 export const overlayPath = (layout: Layout, volumeId: string, snapshotId: string): string =>
   join(layout.volumeDir(volumeId), `.layer-${snapshotId}.qcow2`);
 
-export async function readIntent(layout: Layout, volumeId: string): Promise<LayerIntent | undefined> {
+async function readJson<T>(path: string): Promise<T | undefined> {
   try {
-    return JSON.parse(await readFile(intentPath(layout, volumeId), 'utf8')) as LayerIntent;
+    return JSON.parse(await readFile(path, 'utf8')) as T;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
 }
+
+export const readIntent = (layout: Layout, volumeId: string): Promise<LayerIntent | undefined> => readJson(intentPath(layout, volumeId));
 
 export async function writeIntent(layout: Layout, volumeId: string, intent: LayerIntent): Promise<void> {
   await writeJsonAtomic(intentPath(layout, volumeId), intent);
@@ -110,3 +112,22 @@ export async function chainOf(layout: Layout, backing: string | null): Promise<S
   }
   return chain;
 }
+
+/**
+ * A merge the controller hands to the node serving volume `top`: stream
+ * snapshot `layer` into `into` (the volume itself or a snapshot in its chain),
+ * which then reads through `backing`. The dependent's header shows when it is
+ * done; a node that fails says so in `error`.
+ */
+export interface MergeRequest {
+  layer: string;
+  into: string;
+  backing: string | null;
+  error?: string;
+}
+
+export const mergePath = (layout: Layout, volumeId: string): string => join(layout.volumeDir(volumeId), 'merging.json');
+export const readMerge = (layout: Layout, volumeId: string): Promise<MergeRequest | undefined> => readJson(mergePath(layout, volumeId));
+export const writeMerge = (layout: Layout, volumeId: string, request: MergeRequest): Promise<void> =>
+  writeJsonAtomic(mergePath(layout, volumeId), request);
+export const removeMerge = (layout: Layout, volumeId: string): Promise<void> => rm(mergePath(layout, volumeId), { force: true });

@@ -19,6 +19,12 @@ export class SnapshotStore {
   /** Ref changes and removals on one mount run one at a time, so a new dependent never races a removal. */
   private readonly queues = new Map<string, Promise<unknown>>();
 
+  /**
+   * Told when a hidden snapshot is left with one dependent: it can be merged
+   * into it (controller/merger.ts) and its space given back.
+   */
+  onLonely: (layout: Layout, id: string) => void = () => undefined;
+
   constructor(private readonly mounts: Mounts) {}
 
   /** Includes hidden (deleted) snapshots: callers decide what a hidden one means. */
@@ -75,7 +81,9 @@ export class SnapshotStore {
         await rm(join(layout.refsDir(current), releasedBy), { force: true });
         const record = await this.read(layout, current);
         if (record === undefined || !record.deleted) return null;
-        if ((await this.dependents(layout, current)).length > 0) return null;
+        const left = (await this.dependents(layout, current)).length;
+        if (left === 1) this.onLonely(layout, current);
+        if (left > 0) return null;
         await removeWhole(layout.tmp, layout.snapshotDir(current));
         return record.backing;
       });
@@ -103,8 +111,10 @@ export class SnapshotStore {
     const outcome = await this.serial(layout, async () => {
       const record = await this.read(layout, id);
       if (record === undefined) return { done: 'removed' as const, backing: null };
-      if ((await this.dependents(layout, id)).length > 0) {
+      const dependents = (await this.dependents(layout, id)).length;
+      if (dependents > 0) {
         if (!record.deleted) await writeJsonAtomic(layout.snapshotMeta(id), { ...record, deleted: true });
+        if (dependents === 1) this.onLonely(layout, id);
         return { done: 'hidden' as const, backing: null };
       }
       await removeWhole(layout.tmp, layout.snapshotDir(id));

@@ -89,6 +89,14 @@ export interface QemuExports {
   /** The node the export serves now (the top of its chain). */
   top(handle: ExportHandle): Promise<string>;
   /**
+   * Starts copying the layers between `device` and `baseNode` (all of them
+   * without one) into `device`, which then reads through `baseNode`, its header
+   * naming `backingFile` (block-stream). Returns at once: the job runs in qemu.
+   */
+  stream(handle: ExportHandle, job: { id: string; device: string; baseNode?: string | undefined; backingFile?: string | undefined }): Promise<void>;
+  /** Ids of the block jobs running in the export's daemon. */
+  jobs(handle: ExportHandle): Promise<string[]>;
+  /**
    * Removes the export, ends the daemon (SIGKILL after a bound), unmounts any
    * leftover FUSE mount and removes the state files. Idempotent; works from a
    * fresh process. Detach loop devices from the export file first.
@@ -321,6 +329,22 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     });
   }
 
+  async function stream(h: ExportHandle, job: { id: string; device: string; baseNode?: string | undefined; backingFile?: string | undefined }) {
+    await Qmp.session(h.qmpSocket, 10_000, async (q) => {
+      const base = { ...(job.baseNode === undefined ? {} : { 'base-node': job.baseNode }), ...(job.backingFile === undefined ? {} : { 'backing-file': job.backingFile }) };
+      const r = await q.execute('block-stream', { 'job-id': job.id, device: job.device, ...base });
+      if (!r.ok) throw internal(`block-stream into ${job.device} of ${h.image} failed: ${r.error}`);
+    });
+  }
+
+  async function jobs(h: ExportHandle): Promise<string[]> {
+    return Qmp.session(h.qmpSocket, 10_000, async (q) => {
+      const r = await q.execute('query-block-jobs');
+      // A job started with a job-id reports it as `device`.
+      return r.ok && Array.isArray(r.value) ? (r.value as { device?: string }[]).map((j) => j.device ?? '') : [];
+    });
+  }
+
   async function resize(h: ExportHandle, bytes: bigint): Promise<void> {
     if (h.readOnly) throw precondition(`the export of ${h.image} is read-only; it cannot be resized`);
     if (!(await isAlive(h))) throw precondition(`the export of ${h.image} is not running`);
@@ -355,5 +379,5 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await teardown(paths, undefined, image);
   }
 
-  return { start, isAlive, resize, switchTo, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
+  return { start, isAlive, resize, switchTo, stream, jobs, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }

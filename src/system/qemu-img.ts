@@ -59,6 +59,13 @@ export interface QemuImg {
   /** `preallocation` falloc/full allocates the grown part too, so a thick image stays thick. */
   resize(path: string, format: Format, sizeBytes: bigint, preallocation?: Preallocation): Promise<void>;
   check(path: string, format: Format): Promise<CheckResult>;
+  /**
+   * Makes a qcow2 image read through `backing` (relative to its directory; null: none) instead of
+   * its current backing, first copying in every cluster where the two differ (safe mode): what
+   * the image reads never changes, so an interrupted rebase is simply run again. 'in use' when a
+   * qemu process holds the image (its lock).
+   */
+  rebase(path: string, backing: { ref: string; format: Format } | null): Promise<'done' | 'in use'>;
 }
 
 /** Integers from qemu-img JSON, read as text: sizes can exceed 2^53. */
@@ -184,6 +191,16 @@ export function makeQemuImg(run: Runner): QemuImg {
       await run(['qemu-img', 'resize', '-q', '-f', format, ...pre, path, String(sizeBytes)], { timeoutMs }).catch(
         (e: unknown) => lockAware(path, e),
       );
+    },
+    async rebase(path, backing) {
+      const target = backing === null ? ['-b', ''] : ['-b', backing.ref, '-F', backing.format];
+      try {
+        await run(['qemu-img', 'rebase', '-q', '-f', 'qcow2', ...target, path], { timeoutMs: SLOW_MS });
+        return 'done';
+      } catch (e) {
+        if (e instanceof CommandFailed && LOCK_ERROR.test(e.stderr)) return 'in use';
+        throw e;
+      }
     },
     async check(path, format) {
       if (format === 'raw') return { ok: true }; // raw has no metadata to check

@@ -244,6 +244,103 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     });
   });
 
+  /** Waits for the background merge to remove a deleted snapshot. */
+  async function merged(snapshotId: string): Promise<void> {
+    for (let i = 0; i < 300 && existsSync(join(tree(), 'snapshots', snapshotId)); i++) await sleep(100);
+    expect(existsSync(join(tree(), 'snapshots', snapshotId))).toBe(false);
+  }
+  /** Bytes the driver's tree holds on the share (allocated blocks, as du counts them). */
+  const allocated = () => BigInt(execFileSync('du', ['-s', '--block-size=1', tree()], { encoding: 'utf8' }).split('\t')[0] ?? '0');
+
+  describe('merging deleted snapshots', () => {
+    it.each([
+      ['oldest first', ['snap-m-1', 'snap-m-2']],
+      ['newest first', ['snap-m-2', 'snap-m-1']],
+    ])('gives the space back when snapshots of a detached volume are deleted %s', async (_order, order) => {
+      const id = `pvc-m-${order[0] ?? ''}`;
+      await c('CreateVolume', createRequest(id));
+      qemuIo(image(id), 'write -P 0x11 0 8M');
+      await c('CreateSnapshot', { name: 'snap-m-1', source_volume_id: id });
+      qemuIo(image(id), 'write -P 0x22 0 4M');
+      await c('CreateSnapshot', { name: 'snap-m-2', source_volume_id: id });
+      qemuIo(image(id), 'write -P 0x33 0 2M');
+      const before = allocated();
+      for (const snap of order) await c('DeleteSnapshot', { snapshot_id: snap });
+      for (const snap of order) await merged(snap);
+      expect(volMeta(id).backing).toBeNull();
+      // What the volume reads never changed: 2 MiB of 0x33, 2 of 0x22, 4 of 0x11.
+      expect(matches(image(id), 0x33, 0)).toBe(true);
+      expect(matches(image(id), 0x22, 2 * 1024 * 1024)).toBe(true);
+      expect(matches(image(id), 0x11, 4 * 1024 * 1024)).toBe(true);
+      checkClean(image(id));
+      // Three layers held 14 MiB; the merged volume holds 8.
+      expect(before - allocated()).toBeGreaterThanOrEqual(5n * MiB);
+      await c('DeleteVolume', { volume_id: id });
+    });
+
+    it('keeps a deleted snapshot that a clone still reads, and merges it once the clone is gone', async () => {
+      await c('CreateVolume', createRequest('pvc-mc'));
+      qemuIo(image('pvc-mc'), 'write -P 0x44 0 1M');
+      await c('CreateSnapshot', { name: 'snap-mc', source_volume_id: 'pvc-mc' });
+      await c('CreateVolume', createRequest('pvc-mc-clone', { volume_content_source: { snapshot: { snapshot_id: 'snap-mc' } } }));
+      await c('DeleteSnapshot', { snapshot_id: 'snap-mc' });
+      await sleep(300);
+      expect(existsSync(snapImage('snap-mc'))).toBe(true);
+      expect(matches(image('pvc-mc-clone'), 0x44)).toBe(true);
+      await c('DeleteVolume', { volume_id: 'pvc-mc-clone' });
+      await merged('snap-mc');
+      expect(matches(image('pvc-mc'), 0x44)).toBe(true);
+      await c('DeleteVolume', { volume_id: 'pvc-mc' });
+    });
+
+    it.each(['merge:rebased', 'merge:recorded'])('a controller killed at %s finishes the merge after its restart', async (step) => {
+      const id = `pvc-mk-${step.split(':')[1] ?? ''}`;
+      await c('CreateVolume', createRequest(id));
+      qemuIo(image(id), 'write -P 0x55 0 1M');
+      await c('CreateSnapshot', { name: `snap-${id}`, source_volume_id: id });
+      qemuIo(image(id), 'write -P 0x66 1M 1M');
+      await driver.stop();
+      await start({ FILEDRIVER_CRASH_AT: step });
+      const died = new Promise((r) => driver.process.once('exit', r));
+      await c('DeleteSnapshot', { snapshot_id: `snap-${id}` });
+      await died;
+      await driver.kill();
+      await start();
+      await merged(`snap-${id}`);
+      expect(volMeta(id).backing).toBeNull();
+      expect(matches(image(id), 0x55, 0)).toBe(true);
+      expect(matches(image(id), 0x66, 1024 * 1024)).toBe(true);
+      checkClean(image(id));
+      await c('DeleteVolume', { volume_id: id });
+    });
+
+    it('merges online, through the node serving the volume, while it is written', async () => {
+      const id = 'pvc-m-live';
+      await c('CreateVolume', createRequest(id, { capacity_range: { required_bytes: String(256n * MiB) } }));
+      await attach(id);
+      const target = paths(id).target;
+      const sums: Record<string, string> = {};
+      for (const snap of ['snap-ml-1', 'snap-ml-2', 'snap-ml-3']) {
+        sums[snap] = writeSynced(join(target, `${snap}.bin`), randomBytes(2 * 1024 * 1024));
+        await snapshotReady(snap, id);
+      }
+      // Oldest first (a retention policy), then the newest: the middle layer merges into the next snapshot, the last into the volume.
+      for (const snap of ['snap-ml-1', 'snap-ml-3', 'snap-ml-2']) {
+        await c('DeleteSnapshot', { snapshot_id: snap });
+        await merged(snap);
+        const extra = writeSynced(join(target, `after-${snap}.bin`), randomBytes(1024 * 1024));
+        expect(sha(join(target, `after-${snap}.bin`))).toBe(extra);
+      }
+      expect(volMeta(id).backing).toBeNull();
+      for (const [snap, sum] of Object.entries(sums)) expect(sha(join(target, `${snap}.bin`))).toBe(sum);
+      expect(workFiles(id)).toEqual([]);
+      await detach(id);
+      checkClean(image(id));
+      await c('DeleteVolume', { volume_id: id });
+      expect(leftovers(kubelet)).toEqual([]);
+    });
+  });
+
   describe('killed at every step', () => {
     it.each(['layer:intent', 'layer:frozen', 'layer:overlay', 'layer:switched', 'layer:recorded'])(
       'the controller killed at %s: the retry after a restart finishes the snapshot, nothing half-made is left',
