@@ -161,9 +161,20 @@ export class Merger {
     return false;
   }
 
-  /** The dependent is open in a qemu: one node serving its only volume can stream online. */
+  /**
+   * The dependent is open in a qemu: one node serving its only volume can
+   * stream online — into a layer under the volume's top, not into the top
+   * itself: a writable FUSE export holds the top's resize permission, which a
+   * block-stream job into it (like a mirror) must deny. A deleted snapshot
+   * right under a served top therefore waits until the volume is detached or
+   * snapshotted again (then it lies under that snapshot): at most one layer.
+   */
   private async handToNode(layout: Layout, tops: string[], layer: string, into: string, backing: string | null, log: Logger): Promise<MergeOutcome> {
     const top = tops[0];
+    if (into === top) {
+      log.info({ volumeId: top }, 'the layer lies right under the top of a served volume; it merges once the volume is detached or snapshotted again');
+      return 'waiting';
+    }
     const published = top === undefined ? [] : ((await this.volumes.read(layout, top))?.publications ?? []);
     if (top === undefined || tops.length !== 1 || published.length !== 1) {
       log.info({ volumes: tops }, 'the dependent is in use by more than one qemu (or one the controller does not know); the merge waits');

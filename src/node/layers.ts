@@ -61,10 +61,17 @@ export class NodeLayering {
     return chain.map((r) => ({ id: r.id, node: baseNode(r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 
-  /** One look at every staged qcow2 volume; the ones busy with another RPC wait for the next. */
+  /**
+   * One look at every staged qcow2 volume. The volume's lock is taken only
+   * when there is work (so kubelet's calls are not answered ABORTED for a
+   * mere look); a volume busy with an RPC waits for the next poll.
+   */
   async poll(): Promise<void> {
     for (const rec of await this.state.list()) {
       if (rec.format !== 'qcow2') continue;
+      const layout = this.mounts.layout(rec.mount);
+      const asked = (await readIntent(layout, rec.volumeId).catch(() => undefined)) ?? (await readMerge(layout, rec.volumeId).catch(() => undefined));
+      if (asked === undefined) continue;
       let release: () => void;
       try {
         release = this.locks.acquire([`volume:${rec.volumeId}`]);
@@ -72,7 +79,9 @@ export class NodeLayering {
         continue;
       }
       try {
-        await this.serve(rec);
+        // Read again under the lock: an unstage may have finished meanwhile.
+        const current = await this.state.read(rec.volumeId);
+        if (current !== undefined) await this.serve(current);
       } catch (e) {
         this.log.warn({ volumeId: rec.volumeId, err: describe(e) }, 'could not look at the volume for a snapshot layer');
       } finally {
