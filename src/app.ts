@@ -9,6 +9,8 @@ import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
 import { Layering } from './controller/layering.js';
+import { LiveMover } from './controller/live-move.js';
+import { Settler } from './controller/settle.js';
 import { Merger } from './controller/merger.js';
 import { Placer } from './controller/placer.js';
 import { Relocator } from './controller/relocate.js';
@@ -91,13 +93,15 @@ export function buildApp(config: Config, log: Logger): App {
   const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
   if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
   const layering = new Layering(store, snapshotStore, qemuImg);
+  const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
+  const settler = new Settler(store, layering, mover);
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
-  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, layering);
+  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
   const publishing = new PublishService(volumes, mounts, store);
-  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, layering);
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, run, store, mounts, locks);
   let stopLayers = async (): Promise<void> => undefined;

@@ -24,6 +24,7 @@ import {
   writeIntent,
   type LayerIntent,
 } from '../storage/layering.js';
+import { readMove } from '../storage/moving.js';
 import type { SnapshotRecord } from '../storage/records.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
@@ -53,6 +54,8 @@ export class Layering {
   async take(found: FoundVolume, record: SnapshotRecord, log: Logger): Promise<LayerOutcome> {
     const { layout } = found;
     const volumeId = found.record.id;
+    const moving = await readMove(layout, volumeId);
+    if (moving !== undefined) throw busy(`volume ${volumeId} is moving to mount ${moving.to}; snapshot it when the move is done`);
     const pending = await this.advance(found, log);
     if (pending !== undefined) {
       if (pending.snapshotId === record.id) return 'pending';

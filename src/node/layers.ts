@@ -11,13 +11,15 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
 import { crashPoint } from '../domain/crash.js';
-import { describe } from '../domain/errors.js';
+import { busy, describe } from '../domain/errors.js';
 import { backingReference } from '../storage/image-header.js';
 import { Layout } from '../storage/layout.js';
 import { chainOf, overlayPath, phaseOf, promoteOverlay, readIntent, readMerge, writeIntent, writeMerge } from '../storage/layering.js';
 import { readRecord, readSnapshot } from '../storage/records.js';
 import type { Mounts } from '../storage/mounts.js';
-import type { ChainLayer, QemuExports } from '../system/qemu-export.js';
+import type { ChainLayer, ExportHandle, QemuExports } from '../system/qemu-export.js';
+import { arrivalImage, committed, readMove, writeMove } from '../storage/moving.js';
+import { hostname } from 'node:os';
 import type { StageRecord, StageState } from './state.js';
 
 /** How often staged volumes are looked at: the snapshotter retries about as often. */
@@ -28,6 +30,8 @@ const hashed = (id: string): string => createHash('sha256').update(id).digest('h
 export const layerNode = (snapshotId: string): string => `l${hashed(snapshotId)}`;
 /** The node of snapshot `id`'s image when a stage opens the chain. */
 export const baseNode = (snapshotId: string): string => `s${hashed(snapshotId)}`;
+/** The new top on the target mount of a live move (named by its base: each move has its own). */
+export const moveNode = (base: string): string => `v${hashed(base)}`;
 
 export class NodeLayering {
   constructor(
@@ -48,6 +52,9 @@ export class NodeLayering {
    */
   async beforeOpen(mount: string, volumeId: string): Promise<void> {
     const layout = this.mounts.layout(mount);
+    const moving = await readMove(layout, volumeId);
+    // Once its node switched, the newest writes are on the target: the source must not be opened.
+    if (moving !== undefined) throw busy(`volume ${volumeId} is moving to mount ${moving.to}; it can be staged once the move is done (retry)`);
     const intent = await readIntent(layout, volumeId);
     if (intent === undefined || intent.error !== undefined) return;
     if ((await phaseOf(layout, volumeId, intent)) === 'ready') await promoteOverlay(layout, volumeId, intent);
@@ -70,7 +77,10 @@ export class NodeLayering {
     for (const rec of await this.state.list()) {
       if (rec.format !== 'qcow2') continue;
       const layout = this.mounts.layout(rec.mount);
-      const asked = (await readIntent(layout, rec.volumeId).catch(() => undefined)) ?? (await readMerge(layout, rec.volumeId).catch(() => undefined));
+      const asked =
+        (await readIntent(layout, rec.volumeId).catch(() => undefined)) ??
+        (await readMerge(layout, rec.volumeId).catch(() => undefined)) ??
+        (await readMove(layout, rec.volumeId).catch(() => undefined));
       if (asked === undefined) continue;
       let release: () => void;
       try {
@@ -94,6 +104,55 @@ export class NodeLayering {
     const layout = this.mounts.layout(rec.mount);
     await this.switchLayer(rec, layout);
     await this.merge(rec, layout);
+    await this.move(rec, layout);
+  }
+
+  /** The writable export of a staged volume, if it runs. */
+  private async writer(rec: StageRecord): Promise<ExportHandle | undefined> {
+    return rec.export !== undefined && !rec.export.readOnly && (await this.exports.isAlive(rec.export)) ? rec.export : undefined;
+  }
+
+  /**
+   * This node's two steps of a live move (storage/moving.ts): move the
+   * writes onto the new top on the target mount, and later point that top at
+   * the base the controller copied there, closing the source chain.
+   */
+  private async move(rec: StageRecord, layout: Layout): Promise<void> {
+    const intent = await readMove(layout, rec.volumeId);
+    if (intent === undefined || intent.error !== undefined) return;
+    const log = this.log.child({ volumeId: rec.volumeId, to: intent.to });
+    const writer = await this.writer(rec);
+    if (writer === undefined) return; // nothing writes it here: the controller moves it alone
+    if (!this.mounts.has(intent.to) || !(await this.mounts.health(intent.to)).usable) {
+      if (!committed(intent)) await writeMove(layout, rec.volumeId, { ...intent, error: `node ${hostname()} has no usable mount ${intent.to}` });
+      return;
+    }
+    const to = this.mounts.layout(intent.to);
+    const top = moveNode(intent.base);
+    if (intent.switched !== true) {
+      // Recorded before acting: from here on the target may hold writes the source lacks.
+      await writeMove(layout, rec.volumeId, { ...intent, switching: true });
+      try {
+        await this.exports.switchTo(writer, arrivalImage(to, rec.volumeId), top);
+      } catch (e) {
+        if ((await this.exports.top(writer).catch(() => undefined)) === top) throw e;
+        log.error({ err: describe(e) }, 'could not move the writes to the target; the move is undone');
+        const { switching: _not, ...before } = intent;
+        await writeMove(layout, rec.volumeId, { ...before, error: describe(e) });
+        return;
+      }
+      crashPoint('node-move:switched');
+      await writeMove(layout, rec.volumeId, { ...intent, switching: true, switched: true });
+      log.info('the volume\'s writes land on the target mount now');
+      return;
+    }
+    if (intent.based === true && intent.repointed !== true) {
+      await this.exports.repoint(writer, top, { node: baseNode(intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
+      const moved: StageRecord = { ...rec, image: to.imagePath(rec.volumeId, 'qcow2'), mount: intent.to, layers: { [intent.base]: baseNode(intent.base) } };
+      await this.state.write(moved);
+      await writeMove(layout, rec.volumeId, { ...intent, repointed: true });
+      log.info('the export reads the copy on the target mount; the source can go');
+    }
   }
 
   private async switchLayer(rec: StageRecord, layout: Layout): Promise<void> {
@@ -102,7 +161,7 @@ export class NodeLayering {
     if ((await phaseOf(layout, rec.volumeId, intent)) !== 'ready') return;
     const log = this.log.child({ volumeId: rec.volumeId, snapshotId: intent.snapshotId });
     // A read-only export, or none alive, writes nothing: the rename alone is the switch.
-    const writer = rec.export !== undefined && !rec.export.readOnly && (await this.exports.isAlive(rec.export)) ? rec.export : undefined;
+    const writer = await this.writer(rec);
     if (writer !== undefined) {
       try {
         // Named before the switch: afterwards the old top is the snapshot's image, and merges address it.

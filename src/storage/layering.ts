@@ -18,10 +18,10 @@
  * volume's image is no longer the snapshot's inode. Before it, undoing is
  * removing what was made; after it, finishing is writing the records.
  */
-import { link, readFile, rename, rm, stat } from 'node:fs/promises';
+import { link, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Layout } from './layout.js';
-import { readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
+import { readJsonFile, readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
 
 export interface LayerIntent {
   /** The snapshot the volume's current image becomes. */
@@ -47,16 +47,7 @@ export const intentPath = (layout: Layout, volumeId: string): string => join(lay
 export const overlayPath = (layout: Layout, volumeId: string, snapshotId: string): string =>
   join(layout.volumeDir(volumeId), `.layer-${snapshotId}.qcow2`);
 
-async function readJson<T>(path: string): Promise<T | undefined> {
-  try {
-    return JSON.parse(await readFile(path, 'utf8')) as T;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-}
-
-export const readIntent = (layout: Layout, volumeId: string): Promise<LayerIntent | undefined> => readJson(intentPath(layout, volumeId));
+export const readIntent = (layout: Layout, volumeId: string): Promise<LayerIntent | undefined> => readJsonFile(intentPath(layout, volumeId));
 
 export async function writeIntent(layout: Layout, volumeId: string, intent: LayerIntent): Promise<void> {
   await writeJsonAtomic(intentPath(layout, volumeId), intent);
@@ -127,7 +118,7 @@ export interface MergeRequest {
 }
 
 export const mergePath = (layout: Layout, volumeId: string): string => join(layout.volumeDir(volumeId), 'merging.json');
-export const readMerge = (layout: Layout, volumeId: string): Promise<MergeRequest | undefined> => readJson(mergePath(layout, volumeId));
+export const readMerge = (layout: Layout, volumeId: string): Promise<MergeRequest | undefined> => readJsonFile(mergePath(layout, volumeId));
 export const writeMerge = (layout: Layout, volumeId: string, request: MergeRequest): Promise<void> =>
   writeJsonAtomic(mergePath(layout, volumeId), request);
 export const removeMerge = (layout: Layout, volumeId: string): Promise<void> => rm(mergePath(layout, volumeId), { force: true });

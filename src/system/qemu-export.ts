@@ -89,6 +89,13 @@ export interface QemuExports {
   /** The node the export serves now (the top of its chain). */
   top(handle: ExportHandle): Promise<string>;
   /**
+   * Makes node `top` (added by switchTo) read through `base` — an image with
+   * the same data as its current backing chain — and closes the old chain
+   * (blockdev-add, blockdev-reopen, blockdev-del). The data the export shows
+   * does not change.
+   */
+  repoint(handle: ExportHandle, top: string, base: ChainLayer): Promise<void>;
+  /**
    * Starts copying the layers between `device` and `baseNode` (all of them
    * without one) into `device`, which then reads through `baseNode`, its header
    * naming `backingFile` (block-stream). Returns at once: the job runs in qemu.
@@ -111,6 +118,8 @@ export const MAX_SOCKET_PATH = 107;
 
 const EXPORT_ID = 'export0';
 const nodeName = (format: Format): string => (format === 'raw' ? 'file0' : 'fmt0');
+/** The file node under a format node that switchTo added. */
+const fileNode = (node: string): string => `${node}f`;
 // 'Failed to get "write" lock' (writer) or 'Failed to get shared "write" lock' (reader).
 const LOCK_CONFLICT = /Failed to get (shared )?".*" lock/;
 
@@ -317,15 +326,56 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await Qmp.session(h.qmpSocket, 30_000, async (q) => {
       const top = await topNode(q, h);
       if (top === node) return;
-      const file = { driver: 'file', filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
-      const add = await q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file, backing: null, discard: 'unmap' });
-      // Added before a crash of the plugin, but not switched: the node is there to use.
-      if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${overlay} failed: ${add.error}`);
+      // The file node is named (<node>f) so a later blockdev-reopen of the overlay can name its child.
+      const file = { driver: 'file', 'node-name': fileNode(node), filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
+      for (const [what, args] of [['file', file], ['overlay', { driver: 'qcow2', 'node-name': node, file: fileNode(node), backing: null, discard: 'unmap' }]] as const) {
+        const add = await q.execute('blockdev-add', args);
+        // Added before a crash of the plugin, but not switched: the node is there to use.
+        if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of the ${what} ${overlay} failed: ${add.error}`);
+      }
       const snap = await q.execute('blockdev-snapshot', { node: top, overlay: node });
       if (!snap.ok) {
-        await q.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+        await dropNodes(q, [node, fileNode(node)]);
         throw internal(`blockdev-snapshot of ${h.image} onto ${overlay} failed: ${snap.error}`);
       }
+    });
+  }
+
+  /**
+   * Removes nodes nothing uses any more (parents before children: a node in
+   * use stays until its parent went, so this goes round until nothing changes).
+   */
+  async function dropNodes(q: Qmp, names: readonly string[]): Promise<string[]> {
+    let left = [...names];
+    for (let progress = true; progress && left.length > 0; ) {
+      progress = false;
+      for (const name of [...left]) {
+        const r = await q.execute('blockdev-del', { 'node-name': name });
+        if (r.ok || /Cannot find node|Failed to find node/i.test(r.error)) {
+          left = left.filter((n) => n !== name);
+          progress = true;
+        }
+      }
+    }
+    return left;
+  }
+
+  async function repoint(h: ExportHandle, top: string, base: ChainLayer): Promise<void> {
+    await Qmp.session(h.qmpSocket, 60_000, async (q) => {
+      const file = { driver: 'file', filename: base.image, aio: h.aio, cache: { direct: h.directIo }, locking: 'on' };
+      const add = await q.execute('blockdev-add', { driver: base.format, 'node-name': base.node, 'read-only': true, file });
+      if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${base.image} failed: ${add.error}`);
+      const reopen = await q.execute('blockdev-reopen', {
+        options: [{ driver: 'qcow2', 'node-name': top, file: fileNode(top), backing: base.node, discard: 'unmap' }],
+      });
+      if (!reopen.ok) throw internal(`blockdev-reopen of ${h.image} onto ${base.image} failed: ${reopen.error}`);
+      // Everything else the daemon has open is the old chain: let it go, so its files can be removed.
+      const nodes = await q.execute('query-named-block-nodes', { flat: true });
+      const names = nodes.ok && Array.isArray(nodes.value) ? (nodes.value as { 'node-name'?: string }[]).map((n) => n['node-name'] ?? '') : [];
+      const keep = new Set([top, fileNode(top), base.node]);
+      const stale = names.filter((n) => n !== '' && !n.startsWith('#') && !keep.has(n));
+      const left = await dropNodes(q, stale);
+      if (left.length > 0) log.warn({ image: h.image, nodes: left }, 'old layers are still in use in the export; they close when it stops');
     });
   }
 
@@ -379,5 +429,5 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await teardown(paths, undefined, image);
   }
 
-  return { start, isAlive, resize, switchTo, stream, jobs, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
+  return { start, isAlive, resize, switchTo, repoint, stream, jobs, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }
