@@ -24,6 +24,7 @@ import { describe, internal } from '../domain/errors.js';
 import { backingReference } from '../storage/image-header.js';
 import { Layout } from '../storage/layout.js';
 import { readIntent, readMerge, removeMerge, writeMerge } from '../storage/layering.js';
+import { readMove } from '../storage/moving.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { VolumeStore } from '../storage/volume-store.js';
@@ -79,8 +80,10 @@ export class Merger {
     if (deps.length !== 1 || into === undefined) return 'idle';
     const log = this.log.child({ snapshotId: id, into, mount });
     const dep = await this.dependent(layout, into);
-    if (dep === undefined || dep.backing !== id) {
-      // A ref left by a crash: nothing reads this layer through `into`.
+    // Not (yet) there: a volume being built or arriving by a live move records its ref first. Left alone.
+    if (dep === undefined) return 'idle';
+    if (dep.backing !== id) {
+      // A ref left by a crash after a merge rewrote the dependent: nothing reads this layer through it.
       await this.snapshots.release(layout, id, into);
       return 'merged';
     }
@@ -156,8 +159,9 @@ export class Merger {
     return [...tops].sort();
   }
 
+  /** A layer switch or a live move under way changes the chain (or copies it): merges wait for it. */
   private async busyLayering(layout: Layout, tops: string[]): Promise<boolean> {
-    for (const v of tops) if ((await readIntent(layout, v)) !== undefined) return true;
+    for (const v of tops) if ((await readIntent(layout, v)) !== undefined || (await readMove(layout, v)) !== undefined) return true;
     return false;
   }
 
