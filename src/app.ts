@@ -92,9 +92,13 @@ export function buildApp(config: Config, log: Logger): App {
   const snapshotStore = new SnapshotStore(mounts);
   const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
   if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
+  merger.report = metrics.layerEvent;
+  metrics.watchMerges(() => merger.waitingCount);
   const layering = new Layering(store, snapshotStore, qemuImg);
   const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
   const settler = new Settler(store, layering, mover);
+  layering.report = metrics.layerEvent;
+  mover.report = metrics.layerEvent;
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
@@ -104,6 +108,7 @@ export function buildApp(config: Config, log: Logger): App {
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, run, store, mounts, locks);
+  nodeSide.layers.report = metrics.layerEvent;
   let stopLayers = async (): Promise<void> => undefined;
   let stopMerges = async (): Promise<void> => undefined;
 

@@ -14,6 +14,9 @@ import type { ListenAddress } from './config.js';
 import type { RpcObserver } from './csi/handle.js';
 import type { Mounts } from './storage/mounts.js';
 
+/** Told of each step of the layer machinery: what it was and how it ended. */
+export type LayerEvents = (operation: string, outcome: 'done' | 'waiting' | 'failed') => void;
+
 // From a cached Probe (1 ms) to a full copy of a large image (an hour).
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
 
@@ -51,6 +54,18 @@ export class Metrics {
     'Snapshot directories on a mounted share, including hidden bases kept alive by clones',
   );
 
+  private readonly layerOps = new Counter({
+    name: 'filedriver_layer_operations_total',
+    help: 'Snapshot layers, merges and live moves, by step and outcome (done, waiting for a node or lock, failed)',
+    labelNames: ['operation', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  private readonly mergesWaiting = new Gauge({
+    name: 'filedriver_merges_waiting',
+    help: 'Deleted snapshot layers waiting to be merged (for a node, a lock, or the volume to be detached or snapshotted)',
+    registers: [this.registry],
+  });
+
   constructor(private readonly mounts: Mounts) {
     collectDefaultMetrics({ register: this.registry });
   }
@@ -64,9 +79,19 @@ export class Metrics {
     else if (method === 'NodeUnstageVolume') this.detaches.inc();
   };
 
+  /** For the layer machinery (controller/layering, merger, live-move; node/layers). */
+  readonly layerEvent: LayerEvents = (operation, outcome) => this.layerOps.inc({ operation, outcome });
+
+  /** How many merges wait, read at scrape time. */
+  watchMerges(waiting: () => number): void {
+    this.waitingMerges = waiting;
+  }
+  private waitingMerges: () => number = () => 0;
+
   /** The exposition text, with the mount gauges read now. */
   async render(): Promise<string> {
     await this.readMounts();
+    this.mergesWaiting.set(this.waitingMerges());
     return this.registry.metrics();
   }
 

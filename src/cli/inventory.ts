@@ -2,6 +2,8 @@
 import { stat } from 'node:fs/promises';
 import { describe } from '../domain/errors.js';
 import type { Layout } from '../storage/layout.js';
+import { intentPath, mergePath, readIntent, readMerge } from '../storage/layering.js';
+import { moveIntentPath, readMove } from '../storage/moving.js';
 import type { MountHealth } from '../storage/mounts.js';
 import type { SnapshotRecord, VolumeRecord } from '../storage/records.js';
 import type { Context } from './context.js';
@@ -16,7 +18,15 @@ interface Entry<R> {
   allocatedBytes: bigint | undefined;
 }
 
-export type VolumeEntry = Entry<VolumeRecord>;
+/** Work under way on a volume, from the files that carry it between controller and node. */
+export interface Pending {
+  kind: 'snapshot layer' | 'merge' | 'move';
+  detail: string;
+  /** When the file was last written. */
+  sinceMs: number;
+}
+
+export type VolumeEntry = Entry<VolumeRecord> & { pending: Pending[] };
 export type SnapshotEntry = Entry<SnapshotRecord> & { dependents: string[] };
 
 export interface MountInventory {
@@ -33,9 +43,10 @@ export async function takeInventory(ctx: Context): Promise<MountInventory[]> {
       const layout = ctx.mounts.layout(health.name);
       if (!health.mounted) return { health, layout, volumes: [], snapshots: [] };
       const volumes = await Promise.all(
-        (await ctx.store.ids(layout)).map((id) =>
-          entry(id, () => ctx.store.read(layout, id), (r) => layout.imagePath(id, r.format), 'volume.json'),
-        ),
+        (await ctx.store.ids(layout)).map(async (id) => ({
+          ...(await entry(id, () => ctx.store.read(layout, id), (r) => layout.imagePath(id, r.format), 'volume.json')),
+          pending: await pendingOf(layout, id),
+        })),
       );
       const snapshots = await Promise.all(
         (await ctx.snapshots.ids(layout)).map(async (id) => ({
@@ -64,4 +75,23 @@ async function entry<R extends { format: VolumeRecord['format'] }>(
   const image = imageOf(record);
   const st = await stat(image, { bigint: true }).catch(() => undefined);
   return { id, record, error: undefined, image, allocatedBytes: st === undefined ? undefined : st.blocks * 512n };
+}
+
+async function pendingOf(layout: Layout, id: string): Promise<Pending[]> {
+  const since = async (path: string): Promise<number> => (await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now();
+  const found: Pending[] = [];
+  const layer = await readIntent(layout, id).catch(() => undefined);
+  if (layer !== undefined) {
+    found.push({ kind: 'snapshot layer', detail: `snapshot ${layer.snapshotId} waits for the switch${layer.error === undefined ? '' : ` (failed: ${layer.error})`}`, sinceMs: await since(intentPath(layout, id)) });
+  }
+  const merge = await readMerge(layout, id).catch(() => undefined);
+  if (merge !== undefined) {
+    found.push({ kind: 'merge', detail: `layer ${merge.layer} into ${merge.into}, asked of the node${merge.error === undefined ? '' : ` (failed: ${merge.error})`}`, sinceMs: await since(mergePath(layout, id)) });
+  }
+  const move = await readMove(layout, id).catch(() => undefined);
+  if (move !== undefined) {
+    const step = move.repointed ? 'repointed' : move.based ? 'base copied' : move.switched ? 'switched' : move.switching ? 'switching' : 'prepared';
+    found.push({ kind: 'move', detail: `to mount ${move.to}, ${step}${move.error === undefined ? '' : ` (failed: ${move.error})`}`, sinceMs: await since(moveIntentPath(layout, id)) });
+  }
+  return found;
 }

@@ -8,7 +8,9 @@ const HELP = `Usage: filedriver list [--json] [mount options]
 Lists each mount's state, then its volumes and snapshots: id, name, format, virtual size,
 bytes allocated on the share, the snapshot backing it (linked clones), the nodes a volume is
 published to, the volumes and snapshots that depend on a snapshot, and flags (hidden: deleted
-but still backing a dependent; internal: a base filedriver made for a clone or golden image).
+but still backing a dependent; internal: a base filedriver made for a clone, golden image or
+move; to-merge: hidden with one dependent, to be merged into it; not-ready: a snapshot layer
+whose volume's node has yet to switch; layering, merging, moving: work under way on a volume).
 A mount that is not mounted is shown without contents.
 
   --json            machine-readable output; sizes are exact decimal strings of bytes
@@ -59,6 +61,7 @@ function volumeJson(v: VolumeEntry) {
     allocatedBytes: bytes(v.allocatedBytes),
     publishedTo: r?.publications.map((p) => p.node) ?? [],
     backing: r?.backing ?? null,
+    pending: v.pending.map((p) => ({ kind: p.kind, detail: p.detail, since: new Date(p.sinceMs).toISOString() })),
     pvc: r?.pvc ?? null,
     createdAt: r?.createdAt ?? null,
     error: v.error ?? (r !== undefined && v.allocatedBytes === undefined ? 'image is missing' : null),
@@ -78,6 +81,8 @@ function snapshotJson(s: SnapshotEntry) {
     dependents: s.dependents,
     hidden: r?.deleted ?? false,
     internal: r?.internal ?? false,
+    ready: r?.pending !== true,
+    merging: r?.deleted === true && s.dependents.length === 1,
     method: r?.method ?? null,
     createdAt: r?.createdAt ?? null,
     error: s.error ?? (r !== undefined && s.allocatedBytes === undefined ? 'image is missing' : null),
@@ -106,7 +111,11 @@ const flags = (...set: [boolean, string][]): string => list(set.filter(([on]) =>
 function volumeRow(mount: string, v: VolumeEntry): string[] {
   const r = v.record;
   const nodes = list(r?.publications.map((p) => p.node));
-  const flagged = flags([v.error !== undefined, 'unreadable'], [r !== undefined && v.allocatedBytes === undefined, 'image-missing']);
+  const flagged = flags(
+    [v.error !== undefined, 'unreadable'],
+    [r !== undefined && v.allocatedBytes === undefined, 'image-missing'],
+    ...v.pending.map((p): [boolean, string] => [true, p.kind === 'snapshot layer' ? 'layering' : p.kind === 'merge' ? 'merging' : 'moving']),
+  );
   return [mount, 'volume', v.id, r?.format ?? '-', size(r?.sizeBytes), size(bytes(v.allocatedBytes)), r?.backing ?? '-', nodes, '-', flagged, r?.name ?? '-'];
 }
 
@@ -115,6 +124,8 @@ function snapshotRow(mount: string, s: SnapshotEntry): string[] {
   const flagged = flags(
     [r?.deleted === true, 'hidden'],
     [r?.internal === true, 'internal'],
+    [r?.pending === true, 'not-ready'],
+    [r?.deleted === true && s.dependents.length === 1, 'to-merge'],
     [s.error !== undefined, 'unreadable'],
     [r !== undefined && s.allocatedBytes === undefined, 'image-missing'],
   );

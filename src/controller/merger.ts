@@ -30,6 +30,7 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { Format } from '../domain/parameters.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { LayerEvents } from '../metrics.js';
 
 export type MergeOutcome = 'merged' | 'waiting' | 'idle';
 
@@ -49,6 +50,8 @@ interface Dependent {
 }
 
 export class Merger {
+  /** Told of each merge attempt's outcome (metrics). */
+  report: LayerEvents = () => undefined;
   private readonly queue = new Map<string, { mount: string; id: string }>();
   private readonly waiting = new Map<string, { mount: string; id: string }>();
   private wake: (() => void) | undefined;
@@ -61,6 +64,11 @@ export class Merger {
     private readonly locks: Locks,
     private readonly log: Logger,
   ) {}
+
+  /** Merges waiting for a node, a lock, or the volume to be detached. */
+  get waitingCount(): number {
+    return this.waiting.size;
+  }
 
   /** Snapshot `id` on the mount at `layout` may have become mergeable. */
   kick(layout: Layout, id: string): void {
@@ -213,9 +221,11 @@ export class Merger {
           this.waiting.delete(key);
           const outcome = await this.mergeAt(item.mount, item.id).catch((e: unknown) => {
             this.log.warn({ snapshotId: item.id, mount: item.mount, err: describe(e) }, 'merge failed; trying again later');
+            this.report('merge', 'failed');
             return 'waiting' as const;
           });
           if (outcome === 'waiting') this.waiting.set(key, item);
+          if (outcome !== 'idle') this.report('merge', outcome === 'merged' ? 'done' : 'waiting');
         }
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, RETRY_MS);
