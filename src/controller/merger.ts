@@ -99,7 +99,8 @@ export class Merger {
     const tops = await this.topsAbove(layout, into, dep.kind);
     let release: () => void;
     try {
-      release = this.locks.acquire([`snapshot:${id}`, ...tops.map((v) => `volume:${v}`)]);
+      // The dependent is rewritten: nothing may copy it meanwhile (a clone of it holds its lock too).
+      release = this.locks.acquire([`snapshot:${id}`, ...(dep.kind === 'snapshot' ? [`snapshot:${into}`] : []), ...tops.map((v) => `volume:${v}`)]);
     } catch {
       return 'waiting';
     }
