@@ -27,6 +27,7 @@ import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
+import { NodeHeartbeat, ShareNodeRegistry } from './storage/nodes.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
 import { cleanTemp } from './storage/whole.js';
@@ -100,7 +101,7 @@ export function buildApp(config: Config, log: Logger): App {
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
   const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
-  const publishing = new PublishService(volumes, mounts, store);
+  const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, run, store, mounts, locks);
@@ -125,6 +126,9 @@ export function buildApp(config: Config, log: Logger): App {
     return (await mounts.usable()).length > 0;
   };
 
+  const staged = async () => (await new StageState(stateDir(config)).list()).map((r) => r.volumeId);
+  const heartbeat = node ? new NodeHeartbeat(mounts, config.nodeId, version(), staged, log.child({ component: 'registry' })) : undefined;
+
   return {
     metrics,
     ready,
@@ -134,6 +138,7 @@ export function buildApp(config: Config, log: Logger): App {
       ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
     },
     async close() {
+      heartbeat?.stop();
       await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
@@ -152,6 +157,8 @@ export function buildApp(config: Config, log: Logger): App {
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
+      // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
+      await heartbeat?.start();
     },
   };
 }
