@@ -13,6 +13,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { ListenAddress } from './config.js';
 import type { RpcObserver } from './csi/handle.js';
 import type { Mounts } from './storage/mounts.js';
+import { readNodes, sighting } from './storage/nodes.js';
 
 // From a cached Probe (1 ms) to a full copy of a large image (an hour).
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
@@ -50,6 +51,7 @@ export class Metrics {
     'filedriver_snapshots',
     'Snapshot directories on a mounted share, including hidden bases kept alive by clones',
   );
+  private readonly nodes = this.mountGauge('filedriver_nodes', 'Node plugins registered on a mounted share with a fresh heartbeat');
 
   constructor(private readonly mounts: Mounts) {
     collectDefaultMetrics({ register: this.registry });
@@ -83,10 +85,12 @@ export class Metrics {
         // An unmounted share is an empty local directory: no count rather than a false 0.
         if (!h.mounted) return undefined;
         const layout = this.mounts.layout(h.name);
-        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots) };
+        const now = Date.now();
+        const nodes = (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length;
+        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots), nodes };
       }),
     );
-    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots]) g.reset();
+    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots, this.nodes]) g.reset();
     healths.forEach((h, i) => {
       const mount = h.name;
       this.usable.set({ mount }, h.usable ? 1 : 0);
@@ -97,6 +101,7 @@ export class Metrics {
       const c = counts[i];
       if (c?.volumes !== undefined) this.volumes.set({ mount }, c.volumes);
       if (c?.snapshots !== undefined) this.snapshots.set({ mount }, c.snapshots);
+      if (c !== undefined) this.nodes.set({ mount }, c.nodes);
     });
   }
 }

@@ -17,7 +17,7 @@ afterEach(() => {
 });
 
 /** Shares a, b, c in temp directories; `mounted` and `writable` say which count as such (mountinfo is faked). */
-function shares(mounted: string[], writable: string[] = mounted) {
+function shares(mounted: string[], writable: string[] = mounted, cacheMs = 0) {
   const base = mkdtempSync(join(tmpdir(), 'fdtest-unit-nodes-'));
   dirs.push(base);
   const paths = { a: join(base, 'a'), b: join(base, 'b'), c: join(base, 'c') };
@@ -33,7 +33,7 @@ function shares(mounted: string[], writable: string[] = mounted) {
     sameFilesystem: async () => true,
     space: async () => ({ freeBytes: 1n, totalBytes: 2n }),
   };
-  const mounts = new Mounts(Object.entries(paths).map(([name, path]) => ({ name, path })), probes, 0, log);
+  const mounts = new Mounts(Object.entries(paths).map(([name, path]) => ({ name, path })), probes, cacheMs, log);
   return { mounts, paths, layout: (n: 'a' | 'b' | 'c') => new Layout(paths[n]) };
 }
 
@@ -52,6 +52,15 @@ describe('node heartbeat', () => {
     expect(Date.parse(r.heartbeatAt)).not.toBeNaN();
     expect(readdirSync(layout('a').root).includes('nodes')).toBe(true);
     for (const n of ['b', 'c'] as const) expect(() => readdirSync(paths[n])).toThrow(/ENOENT/);
+  });
+
+  it('writes nothing into a share unmounted while its health is still cached', async () => {
+    const { mounts, layout } = shares(['a'], ['a'], 60_000);
+    const heartbeat = new NodeHeartbeat(mounts, 'node-1', 'v', async () => [], log);
+    expect(await heartbeat.beat()).toEqual(['a']);
+    rmSync(layout('a').root, { recursive: true }); // what a bare mountpoint looks like
+    expect(await heartbeat.beat()).toEqual([]);
+    expect(readdirSync(layout('a').mountPath)).toEqual([]);
   });
 
   it('stores an id that is not a safe file name under its hash, keeping the id inside', async () => {
