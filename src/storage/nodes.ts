@@ -1,7 +1,7 @@
 /**
  * The node registry, kept on the shares themselves: each node plugin writes
  * `filedriver/nodes/<node>.json` on every usable share it sees, and rewrites it
- * every HEARTBEAT_MS. The shares are the driver's only state and the only thing
+ * every HEARTBEAT_MS (node/heartbeat.ts). The shares are the driver's only state and the only thing
  * the controller and every node have in common (CSI gives the controller no way
  * to reach a node), so the registry lives there too: a share a node writes to
  * is one it sees, and a record on the volume's own share says the node can
@@ -9,7 +9,6 @@
  */
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger } from 'pino';
 import { describe, internal, unavailable } from '../domain/errors.js';
 import { idFromName } from '../domain/ids.js';
 import type { Layout } from './layout.js';
@@ -204,76 +203,5 @@ export class ShareNodeRegistry implements NodeRegistry {
     const down = health.filter((h) => !h.mounted);
     if (down.length === 0) return;
     throw unavailable(`${what}, and mount(s) ${down.map((h) => `${h.name} (${h.reason ?? 'unusable'})`).join(', ')} cannot be checked; retry when they are back`);
-  }
-}
-
-/**
- * The node plugin's side: writes this node's record on every usable share at
- * start-up (before the CSI socket serves, so NodeGetInfo → ControllerPublishVolume
- * never meets an unregistered node) and then every HEARTBEAT_MS.
- */
-export class NodeHeartbeat {
-  private timer: NodeJS.Timeout | undefined;
-  private stopped = false;
-  /** Writes still running, per mount: a hung share holds one, and is skipped until it returns. */
-  private readonly writing = new Map<string, Promise<unknown>>();
-  private readonly startedAt = new Date().toISOString();
-
-  constructor(
-    private readonly mounts: Mounts,
-    private readonly nodeId: string,
-    private readonly version: string,
-    private readonly staged: () => Promise<string[]>,
-    private readonly log: Logger,
-    private readonly intervalMs = HEARTBEAT_MS,
-  ) {}
-
-  /** One heartbeat; returns the mounts written. Never writes to a share that is not usable. */
-  async beat(): Promise<string[]> {
-    const usable = (await this.mounts.usable()).map((h) => h.name);
-    const record: NodeRecord = {
-      schema: NODE_SCHEMA,
-      node: this.nodeId,
-      mounts: usable,
-      staged: [...new Set(await this.staged())].sort(),
-      version: this.version,
-      startedAt: this.startedAt,
-      heartbeatAt: new Date().toISOString(),
-    };
-    const written = await Promise.all(
-      usable.map(async (name) => {
-        if (this.stopped || this.writing.has(name)) return undefined;
-        const write = writeNode(this.mounts.layout(name), record).then(
-          () => name,
-          (e: unknown) => {
-            this.mounts.invalidate(name);
-            this.log.warn({ mount: name, err: e }, 'could not write this node\'s registry record');
-            return undefined;
-          },
-        );
-        this.writing.set(name, write);
-        return write.finally(() => this.writing.delete(name));
-      }),
-    );
-    return written.filter((n): n is string => n !== undefined);
-  }
-
-  /** The first beat (awaited), then one every interval on an unref'd timer. */
-  async start(): Promise<void> {
-    const written = await this.beat();
-    if (written.length === 0) this.log.warn('no usable mount to register this node on; retrying with every heartbeat');
-    else this.log.info({ mounts: written }, 'node registered on the shares');
-    if (this.stopped) return;
-    this.timer = setInterval(() => {
-      this.beat().catch((e: unknown) => this.log.warn({ err: e }, 'node heartbeat failed'));
-    }, this.intervalMs);
-    this.timer.unref();
-  }
-
-  /** No beat starts after this. The record stays: a restarting node is still a known node. */
-  stop(): void {
-    this.stopped = true;
-    if (this.timer !== undefined) clearInterval(this.timer);
-    this.timer = undefined;
   }
 }

@@ -6,7 +6,8 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Layout } from '../../src/storage/layout.js';
 import { linuxProbes, Mounts, type MountProbes } from '../../src/storage/mounts.js';
-import { forgetNode, HEARTBEAT_MS, NODE_SCHEMA, NodeHeartbeat, nodeFile, readNodes, ShareNodeRegistry, STALE_MS, writeNode, type NodeRecord } from '../../src/storage/nodes.js';
+import { NodeHeartbeat } from '../../src/node/heartbeat.js';
+import { forgetNode, HEARTBEAT_MS, NODE_SCHEMA, nodeFile, readNodes, ShareNodeRegistry, STALE_MS, writeNode, type NodeRecord } from '../../src/storage/nodes.js';
 import { parseMountInfo } from '../../src/system/mountinfo.js';
 
 const log = pino({ level: 'silent' });
