@@ -14,6 +14,7 @@ export class NodeHeartbeat {
   /** Writes still running, per mount: a hung share holds one, and is skipped until it returns. */
   private readonly writing = new Map<string, Promise<unknown>>();
   private readonly startedAt = new Date().toISOString();
+  private lastStaged: string[] = [];
 
   constructor(
     private readonly mounts: Mounts,
@@ -31,7 +32,7 @@ export class NodeHeartbeat {
       schema: NODE_SCHEMA,
       node: this.nodeId,
       mounts: usable,
-      staged: [...new Set(await this.staged())].sort(),
+      staged: await this.readStaged(),
       version: this.version,
       startedAt: this.startedAt,
       heartbeatAt: new Date().toISOString(),
@@ -57,6 +58,16 @@ export class NodeHeartbeat {
       }),
     );
     return written.filter((n): n is string => n !== undefined);
+  }
+
+  /** Staged volumes; when the stage records cannot be read, the last list read: the node still beats. */
+  private async readStaged(): Promise<string[]> {
+    try {
+      this.lastStaged = [...new Set(await this.staged())].sort();
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not read this node\'s stage records; the registry keeps the last list read');
+    }
+    return this.lastStaged;
   }
 
   /** The first beat (awaited), then one every interval on an unref'd timer. */

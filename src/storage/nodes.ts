@@ -169,13 +169,15 @@ export class ShareNodeRegistry implements NodeRegistry {
   ) {}
 
   async lookup(nodeId: string, first?: string): Promise<NodeSighting[] | undefined> {
-    if (first !== undefined && this.mounts.has(first) && (await this.mounts.health(first)).mounted) {
+    // The volume's mount alone answers for a node registered there: other shares are not touched.
+    const firstRead = first !== undefined && this.mounts.has(first) && (await this.mounts.health(first)).mounted;
+    if (firstRead) {
       const record = await readNode(this.mounts.layout(first), nodeId);
       if (record !== undefined) return [sighting(first, record, this.now())];
     }
-    const health = (await this.mounts.all()).filter((h) => h.name !== first);
+    const health = await this.mounts.all();
     const found = await Promise.all(
-      health.filter((h) => h.mounted).map(async (h) => {
+      health.filter((h) => h.mounted && !(firstRead && h.name === first)).map(async (h) => {
         const record = await readNode(this.mounts.layout(h.name), nodeId);
         return record === undefined ? undefined : sighting(h.name, record, this.now());
       }),

@@ -64,6 +64,19 @@ describe('node heartbeat', () => {
     expect(readdirSync(layout('a').mountPath)).toEqual([]);
   });
 
+  it('still beats when the stage records cannot be read, keeping the last list', async () => {
+    const { mounts, layout } = shares(['a']);
+    let fail = false;
+    const heartbeat = new NodeHeartbeat(mounts, 'node-1', 'v', async () => {
+      if (fail) throw new Error('stage.json is not JSON');
+      return ['pvc-1'];
+    }, log);
+    await heartbeat.beat();
+    fail = true;
+    expect(await heartbeat.beat()).toEqual(['a']);
+    expect((await readNodes(layout('a')))[0]?.record?.staged).toEqual(['pvc-1']);
+  });
+
   it('stores an id that is not a safe file name under its hash, keeping the id inside', async () => {
     const { mounts, layout } = shares(['a']);
     const id = 'Node With Spaces/and/slashes';
@@ -114,6 +127,14 @@ describe('node registry', () => {
     const partial = shares(['a', 'b']);
     await partial.mounts.all();
     await expect(new ShareNodeRegistry(partial.mounts).lookup('node-x', 'a')).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/node-x.*mount\(s\) c/) });
+  });
+
+  it('answers UNAVAILABLE, not unknown, when the volume\'s own mount is the one unmounted', async () => {
+    const { mounts, layout } = shares(['b', 'c']);
+    await mounts.all();
+    await writeNode(layout('b'), record('node-1'));
+    expect((await new ShareNodeRegistry(mounts).lookup('node-1', 'a'))?.map((s) => s.mount)).toEqual(['b']);
+    await expect(new ShareNodeRegistry(mounts).lookup('node-x', 'a')).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/mount\(s\) a/) });
   });
 
   it('still knows a node whose heartbeat stopped, marked stale', async () => {
