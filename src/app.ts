@@ -84,7 +84,7 @@ export function buildApp(config: Config, log: Logger): App {
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
-  const metrics = new Metrics(mounts);
+  const metrics = new Metrics(mounts, config.mode !== 'node');
   // One set of locks for the RPCs and the node's background work on the same volumes.
   const locks = new KeyedLocks();
   const handle = makeHandle(log, locks, metrics.observe);

@@ -53,7 +53,14 @@ export class Metrics {
   );
   private readonly nodes = this.mountGauge('filedriver_nodes', 'Node plugins registered on a mounted share with a fresh heartbeat');
 
-  constructor(private readonly mounts: Mounts) {
+  /**
+   * `countNodes`: only the controller reports filedriver_nodes. On every node it would read every
+   * node's record from every share at each scrape, which grows with the square of the cluster.
+   */
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly countNodes = true,
+  ) {
     collectDefaultMetrics({ register: this.registry });
   }
 
@@ -86,7 +93,7 @@ export class Metrics {
         if (!h.mounted) return undefined;
         const layout = this.mounts.layout(h.name);
         const now = Date.now();
-        const nodes = (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length;
+        const nodes = this.countNodes ? (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length : undefined;
         return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots), nodes };
       }),
     );
@@ -101,7 +108,7 @@ export class Metrics {
       const c = counts[i];
       if (c?.volumes !== undefined) this.volumes.set({ mount }, c.volumes);
       if (c?.snapshots !== undefined) this.snapshots.set({ mount }, c.snapshots);
-      if (c !== undefined) this.nodes.set({ mount }, c.nodes);
+      if (c?.nodes !== undefined) this.nodes.set({ mount }, c.nodes);
     });
   }
 }
