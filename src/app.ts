@@ -27,6 +27,7 @@ import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
+import { ShareNodeRegistry } from './storage/nodes.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
 import { cleanTemp } from './storage/whole.js';
@@ -37,6 +38,7 @@ import { makeLoopDevices } from './system/loop-devices.js';
 import { makeQemuExports } from './system/qemu-export.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
+import { NodeHeartbeat } from './node/heartbeat.js';
 import { Publisher } from './node/publish.js';
 import { NodeLayering } from './node/layers.js';
 import { Stager } from './node/stage.js';
@@ -82,7 +84,7 @@ export function buildApp(config: Config, log: Logger): App {
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
-  const metrics = new Metrics(mounts);
+  const metrics = new Metrics(mounts, config.mode !== 'node');
   // One set of locks for the RPCs and the node's background work on the same volumes.
   const locks = new KeyedLocks();
   const handle = makeHandle(log, locks, metrics.observe);
@@ -104,7 +106,7 @@ export function buildApp(config: Config, log: Logger): App {
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
   const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
-  const publishing = new PublishService(volumes, mounts, store);
+  const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, run, store, mounts, locks);
@@ -130,6 +132,9 @@ export function buildApp(config: Config, log: Logger): App {
     return (await mounts.usable()).length > 0;
   };
 
+  const staged = async () => (await new StageState(stateDir(config)).list()).map((r) => r.volumeId);
+  const heartbeat = node ? new NodeHeartbeat(mounts, config.nodeId, version(), staged, log.child({ component: 'registry' })) : undefined;
+
   return {
     metrics,
     ready,
@@ -139,6 +144,7 @@ export function buildApp(config: Config, log: Logger): App {
       ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
     },
     async close() {
+      heartbeat?.stop();
       await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
@@ -157,6 +163,8 @@ export function buildApp(config: Config, log: Logger): App {
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
+      // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
+      await heartbeat?.start();
     },
   };
 }

@@ -13,6 +13,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { ListenAddress } from './config.js';
 import type { RpcObserver } from './csi/handle.js';
 import type { Mounts } from './storage/mounts.js';
+import { readNodes, sighting } from './storage/nodes.js';
 
 /** Told of each step of the layer machinery: what it was and how it ended. */
 export type LayerEvents = (operation: string, outcome: 'done' | 'waiting' | 'failed') => void;
@@ -53,6 +54,7 @@ export class Metrics {
     'filedriver_snapshots',
     'Snapshot directories on a mounted share, including hidden bases kept alive by clones',
   );
+  private readonly nodes = this.mountGauge('filedriver_nodes', 'Node plugins registered on a mounted share with a fresh heartbeat');
 
   private readonly layerOps = new Counter({
     name: 'filedriver_layer_operations_total',
@@ -66,7 +68,14 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(private readonly mounts: Mounts) {
+  /**
+   * `countNodes`: only the controller reports filedriver_nodes. On every node it would read every
+   * node's record from every share at each scrape, which grows with the square of the cluster.
+   */
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly countNodes = true,
+  ) {
     collectDefaultMetrics({ register: this.registry });
   }
 
@@ -108,10 +117,12 @@ export class Metrics {
         // An unmounted share is an empty local directory: no count rather than a false 0.
         if (!h.mounted) return undefined;
         const layout = this.mounts.layout(h.name);
-        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots) };
+        const now = Date.now();
+        const nodes = this.countNodes ? (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length : undefined;
+        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots), nodes };
       }),
     );
-    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots]) g.reset();
+    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots, this.nodes]) g.reset();
     healths.forEach((h, i) => {
       const mount = h.name;
       this.usable.set({ mount }, h.usable ? 1 : 0);
@@ -122,6 +133,7 @@ export class Metrics {
       const c = counts[i];
       if (c?.volumes !== undefined) this.volumes.set({ mount }, c.volumes);
       if (c?.snapshots !== undefined) this.snapshots.set({ mount }, c.snapshots);
+      if (c?.nodes !== undefined) this.nodes.set({ mount }, c.nodes);
     });
   }
 }

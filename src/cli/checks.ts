@@ -16,7 +16,7 @@ import type { MountInventory, SnapshotEntry, VolumeEntry } from './inventory.js'
 export type Status = 'ok' | 'problem' | 'fixed' | 'note';
 
 export interface Finding {
-  check: 'tool' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref' | 'pending';
+  check: 'tool' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref' | 'pending' | 'node';
   subject: string;
   status: Status;
   message: string;

@@ -5,6 +5,7 @@ import type { Layout } from '../storage/layout.js';
 import { intentPath, mergePath, readIntent, readMerge } from '../storage/layering.js';
 import { moveIntentPath, readMove } from '../storage/moving.js';
 import type { MountHealth } from '../storage/mounts.js';
+import { readNodes, type NodeEntry } from '../storage/nodes.js';
 import type { SnapshotRecord, VolumeRecord } from '../storage/records.js';
 import type { Context } from './context.js';
 
@@ -34,6 +35,8 @@ export interface MountInventory {
   layout: Layout;
   volumes: VolumeEntry[];
   snapshots: SnapshotEntry[];
+  /** Node registry records on the share (storage/nodes.ts). */
+  nodes: NodeEntry[];
 }
 
 /** Mounts that are not mounted are listed with no entries: their directory is not the share's. */
@@ -41,7 +44,7 @@ export async function takeInventory(ctx: Context): Promise<MountInventory[]> {
   return Promise.all(
     (await ctx.mounts.all()).map(async (health) => {
       const layout = ctx.mounts.layout(health.name);
-      if (!health.mounted) return { health, layout, volumes: [], snapshots: [] };
+      if (!health.mounted) return { health, layout, volumes: [], snapshots: [], nodes: [] };
       const volumes = await Promise.all(
         (await ctx.store.ids(layout)).map(async (id) => ({
           ...(await entry(id, () => ctx.store.read(layout, id), (r) => layout.imagePath(id, r.format), 'volume.json')),
@@ -54,7 +57,7 @@ export async function takeInventory(ctx: Context): Promise<MountInventory[]> {
           dependents: (await ctx.snapshots.dependents(layout, id)).sort(),
         })),
       );
-      return { health, layout, volumes, snapshots };
+      return { health, layout, volumes, snapshots, nodes: await readNodes(layout) };
     }),
   );
 }

@@ -2,6 +2,7 @@
 import { invalid } from '../domain/errors.js';
 import { buildContext, COMMON_HELP, COMMON_OPTIONS, humanBytes, parseCommand, say } from './context.js';
 import { takeInventory, type MountInventory, type SnapshotEntry, type VolumeEntry } from './inventory.js';
+import { humanAge, nodeSummaries, type NodeSummary } from './nodes.js';
 
 const HELP = `Usage: filedriver list [--json] [mount options]
 
@@ -11,7 +12,8 @@ published to, the volumes and snapshots that depend on a snapshot, and flags (hi
 but still backing a dependent; internal: a base filedriver made for a clone, golden image or
 move; to-merge: hidden with one dependent, to be merged into it; not-ready: a snapshot layer
 whose volume's node has yet to switch; layering, merging, moving: work under way on a volume).
-A mount that is not mounted is shown without contents.
+A mount that is not mounted is shown without contents. Then the node plugins registered on
+the mounts: last heartbeat, stale or not, the volumes staged there and the mounts each sees.
 
   --json            machine-readable output; sizes are exact decimal strings of bytes
 
@@ -30,7 +32,7 @@ export async function listCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw invalid(`list takes no arguments, got ${positionals.join(' ')}`);
   const inventory = await takeInventory(buildContext(values));
-  say(values.json === true ? JSON.stringify({ mounts: inventory.map(mountJson) }, null, 2) : text(inventory));
+  say(values.json === true ? JSON.stringify({ mounts: inventory.map(mountJson), nodes: nodeSummaries(inventory).map(nodeJson) }, null, 2) : text(inventory));
   return 0;
 }
 
@@ -101,7 +103,19 @@ function text(inventory: MountInventory[]): string {
     for (const s of m.snapshots) rows.push(snapshotRow(m.health.name, s));
   }
   const objects = rows.length > 1 ? table(rows) : 'no volumes or snapshots';
-  return `${table(mounts)}\n\n${objects}`;
+  return `${table(mounts)}\n\n${objects}\n\n${nodesText(nodeSummaries(inventory))}`;
+}
+
+function nodeJson(n: NodeSummary) {
+  const r = n.record;
+  return { node: r.node, registeredOn: n.registeredOn, sees: r.mounts, staged: r.staged, version: r.version, startedAt: r.startedAt, heartbeatAt: r.heartbeatAt, stale: !n.fresh };
+}
+
+function nodesText(nodes: NodeSummary[]): string {
+  if (nodes.length === 0) return 'no nodes registered';
+  const rows = [['NODE', 'HEARTBEAT', 'STATE', 'STAGED', 'SEES', 'VERSION']];
+  for (const n of nodes) rows.push([n.record.node, `${humanAge(n.ageMs)} ago`, n.fresh ? 'fresh' : 'stale', list(n.record.staged), list(n.record.mounts), n.record.version || '-']);
+  return table(rows);
 }
 
 const size = (text: string | null | undefined): string => (text === null || text === undefined ? '-' : humanBytes(BigInt(text)));

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
@@ -358,6 +359,17 @@ describe.skipIf(!isRoot)('admin commands', () => {
     await c('DeleteSnapshot', { snapshot_id: 'snap-wait' });
   });
 
+  it('lists the nodes registered on the mounts, stale ones marked', async () => {
+    await registerNodes([ram.path], ['node-down'], new Date(Date.now() - 3 * 3600_000));
+    const res = await fd('list');
+    const row = (node: string) => res.stdout.split('\n').find((l) => l.split(/\s+/)[0] === node) ?? '';
+    expect(row('node-a')).toMatch(/^node-a\s+\d+s ago\s+fresh\s+-\s+fast,plain,ram\s/);
+    expect(row('node-down')).toMatch(/^node-down\s+3h ago\s+stale\s/);
+    const json = JSON.parse((await fd('list', '--json')).stdout);
+    expect(json.nodes.find((n: { node: string }) => n.node === 'node-a')).toMatchObject({ registeredOn: ['fast', 'plain', 'ram'], sees: ['fast', 'plain', 'ram'], staged: [], stale: false });
+    expect(json.nodes.find((n: { node: string }) => n.node === 'node-down')).toMatchObject({ registeredOn: ['ram'], stale: true });
+  });
+
   it('doctor reports leftovers, broken chains, duplicates and orphaned hidden snapshots, and --fix removes what is safe', async () => {
     const healthy = await fd('doctor');
     expect(healthy.stdout).toMatch(/^healthy$/m);
@@ -376,6 +388,7 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const hourAgo = new Date(Date.now() - 2 * 3600_000);
     utimesSync(join(ghost, 'refs'), hourAgo, hourAgo);
     execFileSync('cp', ['-a', volDir(ram, 'overlay'), volDir(plain, 'overlay')]);
+    await registerNodes([plain.path], ['node-gone'], new Date(Date.now() - 3 * 24 * 3600_000));
     const broken = record(ram, 'moved-qcow2');
     writeFileSync(join(volDir(ram, 'moved-qcow2'), 'volume.json'), JSON.stringify({ ...broken, backing: 'no-such-snapshot' }));
 
@@ -390,10 +403,15 @@ describe.skipIf(!isRoot)('admin commands', () => {
     expect(problem('duplicate', 'volume overlay').message).toMatch(/mounts plain, ram|mounts ram, plain/);
     expect(problem('chain', 'ram: volume moved-qcow2').message).toMatch(/snapshot no-such-snapshot, whose directory is missing/);
     expect(report.findings.filter((f: { check: string; status: string }) => f.check === 'tool' && f.status === 'ok')).toHaveLength(6);
+    expect(problem('node', 'plain: nodes/node-gone.json').message).toMatch(/no heartbeat for 3d: a node that is gone/);
+    expect(report.findings.find((f: { subject: string }) => f.subject === 'ram: nodes/node-down.json')).toMatchObject({ status: 'note' });
 
     const fixed = await fd('doctor', '--fix');
     expect(fixed.stdout).toMatch(/^fixed\s+leftover\s+fast: tmp\/.*_999999_abc: removed/m);
     expect(fixed.stdout).toMatch(/^fixed\s+hidden\s+ram: snapshot ghost/m);
+    expect(fixed.stdout).toMatch(/^fixed\s+node\s+plain: nodes\/node-gone.json/m);
+    expect(existsSync(join(plain.path, 'filedriver/nodes/node-gone.json'))).toBe(false);
+    expect(existsSync(join(ram.path, 'filedriver/nodes/node-down.json'))).toBe(true);
     expect(fixed.code).toBe(1); // the duplicate and the broken record are for the admin
     expect(existsSync(leftover)).toBe(false);
     expect(existsSync(ghost)).toBe(false);

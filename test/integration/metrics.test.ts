@@ -112,6 +112,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     expect(Math.abs(free - Number(fs.bavail * fs.bsize))).toBeLessThan(Number(MiB));
     expect(sample(text, 'filedriver_volumes', { mount: 'a' })).toBe(2);
     expect(sample(text, 'filedriver_snapshots', { mount: 'a' })).toBe(1);
+    expect(sample(text, 'filedriver_nodes', { mount: 'a' })).toBe(1); // this driver's own node, registered at start
     expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
   });
 
@@ -135,6 +136,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
       // An empty local directory says nothing about the share: no figures rather than zeros.
       expect(sample(text, 'filedriver_mount_free_bytes', { mount: 'gone' })).toBeUndefined();
       expect(sample(text, 'filedriver_volumes', { mount: 'gone' })).toBeUndefined();
+      expect(sample(text, 'filedriver_nodes', { mount: 'gone' })).toBeUndefined();
     } finally {
       expect(await lonely.stop()).toBe(0);
     }
