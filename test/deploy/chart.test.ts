@@ -373,5 +373,7 @@ describe('chart documentation', () => {
     expect(notes).toMatch(/filer1: nfs filer1\.example\.com:\/export\/k8s\s+-> topology key filedriver\.dev\/mount-filer1/);
     expect(notes).toMatch(/filedriver-filers \(format qcow2, mounts filer1,filer2\)/);
     expect(notes).toMatch(/pod-security\.kubernetes\.io\/enforce=privileged/);
+    expect(notes).toMatch(/No VolumeSnapshotClass was made: the cluster does not serve the VolumeSnapshot API/);
+    expect(notes).toMatch(/The controller runs only on a node whose node plugin offers every mount/);
   });
 });
