@@ -342,6 +342,8 @@ describe('invalid values', () => {
     ['a sidecar digest that is not sha256', { sidecars: { attacher: { image: { repository: 'x', tag: 'v1.0.0', digest: 'md5:abc' } } } }, /\/sidecars\/attacher\/image\/digest.*does not match pattern/],
     ['an unknown pull policy', { sidecars: { resizer: { image: { repository: 'x', tag: 'v1.0.0', pullPolicy: 'Sometimes' } } } }, /\/sidecars\/resizer\/image\/pullPolicy/],
     ['an unknown snapshot class mode', { snapshots: { class: { create: 'maybe' } } }, /\/snapshots\/class\/create/],
+    ['two sidecars on one port', { sidecars: { resizer: { httpPort: 9811 } } }, /ports: sidecars\.provisioner\.httpPort and sidecars\.resizer\.httpPort are both 9811 in the controller pod/],
+    ['metrics on the registrar\'s port', { metrics: { port: 9809 } }, /ports: sidecars\.nodeDriverRegistrar\.httpPort and metrics\.port are both 9809 in the node pod/],
   ])('fails to render with %s', (_what, values, message) => {
     const run = helm('template', values, apiArgs(OPTIONAL_APIS));
     expect(run.ok).toBe(false);

@@ -234,6 +234,23 @@ Checks the schema cannot express; each fails the render with one clear line.
 {{- if and $hostPaths (not .Values.controller.followShares) (not .Values.controller.nodeSelector) (not .Values.controller.affinity) (gt (int .Values.controller.replicas) 0) -}}
 {{- fail (printf "controller: hostPath mounts (%s) exist on some nodes only, and nothing places the controller there: keep controller.followShares=true, or set controller.nodeSelector or controller.affinity" (join ", " $hostPaths)) -}}
 {{- end -}}
+{{- $sc := .Values.sidecars -}}
+{{- $ctrlPorts := list (list "sidecars.livenessProbe.healthPort" $sc.livenessProbe.healthPort) (list "sidecars.provisioner.httpPort" $sc.provisioner.httpPort) (list "sidecars.attacher.httpPort" $sc.attacher.httpPort) (list "sidecars.resizer.httpPort" $sc.resizer.httpPort) -}}
+{{- if .Values.snapshots.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "sidecars.snapshotter.httpPort" $sc.snapshotter.httpPort) }}{{ end -}}
+{{- if $sc.healthMonitor.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "sidecars.healthMonitor.httpPort" $sc.healthMonitor.httpPort) }}{{ end -}}
+{{- $nodePorts := list (list "sidecars.livenessProbe.healthPort" $sc.livenessProbe.healthPort) (list "sidecars.nodeDriverRegistrar.httpPort" $sc.nodeDriverRegistrar.httpPort) -}}
+{{- if .Values.metrics.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "metrics.port" .Values.metrics.port) }}{{ $nodePorts = append $nodePorts (list "metrics.port" .Values.metrics.port) }}{{ end -}}
+{{- range list (list "controller" $ctrlPorts) (list "node" $nodePorts) -}}
+{{- $pod := index . 0 -}}
+{{- $seen := dict -}}
+{{- range index . 1 -}}
+{{- $port := toString (index . 1) -}}
+{{- if hasKey $seen $port -}}
+{{- fail (printf "ports: %s and %s are both %s in the %s pod; give each its own" (get $seen $port) (index . 0) $port $pod) -}}
+{{- end -}}
+{{- $_ := set $seen $port (index . 0) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not .Values.metrics.enabled) (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) -}}
 {{- fail "metrics: service.enabled or serviceMonitor.enabled needs metrics.enabled=true (the driver serves no metrics without it)" -}}
 {{- end -}}
