@@ -7,6 +7,7 @@
 import { dirname, posix } from 'node:path';
 import { parseServe } from '../../src/cli/serve.js';
 import type { Config } from '../../src/config.js';
+import { topologyKey } from '../../src/domain/topology.js';
 import { all, container, flag, one, podSpec, workload, type K8s } from './render.js';
 import { rbacProblems, SIDECAR_NEEDS } from './sidecar-rbac.js';
 
@@ -241,7 +242,8 @@ export function checkInstall(objects: K8s[]): Install {
   const placedByAdmin = Object.keys(ctrlPod['nodeSelector'] ?? {}).some((k) => k !== 'kubernetes.io/os');
   const everyTermHas = (key: string) =>
     terms.length > 0 && terms.every((t) => ((t['matchExpressions'] ?? []) as K8s[]).some((e) => e['key'] === key && e['operator'] === 'In' && e['values']?.join() === 'true'));
-  const unplaced = config.mounts.filter((m) => !everyTermHas(`${name}/mount-${m.name}`)).map((m) => m.name);
+  // The keys the node plugins report (the driver's own topologyKey), which kubelet turns into Node labels.
+  const unplaced = config.mounts.filter((m) => !everyTermHas(topologyKey(name, m.name))).map((m) => m.name);
   if (unplaced.length > 0 && !placedByAdmin && terms.length === 0) problems.push(`controller may land on a node without mount(s) ${unplaced.join(', ')}`);
 
   problems.push(...nfsShareProblems(objects, ctrlPod, nodePod, fromNode, nodeConfig));
