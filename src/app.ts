@@ -54,7 +54,7 @@ export interface App {
   services: Services;
   /** Prometheus figures, fed by every RPC; served only with --metrics-address. */
   metrics: Metrics;
-  /** What Probe answers (also /healthz): working tools, and for the controller a usable mount. */
+  /** Readiness (/healthz): working tools, and for the controller a usable mount. Probe is liveness only. */
   ready: (log: Logger) => Promise<boolean>;
   /** Work to do once before serving (removing leftovers of interrupted work); starts background work. */
   prepare(): Promise<void>;
@@ -125,9 +125,9 @@ export function buildApp(config: Config, log: Logger): App {
         return false;
       }
     }
-    // The node plugin stays "ready" without a usable share: Probe feeds the liveness probe, and a
-    // restart cannot mount a share but would stop every qcow2 export on the node. The controller
-    // can do nothing without one (issue 2's rule), and restarting it touches no data path.
+    // A node plugin is ready without a usable share: it may legitimately have none (a node
+    // without that hostPath share), and stage answers UNAVAILABLE for volumes on a share that is
+    // down. The controller can do nothing without one, so it is not ready; it stays live (Probe).
     if (!controller) return true;
     return (await mounts.usable()).length > 0;
   };
@@ -139,7 +139,7 @@ export function buildApp(config: Config, log: Logger): App {
     metrics,
     ready,
     services: {
-      identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
+      identity: identityService(handle, { driverName: config.driverName, version: version(), controller }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
       ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
     },

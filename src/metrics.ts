@@ -153,8 +153,9 @@ export interface MetricsServer {
 }
 
 /**
- * Serves GET /metrics and GET /healthz. /healthz answers 200 exactly when the
- * CSI Probe would say ready (working tools; for the controller, a usable mount), else 503.
+ * Serves GET /metrics and GET /healthz. /healthz is readiness: 200 while the tools
+ * run and, for the controller, a mount is usable; else 503. (Liveness is the CSI
+ * Probe through the livenessprobe sidecar: it only asks whether the process answers.)
  */
 export async function startMetricsServer(
   at: ListenAddress,

@@ -46,7 +46,7 @@ export class Env {
   logFile: string | undefined;
   driverName = '';
   nodeId = '';
-  /** Topology segment NodeGetInfo reports (one key per usable mount for filedriver). */
+  /** Topology segment NodeGetInfo reports (one key per mount the node is configured with, for filedriver). */
   nodeSegments: Record<string, string> = {};
   controllerCaps = new Set<string>();
   nodeCaps = new Set<string>();
