@@ -8,6 +8,7 @@
  * the controller reads; a failure is written into the intent for it to undo.
  */
 import { createHash } from 'node:crypto';
+import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
 import type { LayerEvents } from '../metrics.js';
@@ -85,7 +86,9 @@ export class NodeLayering {
         (await readIntent(layout, rec.volumeId).catch(() => undefined)) ??
         (await readMerge(layout, rec.volumeId).catch(() => undefined)) ??
         (await readMove(layout, rec.volumeId).catch(() => undefined));
-      if (asked === undefined) continue;
+      // Gone from its mount: a live move finished, and the record must follow it.
+      const moved = asked === undefined && (await stat(rec.image).catch(() => undefined)) === undefined;
+      if (asked === undefined && !moved) continue;
       let release: () => void;
       try {
         release = this.locks.acquire([`volume:${rec.volumeId}`]);
@@ -104,11 +107,32 @@ export class NodeLayering {
     }
   }
 
-  private async serve(rec: StageRecord): Promise<void> {
+  private async serve(found: StageRecord): Promise<void> {
+    const rec = await this.follow(found);
     const layout = this.mounts.layout(rec.mount);
     await this.switchLayer(rec, layout);
     await this.merge(rec, layout);
     await this.move(rec, layout);
+  }
+
+  /**
+   * A stage whose image is gone from its mount while its export still serves
+   * it: a live move arrived elsewhere (the node's part ended before the
+   * controller's). The record follows the volume to the mount that now has it.
+   */
+  private async follow(rec: StageRecord): Promise<StageRecord> {
+    if ((await stat(rec.image).catch(() => undefined)) !== undefined) return rec;
+    for (const mount of this.mounts.names()) {
+      const layout = this.mounts.layout(mount);
+      const image = layout.imagePath(rec.volumeId, 'qcow2');
+      if (mount === rec.mount || (await readRecord(layout.metaPath(rec.volumeId)).catch(() => undefined)) === undefined) continue;
+      if ((await stat(image).catch(() => undefined)) === undefined) continue;
+      const moved: StageRecord = { ...rec, mount, image };
+      await this.state.write(moved);
+      this.log.info({ volumeId: rec.volumeId, from: rec.mount, to: mount }, 'the volume moved while staged here; its stage record follows');
+      return moved;
+    }
+    return rec;
   }
 
   /** The writable export of a staged volume, if it runs. */
@@ -152,8 +176,9 @@ export class NodeLayering {
     }
     if (intent.based === true && intent.repointed !== true) {
       await this.exports.repoint(writer, top, { node: baseNode(intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
-      const moved: StageRecord = { ...rec, image: to.imagePath(rec.volumeId, 'qcow2'), mount: intent.to, layers: { [intent.base]: baseNode(intent.base) } };
-      await this.state.write(moved);
+      // The record keeps its mount until the volume has arrived (follow() moves it then): the intent stays where a restart looks.
+      await this.state.write({ ...rec, layers: { [intent.base]: baseNode(intent.base) } });
+      crashPoint('node-move:repointed');
       await writeMove(layout, rec.volumeId, { ...intent, repointed: true });
       this.report('node_move', 'done');
       log.info('the export reads the copy on the target mount; the source can go');

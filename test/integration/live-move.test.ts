@@ -141,7 +141,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     await c('DeleteVolume', { volume_id: id });
   });
 
-  it.each(['node-move:switched', 'move:based', 'move:arrived'])('killed at %s: the restarted driver finishes the move, no write lost', async (step) => {
+  it.each(['node-move:switched', 'move:based', 'node-move:repointed', 'move:arrived'])('killed at %s: the restarted driver finishes the move, no write lost', async (step) => {
     const id = `pvc-mv-${step.replace(/[^a-z]/g, '')}`;
     await c('CreateVolume', createRequest(id, { parameters: { mounts: 'a' } }));
     await attach(id);
