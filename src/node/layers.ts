@@ -163,7 +163,8 @@ export class NodeLayering {
       try {
         await this.exports.switchTo(writer, arrivalImage(to, rec.volumeId), top);
       } catch (e) {
-        if ((await this.exports.top(writer).catch(() => undefined)) === top) throw e;
+        // Undone only when qemu says it still writes the source; unsure (no answer), the next poll tries again.
+        if ((await this.exports.top(writer)) === top) throw e;
         log.error({ err: describe(e) }, 'could not move the writes to the target; the move is undone');
         const { switching: _not, ...before } = intent;
         await writeMove(layout, rec.volumeId, { ...before, error: describe(e) });
