@@ -104,7 +104,19 @@ const capOf = (access: Access) => (access === 'block' ? blockCap() : mountCap())
 async function attach(p: Pair, ctx: Ctx, id: string, access: Access): Promise<string> {
   const cap = capOf(access);
   const paths = podPaths(ctx.kubelet, id);
-  const res = await retried(() => p.controller.client.controller('ControllerPublishVolume', { volume_id: id, node_id: 'bench-node', volume_capability: cap, readonly: false }));
+  // A driver with a node registry answers NOT_FOUND until the node plugin has recorded itself on the
+  // share (within a second of its start); the external-attacher retries, and so does this.
+  const publish = () => retried(() => p.controller.client.controller('ControllerPublishVolume', { volume_id: id, node_id: 'bench-node', volume_capability: cap, readonly: false }));
+  let res: unknown;
+  for (let i = 0; ; i++) {
+    try {
+      res = await publish();
+      break;
+    } catch (e) {
+      if ((e as { code?: number }).code !== status.NOT_FOUND || i >= 50) throw e;
+      await sleep(200);
+    }
+  }
   const context = (res as { publish_context?: Record<string, string> }).publish_context ?? {};
   await retried(() => p.node.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths.staging, volume_capability: cap, publish_context: context }));
   await retried(() =>
