@@ -24,8 +24,14 @@ import { arrivalImage, committed, readMove, writeMove } from '../storage/moving.
 import { hostname } from 'node:os';
 import type { StageRecord, StageState } from './state.js';
 
-/** How often staged volumes are looked at: the snapshotter retries about as often. */
+/** How often staged volumes are looked at for requests: a few reads each. */
 export const POLL_MS = 1_000;
+/**
+ * How often while one is open: the snapshotter asks again 1 s after "not
+ * ready", then 2 s later; a switch seen just after its first retry would wait
+ * for the second (docs/BENCHMARKS.md measured a 3.3 s snapshot so).
+ */
+export const BUSY_POLL_MS = 200;
 
 const hashed = (id: string): string => createHash('sha256').update(id).digest('hex').slice(0, 24);
 /** qemu node names (a letter first, at most 31 characters): the overlay that goes on after snapshot `id`. */
@@ -78,7 +84,8 @@ export class NodeLayering {
    * when there is work (so kubelet's calls are not answered ABORTED for a
    * mere look); a volume busy with an RPC waits for the next poll.
    */
-  async poll(): Promise<void> {
+  async poll(): Promise<boolean> {
+    let asking = false;
     for (const rec of await this.state.list()) {
       if (rec.format !== 'qcow2') continue;
       const layout = this.mounts.layout(rec.mount);
@@ -89,6 +96,7 @@ export class NodeLayering {
       // Gone from its mount: a live move finished, and the record must follow it.
       const moved = asked === undefined && (await stat(rec.image).catch(() => undefined)) === undefined;
       if (asked === undefined && !moved) continue;
+      asking = true;
       let release: () => void;
       try {
         release = this.locks.acquire([`volume:${rec.volumeId}`]);
@@ -105,6 +113,7 @@ export class NodeLayering {
         release();
       }
     }
+    return asking;
   }
 
   private async serve(found: StageRecord): Promise<void> {
@@ -261,9 +270,13 @@ export class NodeLayering {
     let timer: NodeJS.Timeout | undefined;
     const tick = (): void => {
       running = this.poll()
-        .catch((e: unknown) => this.log.warn({ err: describe(e) }, 'snapshot layer poll failed'))
-        .finally(() => {
-          if (!stopped) timer = setTimeout(tick, POLL_MS).unref();
+        .catch((e: unknown) => {
+          this.log.warn({ err: describe(e) }, 'snapshot layer poll failed');
+          return false;
+        })
+        .then((asking) => {
+          // While a request is open, look again soon: the controller's answer waits on this node.
+          if (!stopped) timer = setTimeout(tick, asking ? BUSY_POLL_MS : POLL_MS).unref();
         });
     };
     timer = setTimeout(tick, POLL_MS).unref();
