@@ -23,6 +23,7 @@ import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
+import { whenShareGone } from './storage/gone.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
 import { cleanTemp } from './storage/whole.js';
@@ -69,13 +70,14 @@ function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore)
 }
 
 export function buildApp(config: Config, log: Logger): App {
-  const run = makeRunner(log.child({ component: 'command' }));
+  // Controller tools die with the controller; the node's keep running (see RunnerOptions).
+  const run = makeRunner(log.child({ component: 'command' }), { dieWithParent: config.mode !== 'node' });
   const qemuImg = makeQemuImg(run);
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
   const metrics = new Metrics(mounts);
-  const handle = makeHandle(log, new KeyedLocks(), metrics.observe);
+  const handle = makeHandle(log, new KeyedLocks(), metrics.observe, (e) => whenShareGone(e, mounts));
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
@@ -112,7 +114,7 @@ export function buildApp(config: Config, log: Logger): App {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
-      ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, run, store), mounts }) } : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store), mounts }) } : {}),
     },
     async prepare() {
       for (const h of await mounts.all()) {
@@ -123,6 +125,7 @@ export function buildApp(config: Config, log: Logger): App {
         if (!controller) continue;
         const removed = await cleanTemp(mounts.layout(h.name).tmp);
         if (removed > 0) log.info({ mount: h.name, removed }, 'removed leftovers of interrupted work');
+        if (removed > 0) mounts.invalidate(h.name); // their space is free: a retried create must see it
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }

@@ -13,6 +13,7 @@ import type { MountConfig } from '../config.js';
 import { describe, unavailable } from '../domain/errors.js';
 import { mountAt, readMountInfo, type MountEntry } from '../system/mountinfo.js';
 import { Layout } from './layout.js';
+import { sweepOrphans } from './whole.js';
 
 export interface MountHealth {
   name: string;
@@ -137,9 +138,15 @@ export class Mounts {
     return this.layout(name);
   }
 
-  /** Forget cached health, e.g. after a write failed. */
+  /** Forget cached health, e.g. after a write failed, or after a delete freed space. */
   invalidate(name: string): void {
     this.cache.delete(name);
+  }
+
+  /** Health checked now, not from the cache: for answers that depend on a share being absent. */
+  async fresh(name: string): Promise<MountHealth> {
+    this.invalidate(name);
+    return this.health(name);
   }
 
   private async check(name: string): Promise<MountHealth> {
@@ -165,6 +172,8 @@ export class Mounts {
       if (mountAt(await this.probes.mountInfo(), real) === undefined || !(await this.probes.sameFilesystem(real, layout.tmp))) {
         return down(`${config.path} stopped being a mount point during the health check`);
       }
+      // Work this process could not remove while the share was away goes now, before space is read.
+      await sweepOrphans(layout.tmp);
       const space = await this.probes.space(config.path);
       return { name, path: config.path, mounted: true, usable: true, reason: undefined, ...space };
     } catch (e) {

@@ -85,11 +85,12 @@ export function stageMountFlags(fsType: FsType, readOnly: boolean): string[] {
 /** errors a dead FUSE daemon or an unreachable NFS server give for a stat of the mount point */
 const STALE = /Transport endpoint is not connected|Stale file handle|Input\/output error|timed out/;
 
-export function makeFilesystems(run: Runner): Filesystems {
+/** `mountInfo`: the mount table (tests pass a fake one). */
+export function makeFilesystems(run: Runner, mountInfo: () => Promise<MountEntry[]> = readMountInfo): Filesystems {
   const signatures = async (device: string): Promise<Signature[]> =>
     parseWipefs((await run(['wipefs', '--no-act', '--json', device], { timeoutMs: 30_000 })).stdout);
 
-  const mounted = async (path: string): Promise<boolean> => mountAt(await readMountInfo(), path) !== undefined;
+  const mounted = async (path: string): Promise<boolean> => mountAt(await mountInfo(), path) !== undefined;
 
   // A separate `stat` process with a timeout: a hung NFS stat would otherwise block a libuv
   // thread forever. --cached=never: FUSE answers from cached attributes for a second after
@@ -197,7 +198,7 @@ export function makeFilesystems(run: Runner): Filesystems {
     },
 
     async mountEntry(path) {
-      return mountAt(await readMountInfo(), await canonicalPath(path));
+      return mountAt(await mountInfo(), await canonicalPath(path));
     },
 
     async grow(fsType, device, mountPoint) {

@@ -1,0 +1,111 @@
+/**
+ * Answers that depend on a share being absent come from a fresh look, and
+ * errors meaning "the share went away" are UNAVAILABLE (issue 16); a zombie
+ * counts as a dead process for leftovers in the temp area.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { pino } from 'pino';
+import { afterAll, describe, expect, it } from 'vitest';
+import { findOnMounts } from '../../src/storage/find.js';
+import { whenShareGone } from '../../src/storage/gone.js';
+import { Mounts, type MountProbes } from '../../src/storage/mounts.js';
+import { isAlive, leftover } from '../../src/storage/whole.js';
+import { CommandFailed } from '../../src/system/command.js';
+import { parseMountInfo } from '../../src/system/mountinfo.js';
+
+const log = pino({ level: 'silent' });
+
+/** A share at /srv/a whose mountedness the test flips; health cached for a minute. */
+function share() {
+  const state = { mounted: true, checks: 0 };
+  const probes: MountProbes = {
+    async mountInfo() {
+      return parseMountInfo(state.mounted ? '30 1 0:9 / /srv/a rw - nfs4 filer:/x rw\n' : '');
+    },
+    realpath: async (p) => p,
+    async writeProbe() {
+      state.checks++;
+    },
+    space: async () => ({ freeBytes: 100n, totalBytes: 200n }),
+    sameFilesystem: async () => true,
+  };
+  return { state, mounts: new Mounts([{ name: 'a', path: '/srv/a' }], probes, 60_000, log) };
+}
+
+const errno = (code: string, path: string) => Object.assign(new Error(`${code}: ${path}`), { code, path });
+
+describe('a stale view of a share', () => {
+  it('answers UNAVAILABLE, not "not found", for a share unmounted within the cache window', async () => {
+    const { state, mounts } = share();
+    expect((await mounts.health('a')).mounted).toBe(true);
+    state.mounted = false; // the cache still says mounted; the read sees the bare mountpoint
+    await expect(findOnMounts(mounts, 'volume v', async () => undefined)).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/not a mount point/) });
+  });
+
+  it('answers "not found" after a fresh check that finds the share still there', async () => {
+    const { state, mounts } = share();
+    await mounts.health('a');
+    expect(await findOnMounts(mounts, 'volume v', async () => undefined)).toBeUndefined();
+    expect(state.checks).toBe(2);
+  });
+
+  it('reads a share the cache had down and that is back', async () => {
+    const { state, mounts } = share();
+    state.mounted = false;
+    await mounts.health('a');
+    state.mounted = true;
+    const found = await findOnMounts(mounts, 'volume v', async () => 'record');
+    expect(found).toMatchObject({ mount: 'a', record: 'record' });
+  });
+});
+
+describe('errors that mean the share went away', () => {
+  it.each([['ESTALE'], ['ENOTCONN'], ['EIO']])('makes %s on a share UNAVAILABLE', async (code) => {
+    const { mounts } = share();
+    expect(await whenShareGone(errno(code, '/srv/a/filedriver/volumes/v/volume.json'), mounts)).toMatchObject({ kind: 'unavailable' });
+  });
+
+  it('makes ENOENT under the tree UNAVAILABLE only when the share is gone now', async () => {
+    const { state, mounts } = share();
+    const e = errno('ENOENT', '/srv/a/filedriver/tmp/h_1_x/volume.json');
+    expect(await whenShareGone(e, mounts)).toBe(e);
+    state.mounted = false;
+    expect(await whenShareGone(e, mounts)).toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/mount a .* went away during the call/) });
+    const tool = new CommandFailed(['qemu-img', 'create', '-f', 'raw', '/srv/a/filedriver/tmp/h_1_x/disk.raw', '1G'], 1, 'Could not create: No such file or directory');
+    expect(await whenShareGone(tool, mounts)).toMatchObject({ kind: 'unavailable' });
+  });
+
+  it('leaves errors elsewhere alone', async () => {
+    const { state, mounts } = share();
+    state.mounted = false;
+    for (const e of [errno('ENOENT', '/etc/x'), errno('EIO', '/srv/ab/x'), errno('ENOENT', '/srv/a/not-ours'), new Error('plain')]) {
+      expect(await whenShareGone(e, mounts)).toBe(e);
+    }
+  });
+});
+
+describe('leftovers of dead processes', () => {
+  const started: number[] = [];
+  afterAll(() => {
+    for (const pid of started) process.kill(pid, 'SIGKILL');
+  });
+
+  it('counts a zombie as dead (kill(pid, 0) succeeds on one)', async () => {
+    // sh starts a child that exits at once, then becomes `sleep`, which never reaps it.
+    const sh = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 300'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    if (sh.pid !== undefined) started.push(sh.pid);
+    const zombie = Number(await new Promise<string>((resolve) => sh.stdout.once('data', (d: Buffer) => resolve(d.toString().trim()))));
+    const state = () => {
+      const s = readFileSync(`/proc/${zombie}/stat`, 'utf8');
+      return s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3);
+    };
+    while (state() !== 'Z') await new Promise((r) => setTimeout(r, 5));
+    expect(() => process.kill(zombie, 0)).not.toThrow();
+    expect(isAlive(zombie)).toBe(false);
+    expect(leftover(`${hostname()}_${zombie}_abc`, Date.now()).removable).toBe(true);
+    expect(isAlive(sh.pid ?? 0)).toBe(true);
+    expect(leftover(`${hostname()}_${String(sh.pid)}_abc`, Date.now()).removable).toBe(false);
+  });
+});
