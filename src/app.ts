@@ -8,6 +8,10 @@ import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
+import { Layering } from './controller/layering.js';
+import { LiveMover } from './controller/live-move.js';
+import { Settler } from './controller/settle.js';
+import { Merger } from './controller/merger.js';
 import { Placer } from './controller/placer.js';
 import { Relocator } from './controller/relocate.js';
 import { SnapshotService } from './controller/snapshots.js';
@@ -35,6 +39,7 @@ import { makeQemuExports } from './system/qemu-export.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
 import { Publisher } from './node/publish.js';
+import { NodeLayering } from './node/layers.js';
 import { Stager } from './node/stage.js';
 import { StageState } from './node/state.js';
 import type { NodeSystem } from './node/system.js';
@@ -50,8 +55,10 @@ export interface App {
   metrics: Metrics;
   /** What Probe answers (also /healthz): working tools, and for the controller a usable mount. */
   ready: (log: Logger) => Promise<boolean>;
-  /** Work to do once before serving (removing leftovers of interrupted work). */
+  /** Work to do once before serving (removing leftovers of interrupted work); starts background work. */
   prepare(): Promise<void>;
+  /** Stops the background work prepare() started. */
+  close(): Promise<void>;
 }
 
 /** The node plugin's state lives in its own directory under kubelet's plugins/. */
@@ -59,14 +66,15 @@ export function stateDir(config: Config): string {
   return join(config.kubeletDir, 'plugins', config.driverName);
 }
 
-function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore) {
+function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore, mounts: Mounts, locks: KeyedLocks) {
   const sys: NodeSystem = {
     loops: makeLoopDevices(run),
     exports: makeQemuExports(run, log.child({ component: 'qemu-export' })),
     fs: makeFilesystems(run),
   };
   const state = new StageState(stateDir(config));
-  return { stager: new Stager(store, state, sys), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys) };
+  const layers = new NodeLayering(mounts, state, sys.exports, locks, log.child({ component: 'layers' }));
+  return { stager: new Stager(store, state, sys, layers), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys), layers };
 }
 
 export function buildApp(config: Config, log: Logger): App {
@@ -77,18 +85,29 @@ export function buildApp(config: Config, log: Logger): App {
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
   const metrics = new Metrics(mounts);
-  const handle = makeHandle(log, new KeyedLocks(), metrics.observe, (e) => whenShareGone(e, mounts));
+  // One set of locks for the RPCs and the node's background work on the same volumes.
+  const locks = new KeyedLocks();
+  const handle = makeHandle(log, locks, metrics.observe, (e) => whenShareGone(e, mounts));
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
   const snapshotStore = new SnapshotStore(mounts);
-  const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files);
+  const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
+  if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
+  const layering = new Layering(store, snapshotStore, qemuImg);
+  const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
+  const settler = new Settler(store, layering, mover);
+  const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
-  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images);
+  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
   const publishing = new PublishService(volumes, mounts, store);
-  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg);
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
+
+  const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store, mounts, locks);
+  let stopLayers = async (): Promise<void> => undefined;
+  let stopMerges = async (): Promise<void> => undefined;
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -114,9 +133,16 @@ export function buildApp(config: Config, log: Logger): App {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
-      ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store), mounts }) } : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
+    },
+    async close() {
+      await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
+      // The node serves the snapshot layers of the volumes it holds (node/layers.ts).
+      if (node) stopLayers = nodeSide.layers.start();
+      // Deleted snapshots are merged away in the background (controller/merger.ts).
+      if (controller) stopMerges = merger.start();
       for (const h of await mounts.all()) {
         if (!h.usable) {
           log.warn({ mount: h.name, path: h.path, reason: h.reason }, 'mount is not usable; nothing will be written there');

@@ -25,6 +25,7 @@ export async function findOnMounts<R>(
   what: string,
   read: (layout: Layout) => Promise<R | undefined>,
   scope?: readonly string[],
+  prefer: (hits: Found<R>[]) => Found<R> | undefined = (hits) => hits[0],
 ): Promise<Found<R> | undefined> {
   const readAll = async (health: readonly MountHealth[]) => {
     const found = await Promise.all(
@@ -35,7 +36,7 @@ export async function findOnMounts<R>(
         return record === undefined ? undefined : { mount: h.name, layout, record, writable: h.usable, reason: h.reason };
       }),
     );
-    return found.find((f) => f !== undefined);
+    return prefer(found.filter((f) => f !== undefined));
   };
   const cached = await mounts.all();
   const hit = await readAll(cached);

@@ -44,6 +44,7 @@ export const linuxProbes: MountProbes = {
     await mkdir(layout.volumes, { recursive: true });
     await mkdir(layout.snapshots, { recursive: true });
     await mkdir(layout.tmp, { recursive: true });
+    await mkdir(layout.moving, { recursive: true });
     // Unique per check: two checks of one mount (another process, or a cache of 0 s) must not remove each other's probe.
     const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
     await writeFile(probe, 'filedriver probe\n');

@@ -71,14 +71,15 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     expect(matches(join(snapDir(plain, 'snap-plain'), 'disk.raw'), 'raw', 0x11, 1024 * 1024)).toBe(true);
   });
 
-  it('refuses to copy an attached volume where the mount cannot reflink, and reflinks one where it can', async () => {
+  it('refuses to copy an attached raw volume where the mount cannot reflink, and reflinks one where it can', async () => {
     const publish = (volume_id: string) =>
       c('ControllerPublishVolume', { volume_id, node_id: 'node-a', volume_capability: mountCap(), readonly: false });
-    await c('CreateVolume', createRequest('pvc-plain-busy', { parameters: { mounts: 'plain' } }));
+    const raw = { mounts: 'plain', format: 'raw' };
+    await c('CreateVolume', createRequest('pvc-plain-busy', { parameters: raw }));
     await publish('pvc-plain-busy');
     const refused = c('CreateSnapshot', { name: 'snap-plain-busy', source_volume_id: 'pvc-plain-busy' });
     await expect(refused).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/attached to node\(s\) node-a.*cannot reflink/) });
-    expect(await codeOf(c('CreateVolume', createRequest('pvc-plain-clone', { parameters: { mounts: 'plain' }, volume_content_source: { volume: { volume_id: 'pvc-plain-busy' } } })))).toBe(
+    expect(await codeOf(c('CreateVolume', createRequest('pvc-plain-clone', { parameters: raw, volume_content_source: { volume: { volume_id: 'pvc-plain-busy' } } })))).toBe(
       status.FAILED_PRECONDITION,
     );
     // Nothing half-made is left: no snapshot, no hidden base, no clone.
