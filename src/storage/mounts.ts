@@ -6,14 +6,13 @@
  * root disk. Health is cached briefly so hot RPCs stay cheap.
  */
 import { mkdir, realpath, stat, statfs, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MountConfig } from '../config.js';
 import { describe, unavailable } from '../domain/errors.js';
 import { mountAt, readMountInfo, type MountEntry } from '../system/mountinfo.js';
 import { Layout } from './layout.js';
-import { sweepOrphans } from './whole.js';
+import { sweepOrphans, workName } from './whole.js';
 
 export interface MountHealth {
   name: string;
@@ -46,7 +45,8 @@ export const linuxProbes: MountProbes = {
     await mkdir(layout.tmp, { recursive: true });
     await mkdir(layout.moving, { recursive: true });
     // Unique per check: two checks of one mount (another process, or a cache of 0 s) must not remove each other's probe.
-    const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
+    // Named like work entries (host_pid_random): a process killed between the write and the unlink leaves one that start-up removes.
+    const probe = join(layout.tmp, `.probe-${workName()}`);
     await writeFile(probe, 'filedriver probe\n');
     await unlink(probe);
   },

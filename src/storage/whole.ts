@@ -121,10 +121,13 @@ export async function cleanTemp(tmp: string): Promise<number> {
   }
   let removed = 0;
   for (const entry of entries) {
-    if (entry.startsWith('.probe-')) continue;
+    // A health probe lives for one write and unlink; one is left only by a process killed in between.
+    const probe = entry.startsWith('.probe-');
+    // Our own may be mid-check (background work started before this clean-up): it removes itself.
+    if (entry.startsWith(`.probe-${HOST}_${process.pid}_`)) continue;
     const path = join(tmp, entry);
     const st = await stat(path).catch(() => undefined);
-    if (!leftover(entry, st?.mtimeMs).removable) continue;
+    if (!leftover(probe ? entry.slice('.probe-'.length) : entry, st?.mtimeMs).removable) continue;
     await rm(path, { recursive: true, force: true });
     removed++;
   }

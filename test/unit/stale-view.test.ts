@@ -109,3 +109,25 @@ describe('leftovers of dead processes', () => {
     expect(leftover(`${hostname()}_${String(sh.pid)}_abc`, Date.now()).removable).toBe(false);
   });
 });
+
+describe('start-up clean-up of the temp area', () => {
+  it('removes the probe file and the work of a killed process, and keeps live work and its own probes', async () => {
+    const { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { cleanTemp } = await import('../../src/storage/whole.js');
+    const tmp = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
+    try {
+      const host = hostname();
+      const dead = 2 ** 22 + 12345; // above pid_max's default: no such process
+      writeFileSync(join(tmp, `.probe-${host}_${dead}_aa`), '');
+      mkdirSync(join(tmp, `${host}_${dead}_bb`));
+      writeFileSync(join(tmp, `.probe-${host}_${process.pid}_cc`), '');
+      mkdirSync(join(tmp, `${host}_1_dd`)); // init: alive
+      expect(await cleanTemp(tmp)).toBe(2);
+      expect(readdirSync(tmp).sort()).toEqual([`.probe-${host}_${process.pid}_cc`, `${host}_1_dd`]);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
