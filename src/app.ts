@@ -28,6 +28,7 @@ import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
 import { whenShareGone } from './storage/gone.js';
+import { ShareNodeRegistry } from './storage/nodes.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
 import { cleanTemp } from './storage/whole.js';
@@ -38,6 +39,7 @@ import { makeLoopDevices } from './system/loop-devices.js';
 import { makeQemuExports } from './system/qemu-export.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
+import { NodeHeartbeat } from './node/heartbeat.js';
 import { Publisher } from './node/publish.js';
 import { NodeLayering } from './node/layers.js';
 import { Stager } from './node/stage.js';
@@ -53,7 +55,7 @@ export interface App {
   services: Services;
   /** Prometheus figures, fed by every RPC; served only with --metrics-address. */
   metrics: Metrics;
-  /** What Probe answers (also /healthz): working tools, and for the controller a usable mount. */
+  /** Readiness (/healthz): working tools, and for the controller a usable mount. Probe is liveness only. */
   ready: (log: Logger) => Promise<boolean>;
   /** Work to do once before serving (removing leftovers of interrupted work); starts background work. */
   prepare(): Promise<void>;
@@ -84,7 +86,7 @@ export function buildApp(config: Config, log: Logger): App {
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
-  const metrics = new Metrics(mounts);
+  const metrics = new Metrics(mounts, config.mode !== 'node');
   // One set of locks for the RPCs and the node's background work on the same volumes.
   const locks = new KeyedLocks();
   const handle = makeHandle(log, locks, metrics.observe, (e) => whenShareGone(e, mounts));
@@ -94,18 +96,23 @@ export function buildApp(config: Config, log: Logger): App {
   const snapshotStore = new SnapshotStore(mounts);
   const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
   if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
+  merger.report = metrics.layerEvent;
+  metrics.watchMerges(() => merger.waitingCount);
   const layering = new Layering(store, snapshotStore, qemuImg);
   const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
   const settler = new Settler(store, layering, mover);
+  layering.report = metrics.layerEvent;
+  mover.report = metrics.layerEvent;
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
   const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
-  const publishing = new PublishService(volumes, mounts, store);
+  const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store, mounts, locks);
+  nodeSide.layers.report = metrics.layerEvent;
   let stopLayers = async (): Promise<void> => undefined;
   let stopMerges = async (): Promise<void> => undefined;
 
@@ -120,22 +127,26 @@ export function buildApp(config: Config, log: Logger): App {
         return false;
       }
     }
-    // The node plugin stays "ready" without a usable share: Probe feeds the liveness probe, and a
-    // restart cannot mount a share but would stop every qcow2 export on the node. The controller
-    // can do nothing without one (issue 2's rule), and restarting it touches no data path.
+    // A node plugin is ready without a usable share: it may legitimately have none (a node
+    // without that hostPath share), and stage answers UNAVAILABLE for volumes on a share that is
+    // down. The controller can do nothing without one, so it is not ready; it stays live (Probe).
     if (!controller) return true;
     return (await mounts.usable()).length > 0;
   };
+
+  const staged = async () => (await new StageState(stateDir(config)).list()).map((r) => r.volumeId);
+  const heartbeat = node ? new NodeHeartbeat(mounts, config.nodeId, version(), staged, log.child({ component: 'registry' })) : undefined;
 
   return {
     metrics,
     ready,
     services: {
-      identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
+      identity: identityService(handle, { driverName: config.driverName, version: version(), controller }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
       ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
     },
     async close() {
+      heartbeat?.stop();
       await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
@@ -155,6 +166,8 @@ export function buildApp(config: Config, log: Logger): App {
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
+      // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
+      await heartbeat?.start();
     },
   };
 }

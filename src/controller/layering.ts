@@ -25,6 +25,7 @@ import {
   type LayerIntent,
 } from '../storage/layering.js';
 import { readMove } from '../storage/moving.js';
+import type { LayerEvents } from '../metrics.js';
 import type { SnapshotRecord } from '../storage/records.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
@@ -41,6 +42,9 @@ export const MAX_CHAIN = 32;
 export type LayerOutcome = 'ready' | 'pending';
 
 export class Layering {
+  /** Told of each layer switch the controller sees through (metrics). */
+  report: LayerEvents = () => undefined;
+
   constructor(
     private readonly volumes: VolumeStore,
     private readonly snapshots: SnapshotStore,
@@ -109,6 +113,7 @@ export class Layering {
     let phase = await phaseOf(layout, volumeId, intent);
     if (phase === 'intent' || (intent.error !== undefined && phase !== 'switched')) {
       await this.undo(found, intent, phase !== 'intent');
+      if (intent.error !== undefined) this.report('snapshot_layer', 'failed');
       if (intent.error !== undefined) throw internal(`the node serving volume ${volumeId} could not switch it to a new layer: ${intent.error}`);
       return undefined;
     }
@@ -135,6 +140,7 @@ export class Layering {
       crashPoint('layer:switched');
     }
     await this.finish(found, intent);
+    this.report('snapshot_layer', 'done');
     log.info({ volumeId, snapshotId: intent.snapshotId }, 'volume continues in a new layer; snapshot ready');
     return undefined;
   }

@@ -21,10 +21,14 @@ import { SCHEMA, uniqueSuffix, writeJsonAtomic, type VolumeRecord } from '../sto
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { LayerEvents } from '../metrics.js';
 
 export type MoveOutcome = 'done' | 'pending';
 
 export class LiveMover {
+  /** Told of each live move's steps (metrics). */
+  report: LayerEvents = () => undefined;
+
   constructor(
     private readonly mounts: Mounts,
     private readonly store: VolumeStore,
@@ -66,6 +70,7 @@ export class LiveMover {
     if (intent.error !== undefined && !committed(intent)) {
       await rm(arrivalDir(to, volumeId), { recursive: true, force: true });
       await removeMove(from, volumeId);
+      this.report('live_move', 'failed');
       throw internal(`moving volume ${volumeId} to mount ${intent.to} failed on its node: ${intent.error}`);
     }
     const served = ((await this.store.read(from, volumeId)) ?? found.record).publications.length > 0;
@@ -89,6 +94,7 @@ export class LiveMover {
       await writeMove(from, volumeId, intent);
     }
     await this.arrive(found, to, intent, log);
+    this.report('live_move', 'done');
     return 'done';
   }
 

@@ -24,11 +24,13 @@ import { describe, internal } from '../domain/errors.js';
 import { backingReference } from '../storage/image-header.js';
 import { Layout } from '../storage/layout.js';
 import { readIntent, readMerge, removeMerge, writeMerge } from '../storage/layering.js';
+import { readMove } from '../storage/moving.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { Format } from '../domain/parameters.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { LayerEvents } from '../metrics.js';
 
 export type MergeOutcome = 'merged' | 'waiting' | 'idle';
 
@@ -48,6 +50,8 @@ interface Dependent {
 }
 
 export class Merger {
+  /** Told of each merge attempt's outcome (metrics). */
+  report: LayerEvents = () => undefined;
   private readonly queue = new Map<string, { mount: string; id: string }>();
   private readonly waiting = new Map<string, { mount: string; id: string }>();
   private wake: (() => void) | undefined;
@@ -60,6 +64,11 @@ export class Merger {
     private readonly locks: Locks,
     private readonly log: Logger,
   ) {}
+
+  /** Merges waiting for a node, a lock, or the volume to be detached. */
+  get waitingCount(): number {
+    return this.waiting.size;
+  }
 
   /** Snapshot `id` on the mount at `layout` may have become mergeable. */
   kick(layout: Layout, id: string): void {
@@ -79,8 +88,10 @@ export class Merger {
     if (deps.length !== 1 || into === undefined) return 'idle';
     const log = this.log.child({ snapshotId: id, into, mount });
     const dep = await this.dependent(layout, into);
-    if (dep === undefined || dep.backing !== id) {
-      // A ref left by a crash: nothing reads this layer through `into`.
+    // Not (yet) there: a volume being built or arriving by a live move records its ref first. Left alone.
+    if (dep === undefined) return 'idle';
+    if (dep.backing !== id) {
+      // A ref left by a crash after a merge rewrote the dependent: nothing reads this layer through it.
       await this.snapshots.release(layout, id, into);
       return 'merged';
     }
@@ -88,7 +99,8 @@ export class Merger {
     const tops = await this.topsAbove(layout, into, dep.kind);
     let release: () => void;
     try {
-      release = this.locks.acquire([`snapshot:${id}`, ...tops.map((v) => `volume:${v}`)]);
+      // The dependent is rewritten: nothing may copy it meanwhile (a clone of it holds its lock too).
+      release = this.locks.acquire([`snapshot:${id}`, ...(dep.kind === 'snapshot' ? [`snapshot:${into}`] : []), ...tops.map((v) => `volume:${v}`)]);
     } catch {
       return 'waiting';
     }
@@ -156,8 +168,9 @@ export class Merger {
     return [...tops].sort();
   }
 
+  /** A layer switch or a live move under way changes the chain (or copies it): merges wait for it. */
   private async busyLayering(layout: Layout, tops: string[]): Promise<boolean> {
-    for (const v of tops) if ((await readIntent(layout, v)) !== undefined) return true;
+    for (const v of tops) if ((await readIntent(layout, v)) !== undefined || (await readMove(layout, v)) !== undefined) return true;
     return false;
   }
 
@@ -209,9 +222,11 @@ export class Merger {
           this.waiting.delete(key);
           const outcome = await this.mergeAt(item.mount, item.id).catch((e: unknown) => {
             this.log.warn({ snapshotId: item.id, mount: item.mount, err: describe(e) }, 'merge failed; trying again later');
+            this.report('merge', 'failed');
             return 'waiting' as const;
           });
           if (outcome === 'waiting') this.waiting.set(key, item);
+          if (outcome !== 'idle') this.report('merge', outcome === 'merged' ? 'done' : 'waiting');
         }
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, RETRY_MS);

@@ -10,6 +10,7 @@ import { checkMountFlags } from '../domain/mount-flags.js';
 import { checkKubeletPath, overlaps } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
 import type { NodeHealth } from '../node/health.js';
+import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
 import { SafePaths } from '../node/safe-path.js';
 import type { Stager } from '../node/stage.js';
@@ -62,9 +63,10 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
       capabilities: NODE_CAPABILITIES.map((type) => ({ rpc: { type } })),
     })),
 
+    // The shares this node is configured with, healthy or not (node/topology.ts says why).
     NodeGetInfo: handle('NodeGetInfo', {}, async () => {
       const segments: Record<string, string> = {};
-      for (const m of await deps.mounts.usable()) segments[topologyKey(deps.driverName, m.name)] = 'true';
+      for (const name of await configuredMounts(deps.mounts.configs)) segments[topologyKey(deps.driverName, name)] = 'true';
       return { node_id: deps.nodeId, max_volumes_per_node: String(deps.maxVolumesPerNode), accessible_topology: { segments } };
     }),
 

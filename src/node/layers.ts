@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
+import type { LayerEvents } from '../metrics.js';
 import { crashPoint } from '../domain/crash.js';
 import { busy, describe } from '../domain/errors.js';
 import { backingReference } from '../storage/image-header.js';
@@ -34,6 +35,9 @@ export const baseNode = (snapshotId: string): string => `s${hashed(snapshotId)}`
 export const moveNode = (base: string): string => `v${hashed(base)}`;
 
 export class NodeLayering {
+  /** Told of each step this node takes for the controller (metrics). */
+  report: LayerEvents = () => undefined;
+
   constructor(
     private readonly mounts: Mounts,
     private readonly state: StageState,
@@ -151,6 +155,7 @@ export class NodeLayering {
       const moved: StageRecord = { ...rec, image: to.imagePath(rec.volumeId, 'qcow2'), mount: intent.to, layers: { [intent.base]: baseNode(intent.base) } };
       await this.state.write(moved);
       await writeMove(layout, rec.volumeId, { ...intent, repointed: true });
+      this.report('node_move', 'done');
       log.info('the export reads the copy on the target mount; the source can go');
     }
   }
@@ -175,10 +180,12 @@ export class NodeLayering {
       } catch (e) {
         log.error({ err: describe(e) }, 'could not switch the export to the new layer; the controller will undo the snapshot');
         await writeIntent(layout, rec.volumeId, { ...intent, error: describe(e) });
+        this.report('node_switch', 'failed');
         return;
       }
     }
     await promoteOverlay(layout, rec.volumeId, intent);
+    this.report('node_switch', 'done');
     log.info({ online: writer !== undefined }, 'volume switched to a new layer; its old image is the snapshot now');
   }
 
@@ -214,6 +221,7 @@ export class NodeLayering {
       if (tries >= 3) return fail(`block-stream did not finish after ${tries} starts`);
       this.attempts.set(key, tries + 1);
       await this.exports.stream(rec.export, { id, device, baseNode, backingFile: below === undefined ? undefined : Layout.backingRef(below.id, below.format) });
+      this.report('node_merge', 'done');
       this.log.info({ volumeId: rec.volumeId, layer: request.layer, into: request.into }, 'merging a deleted snapshot layer online');
     } catch (e) {
       await fail(describe(e));

@@ -328,10 +328,11 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
       if (top === node) return;
       // The file node is named (<node>f) so a later blockdev-reopen of the overlay can name its child.
       const file = { driver: 'file', 'node-name': fileNode(node), filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
-      for (const [what, args] of [['file', file], ['overlay', { driver: 'qcow2', 'node-name': node, file: fileNode(node), backing: null, discard: 'unmap' }]] as const) {
+      const overlayNode = { driver: 'qcow2', 'node-name': node, file: fileNode(node), backing: null, discard: 'unmap' };
+      for (const args of [file, overlayNode]) {
         const add = await q.execute('blockdev-add', args);
         // Added before a crash of the plugin, but not switched: the node is there to use.
-        if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of the ${what} ${overlay} failed: ${add.error}`);
+        if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${args['node-name']} for ${overlay} failed: ${add.error}`);
       }
       const snap = await q.execute('blockdev-snapshot', { node: top, overlay: node });
       if (!snap.ok) {

@@ -6,6 +6,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { createRequest, mountCap } from '../helpers/csi.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -25,6 +26,8 @@ describe.skipIf(!isRoot)('ControllerModifyVolume', () => {
     a = makeScratch('xfs', 512);
     b = makeScratch('ext4', 512);
     driver = await startDriver({ mounts: { a: a.path, b: b.path } });
+    // A node Kubernetes may publish to, running no plugin here.
+    await registerNodes([a.path, b.path], ['n1']);
   });
   afterAll(async () => {
     await driver?.stop();
