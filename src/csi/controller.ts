@@ -217,7 +217,8 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
     ),
 
-    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds }, async (r: VolumeRequest) => {
+    // Locked: its `qemu-img check` must not read an image a background merge is rewriting (ABORTED meanwhile).
+    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds, locks: byVolume }, async (r: VolumeRequest) => {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),

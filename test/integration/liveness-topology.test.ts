@@ -7,7 +7,7 @@
  * stage answers UNAVAILABLE (retried by kubelet) until the share is back.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,6 +100,11 @@ describe.skipIf(!isRoot)('a share that appears after start and then disappears',
     expect([await probe(), await healthz()]).toEqual([true, 200]);
     const cap = blockCap();
     await d.client.controller('CreateVolume', createRequest('pvc-late', { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(8n * MiB) } }));
+    // The node records itself on a share within a heartbeat of its appearance; until then the
+    // attacher's publish answers NOT_FOUND and is retried.
+    const record = join(share, 'filedriver/nodes/node-a.json');
+    for (let i = 0; i < 300 && !existsSync(record); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(record)).toBe(true);
     const pub = await d.client.controller('ControllerPublishVolume', { volume_id: 'pvc-late', node_id: 'node-a', volume_capability: cap });
     const { staging } = kubeletPaths(kubelet, 'pvc-late');
     const stage = () => d.client.node('NodeStageVolume', { volume_id: 'pvc-late', staging_target_path: staging, volume_capability: cap, publish_context: pub.publish_context });
