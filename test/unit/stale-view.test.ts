@@ -131,3 +131,33 @@ describe('start-up clean-up of the temp area', () => {
     }
   });
 });
+
+describe('building and removing whole while the share goes away', () => {
+  it('answers UNAVAILABLE for a removal whose temp area is gone, and removes a half-built entry once it is back', async () => {
+    const { mkdirSync, mkdtempSync, existsSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { basename, join } = await import('node:path');
+    const { buildWhole, removeWhole, sweepOrphans } = await import('../../src/storage/whole.js');
+    const root = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
+    const tmp = join(root, 'tmp');
+    try {
+      await expect(removeWhole(tmp, join(root, 'volumes', 'v'))).rejects.toMatchObject({ kind: 'unavailable' });
+      mkdirSync(tmp);
+      let name = '';
+      // The share goes away mid-build: the work directory and tmp/ vanish with it.
+      const build = buildWhole(tmp, join(root, 'v'), async (dir) => {
+        name = basename(dir);
+        rmSync(tmp, { recursive: true });
+        throw Object.assign(new Error('ENOENT: gone'), { code: 'ENOENT', path: join(dir, 'disk.raw') });
+      });
+      await expect(build).rejects.toMatchObject({ code: 'ENOENT' });
+      // The share is back, with the half-built entry on it.
+      mkdirSync(join(tmp, name), { recursive: true });
+      expect(await sweepOrphans(tmp)).toBe(1);
+      expect(existsSync(join(tmp, name))).toBe(false);
+      expect(await sweepOrphans(tmp)).toBe(0);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
