@@ -93,8 +93,9 @@ describe('leftovers of dead processes', () => {
   });
 
   it('counts a zombie as dead (kill(pid, 0) succeeds on one)', async () => {
-    // sh starts a child that exits at once, then becomes `sleep`, which never reaps it.
-    const sh = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 300'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // sh starts a child that exits once sh has become `sleep` ($$ is sh's pid in the subshell too), which never reaps it.
+    const script = '(while [ "$(cat /proc/$$/comm)" = sh ]; do sleep 0.01; done) & echo $!; exec sleep 300';
+    const sh = spawn('sh', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
     if (sh.pid !== undefined) started.push(sh.pid);
     const zombie = Number(await new Promise<string>((resolve) => sh.stdout.once('data', (d: Buffer) => resolve(d.toString().trim()))));
     const state = () => {
