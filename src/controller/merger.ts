@@ -39,7 +39,9 @@ export interface Locks {
   acquire(keys: readonly string[]): () => void;
 }
 
-const RETRY_MS = 2_000;
+/** How often the queue is looked at, and how long a waiting merge rests before its next try. */
+const TICK_MS = 1_000;
+const RETRY_MS = 5_000;
 const SWEEP_MS = 5 * 60_000;
 
 interface Dependent {
@@ -53,7 +55,8 @@ export class Merger {
   /** Told of each merge attempt's outcome (metrics). */
   report: LayerEvents = () => undefined;
   private readonly queue = new Map<string, { mount: string; id: string }>();
-  private readonly waiting = new Map<string, { mount: string; id: string }>();
+  /** Merges that wait, each looked at again after RETRY_MS (a few file reads; never a process). */
+  private readonly waiting = new Map<string, { mount: string; id: string; at: number }>();
   private wake: (() => void) | undefined;
 
   constructor(
@@ -111,6 +114,8 @@ export class Merger {
       const header = await backingReference(dep.image);
       if (header === Layout.backingRef(id, layer.format)) {
         if (await this.busyLayering(layout, tops)) return 'waiting';
+        // Served by a node: its qemu holds the chain (no rebase spawned just to hear so).
+        if (await this.served(layout, tops)) return this.handToNode(layout, tops, id, into, layer.backing, log);
         if ((await this.qemuImg.rebase(dep.image, target)) === 'in use') return this.handToNode(layout, tops, id, into, layer.backing, log);
       } else if (header !== target?.ref) {
         throw internal(`image ${dep.image} reads through ${header ?? 'nothing'}, neither ${id} nor ${layer.backing ?? 'nothing'}; run filedriver doctor`);
@@ -168,6 +173,11 @@ export class Merger {
     return [...tops].sort();
   }
 
+  private async served(layout: Layout, tops: string[]): Promise<boolean> {
+    for (const v of tops) if (((await this.volumes.read(layout, v))?.publications.length ?? 0) > 0) return true;
+    return false;
+  }
+
   /** A layer switch or a live move under way changes the chain (or copies it): merges wait for it. */
   private async busyLayering(layout: Layout, tops: string[]): Promise<boolean> {
     for (const v of tops) if ((await readIntent(layout, v)) !== undefined || (await readMove(layout, v)) !== undefined) return true;
@@ -189,7 +199,7 @@ export class Merger {
       return 'waiting';
     }
     const published = top === undefined ? [] : ((await this.volumes.read(layout, top))?.publications ?? []);
-    if (top === undefined || tops.length !== 1 || published.length !== 1) {
+    if (top === undefined || tops.length !== 1 || published.length !== 1 || published[0]?.readonly === true) {
       log.info({ volumes: tops }, 'the dependent is in use by more than one qemu (or one the controller does not know); the merge waits');
       return 'waiting';
     }
@@ -216,7 +226,8 @@ export class Merger {
           lastSweep = Date.now();
           await this.sweep().catch((e: unknown) => this.log.warn({ err: describe(e) }, 'merge sweep failed'));
         }
-        for (const [key, item] of [...this.queue, ...this.waiting]) {
+        const due = [...this.waiting].filter(([key, w]) => w.at <= Date.now() && !this.queue.has(key));
+        for (const [key, item] of [...this.queue, ...due]) {
           if (stopped) return;
           this.queue.delete(key);
           this.waiting.delete(key);
@@ -225,11 +236,11 @@ export class Merger {
             this.report('merge', 'failed');
             return 'waiting' as const;
           });
-          if (outcome === 'waiting') this.waiting.set(key, item);
+          if (outcome === 'waiting') this.waiting.set(key, { mount: item.mount, id: item.id, at: Date.now() + RETRY_MS });
           if (outcome !== 'idle') this.report('merge', outcome === 'merged' ? 'done' : 'waiting');
         }
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, RETRY_MS);
+          const timer = setTimeout(resolve, TICK_MS);
           timer.unref();
           this.wake = () => {
             clearTimeout(timer);

@@ -6,6 +6,7 @@
  */
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { settleWithin } from '../domain/concurrency.js';
 import { mountAt, readMountInfo } from '../system/mountinfo.js';
 import { HEALTH_TIMEOUT_MS, type Mounts } from '../storage/mounts.js';
 import { HEARTBEAT_MS, NODE_SCHEMA, writeNode, type NodeRecord } from '../storage/nodes.js';
@@ -126,11 +127,3 @@ export class NodeHeartbeat {
   }
 }
 
-function settleWithin<T>(p: Promise<T>, ms: number, late: () => T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<T>((resolve) => {
-    timer = setTimeout(() => resolve(late()), ms);
-    timer.unref();
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}

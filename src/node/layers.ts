@@ -8,6 +8,7 @@
  * the controller reads; a failure is written into the intent for it to undo.
  */
 import { createHash } from 'node:crypto';
+import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { KeyedLocks } from '../csi/locks.js';
 import type { LayerEvents } from '../metrics.js';
@@ -23,8 +24,14 @@ import { arrivalImage, committed, readMove, writeMove } from '../storage/moving.
 import { hostname } from 'node:os';
 import type { StageRecord, StageState } from './state.js';
 
-/** How often staged volumes are looked at: the snapshotter retries about as often. */
+/** How often staged volumes are looked at for requests: a few reads each. */
 export const POLL_MS = 1_000;
+/**
+ * How often while one is open: the snapshotter asks again 1 s after "not
+ * ready", then 2 s later; a switch seen just after its first retry would wait
+ * for the second (docs/BENCHMARKS.md measured a 3.3 s snapshot so).
+ */
+export const BUSY_POLL_MS = 200;
 
 const hashed = (id: string): string => createHash('sha256').update(id).digest('hex').slice(0, 24);
 /** qemu node names (a letter first, at most 31 characters): the overlay that goes on after snapshot `id`. */
@@ -77,7 +84,8 @@ export class NodeLayering {
    * when there is work (so kubelet's calls are not answered ABORTED for a
    * mere look); a volume busy with an RPC waits for the next poll.
    */
-  async poll(): Promise<void> {
+  async poll(): Promise<boolean> {
+    let asking = false;
     for (const rec of await this.state.list()) {
       if (rec.format !== 'qcow2') continue;
       const layout = this.mounts.layout(rec.mount);
@@ -85,7 +93,10 @@ export class NodeLayering {
         (await readIntent(layout, rec.volumeId).catch(() => undefined)) ??
         (await readMerge(layout, rec.volumeId).catch(() => undefined)) ??
         (await readMove(layout, rec.volumeId).catch(() => undefined));
-      if (asked === undefined) continue;
+      // Gone from its mount: a live move finished, and the record must follow it.
+      const moved = asked === undefined && (await stat(rec.image).catch(() => undefined)) === undefined;
+      if (asked === undefined && !moved) continue;
+      asking = true;
       let release: () => void;
       try {
         release = this.locks.acquire([`volume:${rec.volumeId}`]);
@@ -102,13 +113,35 @@ export class NodeLayering {
         release();
       }
     }
+    return asking;
   }
 
-  private async serve(rec: StageRecord): Promise<void> {
+  private async serve(found: StageRecord): Promise<void> {
+    const rec = await this.follow(found);
     const layout = this.mounts.layout(rec.mount);
     await this.switchLayer(rec, layout);
     await this.merge(rec, layout);
     await this.move(rec, layout);
+  }
+
+  /**
+   * A stage whose image is gone from its mount while its export still serves
+   * it: a live move arrived elsewhere (the node's part ended before the
+   * controller's). The record follows the volume to the mount that now has it.
+   */
+  private async follow(rec: StageRecord): Promise<StageRecord> {
+    if ((await stat(rec.image).catch(() => undefined)) !== undefined) return rec;
+    for (const mount of this.mounts.names()) {
+      const layout = this.mounts.layout(mount);
+      const image = layout.imagePath(rec.volumeId, 'qcow2');
+      if (mount === rec.mount || (await readRecord(layout.metaPath(rec.volumeId)).catch(() => undefined)) === undefined) continue;
+      if ((await stat(image).catch(() => undefined)) === undefined) continue;
+      const moved: StageRecord = { ...rec, mount, image };
+      await this.state.write(moved);
+      this.log.info({ volumeId: rec.volumeId, from: rec.mount, to: mount }, 'the volume moved while staged here; its stage record follows');
+      return moved;
+    }
+    return rec;
   }
 
   /** The writable export of a staged volume, if it runs. */
@@ -139,7 +172,8 @@ export class NodeLayering {
       try {
         await this.exports.switchTo(writer, arrivalImage(to, rec.volumeId), top);
       } catch (e) {
-        if ((await this.exports.top(writer).catch(() => undefined)) === top) throw e;
+        // Undone only when qemu says it still writes the source; unsure (no answer), the next poll tries again.
+        if ((await this.exports.top(writer)) === top) throw e;
         log.error({ err: describe(e) }, 'could not move the writes to the target; the move is undone');
         const { switching: _not, ...before } = intent;
         await writeMove(layout, rec.volumeId, { ...before, error: describe(e) });
@@ -152,8 +186,9 @@ export class NodeLayering {
     }
     if (intent.based === true && intent.repointed !== true) {
       await this.exports.repoint(writer, top, { node: baseNode(intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
-      const moved: StageRecord = { ...rec, image: to.imagePath(rec.volumeId, 'qcow2'), mount: intent.to, layers: { [intent.base]: baseNode(intent.base) } };
-      await this.state.write(moved);
+      // The record keeps its mount until the volume has arrived (follow() moves it then): the intent stays where a restart looks.
+      await this.state.write({ ...rec, layers: { [intent.base]: baseNode(intent.base) } });
+      crashPoint('node-move:repointed');
       await writeMove(layout, rec.volumeId, { ...intent, repointed: true });
       this.report('node_move', 'done');
       log.info('the export reads the copy on the target mount; the source can go');
@@ -235,9 +270,13 @@ export class NodeLayering {
     let timer: NodeJS.Timeout | undefined;
     const tick = (): void => {
       running = this.poll()
-        .catch((e: unknown) => this.log.warn({ err: describe(e) }, 'snapshot layer poll failed'))
-        .finally(() => {
-          if (!stopped) timer = setTimeout(tick, POLL_MS).unref();
+        .catch((e: unknown) => {
+          this.log.warn({ err: describe(e) }, 'snapshot layer poll failed');
+          return false;
+        })
+        .then((asking) => {
+          // While a request is open, look again soon: the controller's answer waits on this node.
+          if (!stopped) timer = setTimeout(tick, asking ? BUSY_POLL_MS : POLL_MS).unref();
         });
     };
     timer = setTimeout(tick, POLL_MS).unref();

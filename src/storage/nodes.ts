@@ -13,7 +13,7 @@ import { describe, internal, unavailable } from '../domain/errors.js';
 import { idFromName } from '../domain/ids.js';
 import type { Layout } from './layout.js';
 import type { Mounts } from './mounts.js';
-import { writeJsonAtomic } from './records.js';
+import { readText, writeJsonAtomic } from './records.js';
 
 export const NODE_SCHEMA = 1;
 /**
@@ -93,13 +93,8 @@ function parse(text: string, path: string): NodeRecord {
 /** The node's record on one mount; undefined when it has none there. */
 export async function readNode(layout: Layout, nodeId: string): Promise<NodeRecord | undefined> {
   const path = nodeFile(layout, nodeId);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
+  const text = await readText(path);
+  if (text === undefined) return undefined;
   const record = parse(text, path);
   // A hashed file name could in theory be another id's: the record's own id decides.
   return record.node === nodeId ? record : undefined;

@@ -61,27 +61,25 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
   }
 }
 
-/** A small JSON file the driver wrote (intents, requests), or undefined when there is none. */
-export async function readJsonFile<T>(path: string): Promise<T | undefined> {
-  let text: string;
+/** A file's text, or undefined when it does not exist. */
+export async function readText(path: string): Promise<string | undefined> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
-  return parseJson(text, path) as T;
+}
+
+/** A small JSON file the driver wrote (intents, requests), or undefined when there is none. */
+export async function readJsonFile<T>(path: string): Promise<T | undefined> {
+  const text = await readText(path);
+  return text === undefined ? undefined : (parseJson(text, path) as T);
 }
 
 export async function readRecord(path: string): Promise<VolumeRecord | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-  const r = parseJson(text, path) as Partial<VolumeRecord>;
+  const r = await readJsonFile<Partial<VolumeRecord>>(path);
+  if (r === undefined) return undefined;
   checkBacking(r.backing, path);
   if (r.sizeBytes !== undefined && !/^\d+$/.test(String(r.sizeBytes))) throw internal(`${path} gives size ${JSON.stringify(r.sizeBytes)}, not a byte count; run filedriver doctor`);
   return {
@@ -126,14 +124,8 @@ export interface SnapshotRecord {
 }
 
 export async function readSnapshot(path: string): Promise<SnapshotRecord | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-  const r = parseJson(text, path) as SnapshotRecord;
+  const r = await readJsonFile<SnapshotRecord>(path);
+  if (r === undefined) return undefined;
   checkBacking(r.backing, path);
   return r;
 }

@@ -332,7 +332,7 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
       for (const args of [file, overlayNode]) {
         const add = await q.execute('blockdev-add', args);
         // Added before a crash of the plugin, but not switched: the node is there to use.
-        if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${args['node-name']} for ${overlay} failed: ${add.error}`);
+        if (!add.ok && !/Duplicate node/i.test(add.error)) throw internal(`blockdev-add of ${args['node-name']} for ${overlay} failed: ${add.error}`);
       }
       const snap = await q.execute('blockdev-snapshot', { node: top, overlay: node });
       if (!snap.ok) {
@@ -365,7 +365,7 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await Qmp.session(h.qmpSocket, 60_000, async (q) => {
       const file = { driver: 'file', filename: base.image, aio: h.aio, cache: { direct: h.directIo }, locking: 'on' };
       const add = await q.execute('blockdev-add', { driver: base.format, 'node-name': base.node, 'read-only': true, file });
-      if (!add.ok && !/Duplicate nodes? name/i.test(add.error)) throw internal(`blockdev-add of ${base.image} failed: ${add.error}`);
+      if (!add.ok && !/Duplicate node/i.test(add.error)) throw internal(`blockdev-add of ${base.image} failed: ${add.error}`);
       const reopen = await q.execute('blockdev-reopen', {
         options: [{ driver: 'qcow2', 'node-name': top, file: fileNode(top), backing: base.node, discard: 'unmap' }],
       });

@@ -3,9 +3,9 @@
  * detached volumes, the node switching a volume it serves while a writer runs,
  * and a kill at every step of both followed by a restart.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -13,11 +13,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
+import { retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function qemuIo(image: string, command: string): string {
   // Reads open read-only and share the image: a background merge may hold it, and never changes what it reads.
@@ -35,33 +34,13 @@ function matches(image: string, pattern: number, offset = 0): boolean {
 /** `qemu-img check` exit 0: no corruption, no leaks. -U: a node may hold it. */
 const checkClean = (image: string) => execFileSync('qemu-img', ['check', '-U', '-q', image], { encoding: 'utf8' });
 
-function writeSynced(path: string, data: Buffer): string {
-  const fd = openSync(path, 'w');
-  writeSync(fd, data);
-  fsyncSync(fd);
-  closeSync(fd);
-  return createHash('sha256').update(data).digest('hex');
-}
-const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
-
 describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
   let share: Scratch;
   let kubelet: string;
   let sockDir: string;
   let driver: Driver;
-  /** Calls as the sidecars and kubelet do: ABORTED (the volume is busy, e.g. with a background merge) is retried. */
-  async function retried(call: () => Promise<Record<string, any>>): Promise<Record<string, any>> {
-    for (let i = 0; ; i++) {
-      try {
-        return await call();
-      } catch (e) {
-        if ((e as { code?: number }).code !== status.ABORTED || i >= 100) throw e;
-        await sleep(100);
-      }
-    }
-  }
-  const c = (method: string, req: object) => retried(() => driver.client.controller(method, req));
-  const n = (method: string, req: object) => retried(() => driver.client.node(method, req));
+  const c = (method: string, req: object) => retryAborted(() => driver.client.controller(method, req), 100, 100);
+  const n = (method: string, req: object) => retryAborted(() => driver.client.node(method, req), 100, 100);
   /** One call, for tests that expect ABORTED. */
   const once = (method: string, req: object) => driver.client.controller(method, req);
   const tree = () => join(share.path, 'filedriver');
@@ -144,6 +123,8 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     // Deleted snapshots that back something only hide; deleting the dependents frees everything.
     for (const id of ['snap-lay-1', 'snap-lay-2']) await c('DeleteSnapshot', { snapshot_id: id });
     expect((await c('ListSnapshots', {})).entries.map((e: any) => e.snapshot.snapshot_id)).not.toContain('snap-lay-1');
+    // The newer one has a single dependent, the volume: it is merged into it in the background.
+    await merged('snap-lay-2');
     expect(matches(image('pvc-lay'), 0xcd)).toBe(true);
     for (const id of ['pvc-lay-clone', 'pvc-lay']) await c('DeleteVolume', { volume_id: id });
     expect(readdirSync(join(tree(), 'snapshots')).filter((s) => s.startsWith('snap-lay'))).toEqual([]);
@@ -174,26 +155,11 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
   });
 
   describe('a volume a pod is writing', () => {
-    let writer: ChildProcess | undefined;
-    /** Stops the whole writer (the shell and its dd) and resolves with the shell's exit code. */
+    let writer: Writer | undefined;
     const stopWriter = async (): Promise<number | null> => {
       const w = writer;
       writer = undefined;
-      if (w?.pid === undefined) return null;
-      const exited = w.exitCode !== null || w.signalCode !== null ? Promise.resolve(w.exitCode) : new Promise<number | null>((r) => w.once('exit', (code) => r(code)));
-      const group = (signal: NodeJS.Signals | 0): boolean => {
-        try {
-          process.kill(-(w.pid ?? 0), signal);
-          return true;
-        } catch {
-          return false; // the whole group is gone
-        }
-      };
-      group('SIGKILL');
-      const code = await exited;
-      // dd may sit in an fsync for a while after the shell is gone: its open file keeps the mount busy.
-      for (let i = 0; i < 600 && group(0); i++) await sleep(50);
-      return code;
+      return w === undefined ? null : w.stop();
     };
     // Before the outer afterEach detaches: an open file would keep the target busy.
     afterEach(async () => {
@@ -206,7 +172,7 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       const target = paths('pvc-live').target;
       const before = writeSynced(join(target, 'before.bin'), randomBytes(4 * 1024 * 1024));
       // A pod writing on: synced 1 MiB files, round and round.
-      writer = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${target}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`], { detached: true });
+      writer = new Writer(target);
       const frozenIno = statSync(image('pvc-live')).ino;
 
       const snap = await snapshotReady('snap-live', 'pvc-live');
@@ -217,7 +183,7 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       expect(workFiles('pvc-live')).toEqual([]);
       const after = writeSynced(join(target, 'after.bin'), randomBytes(1024 * 1024));
       expect(sha(join(target, 'after.bin'))).toBe(after);
-      expect(writer.exitCode).toBeNull(); // still writing, never failed
+      expect(writer.running).toBe(true); // still writing, never failed
 
       await c('CreateVolume', createRequest('pvc-live-clone', { capacity_range: { required_bytes: String(256n * MiB) }, volume_content_source: { snapshot: { snapshot_id: 'snap-live' } } }));
       await attach('pvc-live-clone');
@@ -226,7 +192,7 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       expect(existsSync(join(cloneTarget, 'after.bin'))).toBe(false);
       await detach('pvc-live-clone');
 
-      expect(writer.exitCode).toBeNull();
+      expect(writer.running).toBe(true);
       expect(await stopWriter()).not.toBe(7);
       await detach('pvc-live');
       for (const img of [image('pvc-live'), snapImage('snap-live')]) checkClean(img);

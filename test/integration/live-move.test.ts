@@ -3,9 +3,9 @@
  * qemu carries the writes over (ControllerModifyVolume retried as the resizer
  * does), on two ext4 shares without reflink; and a kill at each step.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -13,20 +13,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
+import { retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function writeSynced(path: string, data: Buffer): string {
-  const fd = openSync(path, 'w');
-  writeSync(fd, data);
-  fsyncSync(fd);
-  closeSync(fd);
-  return createHash('sha256').update(data).digest('hex');
-}
-const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 describe.skipIf(!isRoot)('live moves', () => {
   let a: Scratch;
@@ -34,21 +24,16 @@ describe.skipIf(!isRoot)('live moves', () => {
   let kubelet: string;
   let sockDir: string;
   let driver: Driver;
-  let writer: ChildProcess | undefined;
+  let writer: Writer | undefined;
+  const stopWriter = async (): Promise<number | null> => {
+    const w = writer;
+    writer = undefined;
+    return w === undefined ? null : w.stop();
+  };
   const attached = new Set<string>();
 
-  async function retried(call: () => Promise<Record<string, any>>): Promise<Record<string, any>> {
-    for (let i = 0; ; i++) {
-      try {
-        return await call();
-      } catch (e) {
-        if ((e as { code?: number }).code !== status.ABORTED || i >= 150) throw e;
-        await sleep(200);
-      }
-    }
-  }
-  const c = (method: string, req: object) => retried(() => driver.client.controller(method, req));
-  const n = (method: string, req: object) => retried(() => driver.client.node(method, req));
+  const c = (method: string, req: object) => retryAborted(() => driver.client.controller(method, req));
+  const n = (method: string, req: object) => retryAborted(() => driver.client.node(method, req));
   const start = async (env: Record<string, string> = {}) => {
     driver = await startDriver({ mounts: { a: a.path, b: b.path }, dir: sockDir, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'], env });
   };
@@ -70,29 +55,6 @@ describe.skipIf(!isRoot)('live moves', () => {
     await c('ControllerUnpublishVolume', { volume_id: id, node_id: 'node-a' });
     attached.delete(id);
   }
-  /** A pod writing synced 1 MiB files round and round; its shell exits 7 on a write error. */
-  function startWriter(dir: string): void {
-    writer = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`], { detached: true });
-  }
-  async function stopWriter(): Promise<number | null> {
-    const w = writer;
-    writer = undefined;
-    if (w?.pid === undefined) return null;
-    const exited = w.exitCode !== null || w.signalCode !== null ? Promise.resolve(w.exitCode) : new Promise<number | null>((r) => w.once('exit', (code) => r(code)));
-    const group = (signal: NodeJS.Signals | 0): boolean => {
-      try {
-        process.kill(-(w.pid ?? 0), signal);
-        return true;
-      } catch {
-        return false;
-      }
-    };
-    group('SIGKILL');
-    const code = await exited;
-    for (let i = 0; i < 600 && group(0); i++) await sleep(50);
-    return code;
-  }
-
   beforeAll(async () => {
     rootOnlyReason();
     a = makeScratch('ext4', 768);
@@ -121,7 +83,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     // A layer under the top: the move flattens the chain into the new base.
     for (let i = 0; i < 100 && (await c('CreateSnapshot', { name: 'snap-before-move', source_volume_id: id })).snapshot.ready_to_use !== true; i++) await sleep(200);
     sums['second'] = writeSynced(join(target, 'second.bin'), randomBytes(2 * 1024 * 1024));
-    startWriter(target);
+    writer = new Writer(target);
 
     await moveTo(id, 'b');
     expect(existsSync(volDir(a, id))).toBe(false);
@@ -132,7 +94,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     expect((await c('ControllerGetVolume', { volume_id: id })).volume.volume_context.mount).toBe('b');
     // The pod keeps writing, now to mount b.
     sums['third'] = writeSynced(join(target, 'third.bin'), randomBytes(1024 * 1024));
-    expect(writer?.exitCode).toBeNull();
+    expect(writer?.running).toBe(true);
     expect(await stopWriter()).not.toBe(7);
     for (const [name, sum] of Object.entries(sums)) expect(sha(join(target, `${name}.bin`))).toBe(sum);
     // The snapshot stays where it was taken, no longer backing the volume.
@@ -179,7 +141,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     await c('DeleteVolume', { volume_id: id });
   });
 
-  it.each(['node-move:switched', 'move:based', 'move:arrived'])('killed at %s: the restarted driver finishes the move, no write lost', async (step) => {
+  it.each(['node-move:switched', 'move:based', 'node-move:repointed', 'move:arrived'])('killed at %s: the restarted driver finishes the move, no write lost', async (step) => {
     const id = `pvc-mv-${step.replace(/[^a-z]/g, '')}`;
     await c('CreateVolume', createRequest(id, { parameters: { mounts: 'a' } }));
     await attach(id);
