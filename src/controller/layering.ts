@@ -8,7 +8,7 @@
  * crash at any step is finished or undone by the next call on that volume.
  * Callers hold the volume's lock: no publish, expansion or move runs meanwhile.
  */
-import { rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { crashPoint } from '../domain/crash.js';
 import { busy, internal, precondition } from '../domain/errors.js';
@@ -20,13 +20,14 @@ import {
   phaseOf,
   promoteOverlay,
   readIntent,
+  removeOverlayWork,
   removeIntent,
   writeIntent,
   type LayerIntent,
 } from '../storage/layering.js';
 import { readMove } from '../storage/moving.js';
 import type { LayerEvents } from '../metrics.js';
-import type { SnapshotRecord } from '../storage/records.js';
+import { uniqueSuffix, type SnapshotRecord } from '../storage/records.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -40,6 +41,9 @@ import type { QemuImg } from '../system/qemu-img.js';
 export const MAX_CHAIN = 32;
 
 export type LayerOutcome = 'ready' | 'pending';
+
+/** How long CreateSnapshot waits for the node's switch before answering "not ready" (node/layers.ts polls each second). */
+const SWITCH_WAIT_MS = 1_500;
 
 export class Layering {
   /** Told of each layer switch the controller sees through (metrics). */
@@ -62,7 +66,7 @@ export class Layering {
     if (moving !== undefined) throw busy(`volume ${volumeId} is moving to mount ${moving.to}; snapshot it when the move is done`);
     const pending = await this.advance(found, log);
     if (pending !== undefined) {
-      if (pending.snapshotId === record.id) return 'pending';
+      if (pending.snapshotId === record.id) return this.awaitSwitch(found, pending, log);
       throw busy(`volume ${volumeId} is still being snapshotted as ${pending.snapshotId}; retry`);
     }
     const done = await this.snapshots.read(layout, record.id);
@@ -87,7 +91,21 @@ export class Layering {
     if (!made) throw busy(`snapshot ${record.id} appeared while being created; retry`);
     crashPoint('layer:frozen');
     log.info({ volumeId, snapshotId: record.id }, 'volume image frozen as a snapshot layer');
-    return (await this.advance(found, log)) === undefined ? 'ready' : 'pending';
+    const waiting = await this.advance(found, log);
+    return waiting === undefined ? 'ready' : this.awaitSwitch(found, waiting, log);
+  }
+
+  /**
+   * The node serving the volume usually switches within a second: waiting
+   * that long here (a stat every 50 ms) answers most snapshots ready in their
+   * first call, instead of after the snapshotter's back-off.
+   */
+  private async awaitSwitch(found: FoundVolume, intent: LayerIntent, log: Logger): Promise<LayerOutcome> {
+    for (const end = Date.now() + SWITCH_WAIT_MS; Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 50));
+      if ((await phaseOf(found.layout, found.record.id, intent)) === 'switched') return (await this.advance(found, log)) === undefined ? 'ready' : 'pending';
+    }
+    return 'pending';
   }
 
   /** For calls that change the image: any layering finished first; ABORTED while a node has yet to switch. */
@@ -120,7 +138,14 @@ export class Layering {
     if (phase === 'frozen') {
       const image = layout.imagePath(volumeId, 'qcow2');
       const size = (await this.qemuImg.info(image, 'qcow2')).virtualSize;
-      await this.qemuImg.createOverlay(overlayPath(layout, volumeId, intent.snapshotId), overlayBacking(intent.snapshotId), 'qcow2', size, { unsafe: true });
+      // Made under another name and renamed: the node acts as soon as the overlay's name exists.
+      const work = `${overlayPath(layout, volumeId, intent.snapshotId)}.${uniqueSuffix()}`;
+      try {
+        await this.qemuImg.createOverlay(work, overlayBacking(intent.snapshotId), 'qcow2', size, { unsafe: true });
+        await rename(work, overlayPath(layout, volumeId, intent.snapshotId));
+      } finally {
+        await rm(work, { force: true });
+      }
       phase = 'ready';
       crashPoint('layer:overlay');
     }
@@ -158,6 +183,7 @@ export class Layering {
     }
     const snap = await this.snapshots.read(layout, intent.snapshotId);
     if (snap?.pending === true) await this.snapshots.update(layout, { ...snap, pending: false, createdAt: new Date().toISOString() });
+    await removeOverlayWork(layout, volumeId, intent.snapshotId);
     await removeIntent(layout, volumeId);
   }
 
@@ -167,6 +193,7 @@ export class Layering {
     const volumeId = found.record.id;
     if (frozen) await this.snapshots.discard(layout, intent.snapshotId);
     await rm(overlayPath(layout, volumeId, intent.snapshotId), { force: true });
+    await removeOverlayWork(layout, volumeId, intent.snapshotId);
     if (intent.backing !== null) await this.snapshots.release(layout, intent.backing, intent.snapshotId);
     await removeIntent(layout, volumeId);
   }

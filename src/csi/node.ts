@@ -10,6 +10,7 @@ import { checkMountFlags } from '../domain/mount-flags.js';
 import { checkKubeletPath, overlaps } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
 import type { NodeHealth } from '../node/health.js';
+import { nodeVolumeKey } from '../node/layers.js';
 import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
 import { SafePaths } from '../node/safe-path.js';
@@ -43,7 +44,7 @@ interface NodeRequest {
 }
 
 const ids = (r: NodeRequest): Record<string, string> => ({ volumeId: r.volume_id ?? '' });
-const byVolume = (r: NodeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
+const byVolume = (r: NodeRequest): string[] => [nodeVolumeKey(r.volume_id ?? '')];
 
 export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'] as const;
 

@@ -24,6 +24,13 @@ import { arrivalImage, committed, readMove, writeMove } from '../storage/moving.
 import { hostname } from 'node:os';
 import type { StageRecord, StageState } from './state.js';
 
+/**
+ * The lock key of a volume on the node (its RPCs and this poll). Its own key space: in one process
+ * serving both services (--mode all) a controller call on a volume must not hold up the node's work
+ * on it, as it cannot when they run apart.
+ */
+export const nodeVolumeKey = (volumeId: string): string => `node-volume:${volumeId}`;
+
 /** How often staged volumes are looked at for requests: a few reads each. */
 export const POLL_MS = 1_000;
 /**
@@ -99,7 +106,7 @@ export class NodeLayering {
       asking = true;
       let release: () => void;
       try {
-        release = this.locks.acquire([`volume:${rec.volumeId}`]);
+        release = this.locks.acquire([nodeVolumeKey(rec.volumeId)]);
       } catch {
         continue;
       }

@@ -18,7 +18,7 @@
  * volume's image is no longer the snapshot's inode. Before it, undoing is
  * removing what was made; after it, finishing is writing the records.
  */
-import { link, rename, rm, stat } from 'node:fs/promises';
+import { link, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Layout } from './layout.js';
 import { readJsonFile, readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
@@ -66,6 +66,13 @@ export async function phaseOf(layout: Layout, volumeId: string, intent: LayerInt
   if (frozen === undefined) return 'intent';
   if ((await inode(layout.imagePath(volumeId, 'qcow2'))) !== frozen) return 'switched';
   return (await inode(overlayPath(layout, volumeId, intent.snapshotId))) === undefined ? 'frozen' : 'ready';
+}
+
+/** Overlays half-made under a temporary name (a crash while creating one): removed when the layering ends. */
+export async function removeOverlayWork(layout: Layout, volumeId: string, snapshotId: string): Promise<void> {
+  const prefix = `.layer-${snapshotId}.qcow2.`;
+  const names = await readdir(layout.volumeDir(volumeId)).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(prefix)).map((n) => rm(join(layout.volumeDir(volumeId), n), { force: true })));
 }
 
 /** Step 2's image: the volume's own inode under the snapshot's name. */
