@@ -27,6 +27,7 @@ import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
+import { whenShareGone } from './storage/gone.js';
 import { ShareNodeRegistry } from './storage/nodes.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
@@ -79,7 +80,8 @@ function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore,
 }
 
 export function buildApp(config: Config, log: Logger): App {
-  const run = makeRunner(log.child({ component: 'command' }));
+  // Controller tools die with the controller; the node's keep running (see RunnerOptions).
+  const run = makeRunner(log.child({ component: 'command' }), { dieWithParent: config.mode !== 'node' });
   const qemuImg = makeQemuImg(run);
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
@@ -87,7 +89,7 @@ export function buildApp(config: Config, log: Logger): App {
   const metrics = new Metrics(mounts, config.mode !== 'node');
   // One set of locks for the RPCs and the node's background work on the same volumes.
   const locks = new KeyedLocks();
-  const handle = makeHandle(log, locks, metrics.observe);
+  const handle = makeHandle(log, locks, metrics.observe, (e) => whenShareGone(e, mounts));
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
@@ -109,7 +111,7 @@ export function buildApp(config: Config, log: Logger): App {
   const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
-  const nodeSide = nodeParts(config, log, run, store, mounts, locks);
+  const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store, mounts, locks);
   nodeSide.layers.report = metrics.layerEvent;
   let stopLayers = async (): Promise<void> => undefined;
   let stopMerges = async (): Promise<void> => undefined;
@@ -160,6 +162,7 @@ export function buildApp(config: Config, log: Logger): App {
         if (!controller) continue;
         const removed = await cleanTemp(mounts.layout(h.name).tmp);
         if (removed > 0) log.info({ mount: h.name, removed }, 'removed leftovers of interrupted work');
+        if (removed > 0) mounts.invalidate(h.name); // their space is free: a retried create must see it
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }

@@ -110,6 +110,7 @@ export class VolumeService {
     let mount: string;
     let linked = false;
     let release = (): void => undefined;
+    let placedMount: string | undefined;
     try {
       const sizeBytes = sizeFor(input.capacity, this.settings.defaultSizeBytes, base?.sizeBytes);
       linked = base !== undefined && params.cloneMode === 'linked';
@@ -120,6 +121,7 @@ export class VolumeService {
       const claim = { id, name: input.name, sizeBytes, thin: isThin(params), allowed: only === undefined ? params.mounts : [only] };
       const placed = await this.placer.claim({ ...claim, requisite: input.requisite, preferred: input.preferred });
       mount = placed.mount;
+      placedMount = mount;
       release = placed.release;
       const layout = await this.mounts.requireUsable(mount);
       record = {
@@ -140,6 +142,8 @@ export class VolumeService {
       created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
       if (created) this.ledger.note(mount, record);
     } catch (e) {
+      // The half-built image is gone (buildWhole), so free space is to be read again.
+      if (placedMount !== undefined) this.mounts.invalidate(placedMount);
       throw noSpace(e, input.name);
     } finally {
       release();
@@ -191,9 +195,14 @@ export class VolumeService {
     const settled = await this.settler.settle(found, log, 'be deleted');
     const layout = await this.mounts.requireUsable(settled.mount);
     const record = (await this.store.read(layout, id)) ?? settled.record;
-    await this.store.remove(layout, id);
-    this.ledger.forget(settled.mount, id);
-    if (record.backing !== null) await this.snapshots.release(layout, record.backing, id);
+    try {
+      await this.store.remove(layout, id);
+      this.ledger.forget(settled.mount, id);
+      if (record.backing !== null) await this.snapshots.release(layout, record.backing, id);
+    } finally {
+      // Its bytes (and a base it released) are free now: the next placement must not see the cached figure.
+      this.mounts.invalidate(settled.mount);
+    }
     log.info({ volumeId: id, mount: settled.mount }, 'volume deleted');
   }
 

@@ -22,7 +22,10 @@ export type UnaryHandler<Req, Res> = (call: ServerUnaryCall<Req, Res>, callback:
 /** Told of every finished call: its method, status name ('OK', 'NOT_FOUND', …) and duration. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
 
-export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined) {
+/** Gives a failure its meaning before it is mapped (e.g. storage/gone.ts: a vanished share is UNAVAILABLE). */
+export type Translate = (e: unknown) => Promise<unknown>;
+
+export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined, translate: Translate = async (e) => e) {
   return function handle<Req, Res>(
     method: string,
     options: RpcOptions<Req>,
@@ -42,6 +45,8 @@ export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver
         const release = locks.acquire(options.locks?.(req) ?? []);
         try {
           return await fn(req, log);
+        } catch (e) {
+          throw await translate(e).catch(() => e);
         } finally {
           release();
         }

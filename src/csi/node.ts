@@ -1,16 +1,19 @@
 /**
  * CSI Node service: parse → act → reply. Paths from kubelet are checked to lie
- * inside the kubelet directory before anything touches them.
+ * inside the kubelet directory, and to reach it through no symlink, before
+ * anything touches them (node/safe-path.ts).
  */
 import type { Logger } from 'pino';
-import { precondition } from '../domain/errors.js';
+import { invalid, precondition } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
-import { checkKubeletPath } from '../domain/paths.js';
+import { checkMountFlags } from '../domain/mount-flags.js';
+import { checkKubeletPath, overlaps } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
 import type { NodeHealth } from '../node/health.js';
 import { nodeVolumeKey } from '../node/layers.js';
 import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
+import { SafePaths } from '../node/safe-path.js';
 import type { Stager } from '../node/stage.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { Handle } from './handle.js';
@@ -47,7 +50,14 @@ export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'E
 
 export function nodeService(handle: Handle, deps: NodeDeps) {
   const volumeId = (r: NodeRequest) => checkId(requireString(r.volume_id, 'volume_id'), 'volume_id');
-  const path = (p: string | undefined, field: string) => checkKubeletPath(p, field, deps.kubeletDir);
+  const safe = new SafePaths(deps.kubeletDir);
+  const path = (p: string | undefined, field: string) => safe.check(checkKubeletPath(p, field, deps.kubeletDir), field);
+  // Flags are checked before the volume is touched: mount(8) refusing one after mkfs is too late.
+  const capability = (r: NodeRequest) => {
+    const cap = parseCapability(r.volume_capability);
+    if (cap.access === 'mount') checkMountFlags(cap.mountFlags);
+    return cap;
+  };
 
   return {
     NodeGetCapabilities: handle('NodeGetCapabilities', {}, async () => ({
@@ -64,38 +74,41 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     NodeStageVolume: handle('NodeStageVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
       const input = {
         volumeId: volumeId(r),
-        stagingPath: path(r.staging_target_path, 'staging_target_path'),
-        capability: parseCapability(r.volume_capability),
+        stagingPath: await path(r.staging_target_path, 'staging_target_path'),
+        capability: capability(r),
         readonly: r.publish_context?.['readonly'] === 'true',
+        paths: safe,
       };
       await deps.stager.stage(input, log);
       return {};
     }),
 
     NodeUnstageVolume: handle('NodeUnstageVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      await deps.stager.unstage(volumeId(r), path(r.staging_target_path, 'staging_target_path'), log);
+      await deps.stager.unstage(volumeId(r), await path(r.staging_target_path, 'staging_target_path'), log);
       return {};
     }),
 
     NodePublishVolume: handle('NodePublishVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
       const id = volumeId(r);
-      const targetPath = path(r.target_path, 'target_path');
-      const capability = parseCapability(r.volume_capability);
+      const targetPath = await path(r.target_path, 'target_path');
+      const cap = capability(r);
       // STAGE_UNSTAGE_VOLUME is advertised, so a missing staging path is the CO's order mistake (CSI: FAILED_PRECONDITION).
       if ((r.staging_target_path ?? '') === '') throw precondition('staging_target_path is not set; NodeStageVolume must come first');
-      const stagingPath = path(r.staging_target_path, 'staging_target_path');
+      const stagingPath = await path(r.staging_target_path, 'staging_target_path');
+      // Publishing onto (or into) the staging mount would hide it and block the unstage.
+      if (overlaps(targetPath, stagingPath)) throw invalid(`target_path ${targetPath} and staging_target_path ${stagingPath} must be distinct, neither inside the other`);
       const staged = await deps.stager.requireStaged(id, stagingPath);
-      await deps.publisher.publish({ volumeId: id, stagingPath, targetPath, capability, readonly: r.readonly ?? false }, staged, log);
+      await deps.publisher.publish({ volumeId: id, stagingPath, targetPath, capability: cap, readonly: r.readonly ?? false, paths: safe }, staged, log);
       return {};
     }),
 
     NodeUnpublishVolume: handle('NodeUnpublishVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      await deps.publisher.unpublish(volumeId(r), path(r.target_path, 'target_path'), log);
+      await deps.publisher.unpublish(volumeId(r), await path(r.target_path, 'target_path'), log);
       return {};
     }),
 
     NodeGetVolumeStats: handle('NodeGetVolumeStats', { ids }, async (r: NodeRequest) => {
-      const stats = await deps.health.stats(volumeId(r), path(r.volume_path, 'volume_path'));
+      const stats = await deps.health.stats(volumeId(r), await path(r.volume_path, 'volume_path'));
       const u = stats.usage;
       const usage =
         'usedBytes' in u
@@ -108,7 +121,7 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     }),
 
     NodeExpandVolume: handle('NodeExpandVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      const size = await deps.health.expand(volumeId(r), path(r.volume_path, 'volume_path'), parseRange(r.capacity_range), log);
+      const size = await deps.health.expand(volumeId(r), await path(r.volume_path, 'volume_path'), parseRange(r.capacity_range), log);
       return { capacity_bytes: size.toString() };
     }),
   };

@@ -15,3 +15,8 @@ export function checkKubeletPath(path: string | undefined, field: string, root: 
   }
   return clean;
 }
+
+/** Whether two clean absolute paths are the same or one lies inside the other. */
+export function overlaps(a: string, b: string): boolean {
+  return a === b || a.startsWith(b + sep) || b.startsWith(a + sep);
+}

@@ -5,11 +5,12 @@
  * in the stage record (before it is mounted), so a second publish can be
  * judged by the CSI spec's table and an unstage never orphans a target.
  */
-import { mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { lstat, rmdir, unlink } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { isReadOnlyMode, publishesOnce, type Capability } from '../domain/capabilities.js';
 import { alreadyExists, precondition } from '../domain/errors.js';
+import { checkReadOnlyFlags } from '../domain/mount-flags.js';
+import type { SafePaths } from './safe-path.js';
 import { fingerprint } from './stage.js';
 import type { PublishedTarget, StageRecord, StageState } from './state.js';
 import type { NodeSystem } from './system.js';
@@ -21,6 +22,8 @@ export interface PublishInput {
   targetPath: string;
   capability: Capability;
   readonly: boolean;
+  /** Where the target may be made: below the kubelet directory, through no link. */
+  paths: SafePaths;
 }
 
 export class Publisher {
@@ -38,6 +41,7 @@ export class Publisher {
     const target: PublishedTarget = { path: targetPath, capability: fingerprint(cap, input.readonly), mode: cap.mode };
     const recorded = (rec.targets ?? []).find((t) => t.path === targetPath);
     const readOnly = input.readonly || rec.readOnly || isReadOnlyMode(cap.mode);
+    if (cap.access === 'mount') checkReadOnlyFlags(cap.mountFlags, readOnly, `the publication of volume ${volumeId} at ${targetPath}`);
     if (await this.sys.fs.isMountPoint(targetPath)) {
       // Same target: the same arguments are a repeat, others ALREADY_EXISTS (CSI NodePublishVolume).
       if (recorded !== undefined && recorded.capability !== target.capability) {
@@ -75,43 +79,41 @@ export class Publisher {
   private async mount(input: PublishInput, rec: StageRecord, readOnly: boolean): Promise<void> {
     const device = rec.device ?? '';
     const target = input.targetPath;
-    const existed = (await stat(target).catch(() => undefined)) !== undefined;
+    const existed = (await lstat(target).catch(() => undefined)) !== undefined;
     try {
+      // Made through no link (safe-path.ts): a link planted on the way would put the volume outside the kubelet dir.
       if (input.capability.access === 'block') {
-        await mkdir(dirname(target), { recursive: true });
-        await (await open(target, 'a', 0o660)).close();
+        await input.paths.makeFile(target, 'target_path');
         await this.sys.fs.mount(device, target, { bind: true, readOnly, flags: [] });
       } else {
-        await mkdir(target, { recursive: true, mode: 0o750 });
+        await input.paths.makeDirs(target, 'target_path');
         await this.sys.fs.mount(input.stagingPath, target, { bind: true, readOnly, flags: input.capability.mountFlags });
       }
     } catch (e) {
       // Leave no target file or directory of ours behind (rmdir: only an empty one).
-      if (!existed && !(await this.sys.fs.isMountPoint(target))) {
-        const st = await stat(target).catch(() => undefined);
-        await (st?.isDirectory() === true ? rmdir(target) : rm(target, { force: true })).catch(() => undefined);
-      }
+      if (!existed && !(await this.sys.fs.isMountPoint(target))) await removeTarget(target);
       throw e;
     }
   }
 
   /**
-   * Idempotent: unmounts and removes the target (an empty directory or the
-   * device file), never its contents. A target that shows another staged
-   * volume is not this volume's publication and is left alone.
+   * Idempotent. Acts only on a target this volume's stage record names: a
+   * path the driver did not publish to (a pod's file, another volume's
+   * target, a foreign mount) is answered OK untouched. The target is
+   * unmounted, then removed if it is an empty directory or the empty file a
+   * block publish made; anything put inside it is left.
    */
   async unpublish(volumeId: string, targetPath: string, log: Logger): Promise<void> {
-    if (await this.sys.fs.isMountPoint(targetPath)) {
-      const owner = await this.ownerElsewhere(volumeId, targetPath);
-      if (owner !== undefined) {
-        log.warn({ volumeId, target: targetPath, owner }, 'target shows another volume; not unpublishing it');
-        return;
-      }
+    const rec = await this.state.read(volumeId);
+    const recorded = (rec?.targets ?? []).some((t) => t.path === targetPath);
+    // Records of versions before targets were recorded: a mount that shows this volume is adopted.
+    const legacy = rec !== undefined && rec.targets === undefined && (await this.sys.fs.isMountPoint(targetPath)) && (await showsVolume(rec, targetPath));
+    if (!recorded && !legacy) {
+      log.info({ volumeId, target: targetPath }, 'volume is not published at this path; nothing to do');
+      return;
     }
     await this.sys.fs.unmount(targetPath);
-    const st = await stat(targetPath).catch(() => undefined);
-    if (st?.isDirectory()) await rmdir(targetPath);
-    else if (st !== undefined) await rm(targetPath);
+    if (!(await this.sys.fs.isMountPoint(targetPath))) await removeTarget(targetPath);
     await this.forget(volumeId, targetPath);
     log.info({ volumeId, target: targetPath }, 'volume unpublished');
   }
@@ -135,14 +137,20 @@ export class Publisher {
     await this.state.write(rec);
   }
 
-  /** The staged volume other than `volumeId` that `path` shows, if any. */
-  private async ownerElsewhere(volumeId: string, path: string): Promise<string | undefined> {
-    const mine = await this.state.read(volumeId);
-    if (mine !== undefined && ((mine.targets ?? []).some((t) => t.path === path) || (await showsVolume(mine, path)))) return undefined;
-    for (const rec of await this.state.list()) {
-      if (rec.volumeId === volumeId) continue;
-      if ((rec.targets ?? []).some((t) => t.path === path) || (await showsVolume(rec, path))) return rec.volumeId;
-    }
-    return undefined;
-  }
+}
+
+/**
+ * Removes a target the publish made: an empty directory, or an empty regular
+ * file (a block target). Never follows a link (lstat, rmdir, unlink do not),
+ * never removes contents: a directory someone filled (ENOTEMPTY) or busy is
+ * left for kubelet, which removes its pod's directories itself.
+ */
+async function removeTarget(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => undefined);
+  if (st === undefined) return;
+  const ignore = (e: unknown) => {
+    if (!['ENOTEMPTY', 'EEXIST', 'EBUSY', 'ENOENT'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+  };
+  if (st.isDirectory()) await rmdir(path).catch(ignore);
+  else if (st.isFile() && st.size === 0) await unlink(path).catch(ignore);
 }

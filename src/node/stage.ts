@@ -5,14 +5,15 @@
  * staging path. Each step is recorded before the next, so unstage can undo a
  * half-done stage after a crash.
  */
-import { mkdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
 import { alreadyExists, busy, invalid, isDriverError, notFound, precondition } from '../domain/errors.js';
+import { checkReadOnlyFlags } from '../domain/mount-flags.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import { stageMountFlags } from '../system/filesystems.js';
 import type { NodeLayering } from './layers.js';
 import type { NodeSystem } from './system.js';
+import type { SafePaths } from './safe-path.js';
 import type { StageRecord, StageState } from './state.js';
 
 export interface StageInput {
@@ -21,6 +22,8 @@ export interface StageInput {
   capability: Capability;
   /** From ControllerPublishVolume (PUBLISH_READONLY). */
   readonly: boolean;
+  /** Where the staging directory may be made: below the kubelet directory, through no link. */
+  paths: SafePaths;
 }
 
 export function fingerprint(cap: Capability, readonly: boolean): string {
@@ -39,6 +42,9 @@ export class Stager {
 
   async stage(input: StageInput, log: Logger): Promise<void> {
     const print = fingerprint(input.capability, input.readonly);
+    if (input.capability.access === 'mount') {
+      checkReadOnlyFlags(input.capability.mountFlags, input.readonly || isReadOnlyMode(input.capability.mode), `the stage of volume ${input.volumeId}`);
+    }
     const existing = await this.state.read(input.volumeId);
     if (existing !== undefined) {
       if (existing.stagingPath !== input.stagingPath || existing.capability !== print) {
@@ -76,7 +82,7 @@ export class Stager {
     await this.state.write(rec);
     try {
       await this.attach(rec);
-      if (cap.access === 'mount') await this.mountFilesystem(rec, cap.mountFlags, log);
+      if (cap.access === 'mount') await this.mountFilesystem(rec, cap.mountFlags, input.paths, log);
     } catch (e) {
       await this.unstageRecord(rec).catch((cleanup: unknown) => log.error({ err: cleanup }, 'cleanup after failed stage failed'));
       throw withHolders(e, volume.publications.map((p) => p.node));
@@ -109,7 +115,7 @@ export class Stager {
     await this.state.write(rec);
   }
 
-  private async mountFilesystem(rec: StageRecord, flags: string[], log: Logger): Promise<void> {
+  private async mountFilesystem(rec: StageRecord, flags: string[], paths: SafePaths, log: Logger): Promise<void> {
     const device = rec.device ?? '';
     const fsType = rec.fsType ?? 'ext4';
     // A read-only stage never formats; otherwise one probe decides, and only a blank device is formatted.
@@ -122,7 +128,7 @@ export class Stager {
     } else if (found.fsType !== fsType) {
       throw precondition(`volume ${rec.volumeId} holds a ${found.fsType} filesystem but ${fsType} was asked for; refusing to format over it`);
     }
-    await mkdir(rec.stagingPath, { recursive: true });
+    await paths.makeDirs(rec.stagingPath, 'staging_target_path');
     const needed = stageMountFlags(fsType, rec.readOnly).filter((f) => !flags.includes(f));
     await this.sys.fs.mount(device, rec.stagingPath, { fsType, flags: [...flags, ...needed], readOnly: rec.readOnly });
     rec.mounted = true;
@@ -178,14 +184,9 @@ export class Stager {
   async unstage(volumeId: string, stagingPath: string, log: Logger): Promise<void> {
     const rec = await this.state.read(volumeId);
     if (rec === undefined) {
-      // Nothing recorded: at most a mount we do not know of (kubelet's view),
-      // unless it is where another volume is staged.
-      const owner = (await this.state.list()).find((r) => r.stagingPath === stagingPath);
-      if (owner !== undefined) {
-        log.warn({ volumeId, stagingPath, owner: owner.volumeId }, 'another volume is staged at this path; left alone');
-        return;
-      }
-      await this.sys.fs.unmount(stagingPath);
+      // Nothing recorded, so nothing there is ours: a stage records itself before it mounts anything,
+      // and whatever else is mounted at the path (another volume, a foreign filesystem) is left alone.
+      log.info({ volumeId, stagingPath }, 'volume is not staged on this node; nothing to do');
       return;
     }
     if (rec.stagingPath !== stagingPath) {

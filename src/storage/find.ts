@@ -1,11 +1,14 @@
 /**
  * Finding an object by id on the mounts: one read per mount, in parallel.
  * Not found while a mount that could hold it is unreachable is UNAVAILABLE,
- * never "gone" (ARCHITECTURE.md: unknown vs unreachable).
+ * never "gone" (ARCHITECTURE.md: unknown vs unreachable). "Not found" is
+ * answered only after a fresh (uncached) health check made after the reads:
+ * a share unmounted within the cache window reads as an empty directory, and
+ * DeleteVolume would report success for a volume still on it.
  */
 import { unavailable } from '../domain/errors.js';
 import type { Layout } from './layout.js';
-import type { Mounts } from './mounts.js';
+import type { MountHealth, Mounts } from './mounts.js';
 
 export interface Found<R> {
   mount: string;
@@ -24,17 +27,26 @@ export async function findOnMounts<R>(
   scope?: readonly string[],
   prefer: (hits: Found<R>[]) => Found<R> | undefined = (hits) => hits[0],
 ): Promise<Found<R> | undefined> {
-  const health = await mounts.all();
-  const found = await Promise.all(
-    health.map(async (h): Promise<Found<R> | undefined> => {
-      if (!h.mounted) return undefined;
-      const layout = mounts.layout(h.name);
-      const record = await read(layout);
-      return record === undefined ? undefined : { mount: h.name, layout, record, writable: h.usable, reason: h.reason };
-    }),
-  );
-  const hit = prefer(found.filter((f) => f !== undefined));
+  const readAll = async (health: readonly MountHealth[]) => {
+    const found = await Promise.all(
+      health.map(async (h): Promise<Found<R> | undefined> => {
+        if (!h.mounted) return undefined;
+        const layout = mounts.layout(h.name);
+        const record = await read(layout);
+        return record === undefined ? undefined : { mount: h.name, layout, record, writable: h.usable, reason: h.reason };
+      }),
+    );
+    return prefer(found.filter((f) => f !== undefined));
+  };
+  const cached = await mounts.all();
+  const hit = await readAll(cached);
   if (hit !== undefined) return hit;
+  // Confirm the absence: were the mounts really there when they were read? Those the cache had
+  // down and that are back now are read afresh (they were not read above).
+  const health = await Promise.all(mounts.names().map((n) => mounts.fresh(n)));
+  const back = health.filter((h) => h.mounted && cached.find((c) => c.name === h.name)?.mounted !== true);
+  const late = await readAll(back);
+  if (late !== undefined) return late;
   const down = health.filter((h) => !h.mounted && (scope === undefined || scope.includes(h.name)));
   if (down.length > 0) {
     throw unavailable(

@@ -6,7 +6,6 @@
  * root disk. Health is cached briefly so hot RPCs stay cheap.
  */
 import { mkdir, realpath, stat, statfs, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MountConfig } from '../config.js';
@@ -14,6 +13,7 @@ import { settleWithin } from '../domain/concurrency.js';
 import { describe, unavailable } from '../domain/errors.js';
 import { mountAt, readMountInfo, type MountEntry } from '../system/mountinfo.js';
 import { Layout } from './layout.js';
+import { sweepOrphans, workName } from './whole.js';
 
 export interface MountHealth {
   name: string;
@@ -46,7 +46,8 @@ export const linuxProbes: MountProbes = {
     await mkdir(layout.tmp, { recursive: true });
     await mkdir(layout.moving, { recursive: true });
     // Unique per check: two checks of one mount (another process, or a cache of 0 s) must not remove each other's probe.
-    const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
+    // Named like work entries (host_pid_random): a process killed between the write and the unlink leaves one that start-up removes.
+    const probe = join(layout.tmp, `.probe-${workName()}`);
     await writeFile(probe, 'filedriver probe\n');
     await unlink(probe);
   },
@@ -139,9 +140,15 @@ export class Mounts {
     return this.layout(name);
   }
 
-  /** Forget cached health, e.g. after a write failed. */
+  /** Forget cached health, e.g. after a write failed, or after a delete freed space. */
   invalidate(name: string): void {
     this.cache.delete(name);
+  }
+
+  /** Health checked now, not from the cache: for answers that depend on a share being absent. */
+  async fresh(name: string): Promise<MountHealth> {
+    this.invalidate(name);
+    return this.health(name);
   }
 
   private async check(name: string): Promise<MountHealth> {
@@ -167,6 +174,8 @@ export class Mounts {
       if (mountAt(await this.probes.mountInfo(), real) === undefined || !(await this.probes.sameFilesystem(real, layout.tmp))) {
         return down(`${config.path} stopped being a mount point during the health check`);
       }
+      // Work this process could not remove while the share was away goes now, before space is read.
+      await sweepOrphans(layout.tmp);
       const space = await this.probes.space(config.path);
       return { name, path: config.path, mounted: true, usable: true, reason: undefined, ...space };
     } catch (e) {

@@ -4,6 +4,8 @@
  * so tests can swap in a fake.
  */
 import { execa } from 'execa';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import type { Logger } from 'pino';
 
 export interface RunOptions {
@@ -50,9 +52,38 @@ export function loggable(argv: readonly string[]): string[] {
   return argv.map((a) => a.replace(/\b(pass(?:word)?|secret|token|key|cred\w*)=[^,\s]*/gi, '$1=***'));
 }
 
-export function makeRunner(log: Logger): Runner {
+export interface RunnerOptions {
+  /**
+   * Tools get SIGKILL when this process dies (PR_SET_PDEATHSIG through
+   * util-linux `setpriv`, as Node cannot call prctl). For the controller: a
+   * killed controller's `qemu-img create` would otherwise keep filling a temp
+   * entry that its restart removes, holding the space until it finishes.
+   * Not for the node: its daemons fork away from it (the setting does not
+   * survive a fork), and an mkfs cut short would leave a half-made signature.
+   */
+  dieWithParent?: boolean;
+}
+
+/** Where `name` is on PATH, if it is. */
+export function onPath(name: string): string | undefined {
+  for (const dir of (process.env['PATH'] ?? '').split(delimiter)) {
+    const file = join(dir, name);
+    try {
+      accessSync(file, constants.X_OK);
+      return file;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+export function makeRunner(log: Logger, runnerOptions: RunnerOptions = {}): Runner {
+  const setpriv = runnerOptions.dieWithParent === true ? onPath('setpriv') : undefined;
+  if (runnerOptions.dieWithParent === true && setpriv === undefined) log.warn('setpriv (util-linux) is not installed: tools will outlive a killed controller');
   return async (argv, options = {}) => {
-    const [file, ...args] = argv;
+    // The logged and reported argv stays the tool's own; only the spawn goes through setpriv.
+    const [file, ...args] = setpriv === undefined ? argv : [setpriv, '--pdeathsig', 'KILL', '--', ...argv];
     if (file === undefined) throw new Error('empty argv');
     const started = performance.now();
     const result = await execa(file, args, {

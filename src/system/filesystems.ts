@@ -85,11 +85,12 @@ export function stageMountFlags(fsType: FsType, readOnly: boolean): string[] {
 /** errors a dead FUSE daemon or an unreachable NFS server give for a stat of the mount point */
 const STALE = /Transport endpoint is not connected|Stale file handle|Input\/output error|timed out/;
 
-export function makeFilesystems(run: Runner): Filesystems {
+/** `mountInfo`: the mount table (tests pass a fake one). */
+export function makeFilesystems(run: Runner, mountInfo: () => Promise<MountEntry[]> = readMountInfo): Filesystems {
   const signatures = async (device: string): Promise<Signature[]> =>
     parseWipefs((await run(['wipefs', '--no-act', '--json', device], { timeoutMs: 30_000 })).stdout);
 
-  const mounted = async (path: string): Promise<boolean> => mountAt(await readMountInfo(), path) !== undefined;
+  const mounted = async (path: string): Promise<boolean> => mountAt(await mountInfo(), path) !== undefined;
 
   // A separate `stat` process with a timeout: a hung NFS stat would otherwise block a libuv
   // thread forever. --cached=never: FUSE answers from cached attributes for a second after
@@ -148,26 +149,31 @@ export function makeFilesystems(run: Runner): Filesystems {
       if (options.flags.some((f) => f === '' || f.includes(','))) {
         throw invalid(`mount flags for ${target} must be non-empty and contain no commas: ${options.flags.join(' ')}`);
       }
-      const flags = [...(options.readOnly ? ['ro'] : []), ...options.flags];
+      // `ro` last: mount(8) lets the last of ro/rw win, so a flag can never undo a read-only mount.
+      const flags = [...options.flags, ...(options.readOnly ? ['ro'] : [])];
+      // Never leave a mount behind without its flags: a read-only publish would be writable.
+      const undo = async (e: unknown): Promise<never> => {
+        await run(['umount', target]).catch((u: unknown) => {
+          throw internal(`mounting ${target} went wrong (${describe(e)}), and so did unmounting it: ${describe(u)}`, e);
+        });
+        throw e;
+      };
       if (options.bind === true) {
         await run(['mount', '--bind', source, target]);
         // A bind mount takes ro and other flags only on a remount of the bind.
-        if (flags.length === 0) return;
-        try {
-          await run(['mount', '-o', ['remount', 'bind', ...flags].join(','), target]);
-        } catch (e) {
-          // Never leave the bind behind without its flags: a read-only publish would be writable.
-          await run(['umount', target]).catch((u: unknown) => {
-            throw internal(`remounting the bind at ${target} failed (${describe(e)}), and so did unmounting it: ${describe(u)}`, e);
-          });
-          throw e;
-        }
-        return;
+        if (flags.length > 0) await run(['mount', '-o', ['remount', 'bind', ...flags].join(','), target]).catch(undo);
+      } else {
+        const argv = ['mount'];
+        if (options.fsType !== undefined) argv.push('-t', options.fsType);
+        if (flags.length > 0) argv.push('-o', flags.join(','));
+        await run([...argv, source, target]);
       }
-      const argv = ['mount'];
-      if (options.fsType !== undefined) argv.push('-t', options.fsType);
-      if (flags.length > 0) argv.push('-o', flags.join(','));
-      await run([...argv, source, target]);
+      if (!options.readOnly) return;
+      // Read-only is the driver's promise (CSI readonly, *_READER_ONLY): checked where the kernel says it.
+      const entry = await fs.mountEntry(target);
+      if (entry?.options.split(',').includes('ro') !== true) {
+        await undo(internal(`${target} was to be mounted read-only but mountinfo shows ${entry === undefined ? 'no mount' : `options ${entry.options}`}; unmounted it`));
+      }
     },
 
     async unmount(target) {
@@ -192,7 +198,7 @@ export function makeFilesystems(run: Runner): Filesystems {
     },
 
     async mountEntry(path) {
-      return mountAt(await readMountInfo(), await canonicalPath(path));
+      return mountAt(await mountInfo(), await canonicalPath(path));
     },
 
     async grow(fsType, device, mountPoint) {

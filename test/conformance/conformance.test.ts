@@ -12,6 +12,7 @@ import { driverTrees, Env, external } from './harness.js';
 import { identityRules } from './identity.js';
 import { listingRules } from './listing.js';
 import { nodeRules } from './node.js';
+import { nodePathRules } from './node-paths.js';
 import { nodeStatsRules } from './node-stats.js';
 import { secretRules } from './secrets.js';
 import { snapshotRules } from './snapshots.js';
@@ -38,6 +39,7 @@ describe.skipIf(!isRoot && external === undefined)(`CSI conformance of ${externa
   attachRules(env);
   snapshotRules(env);
   nodeRules(env);
+  nodePathRules(env);
   nodeStatsRules(env);
   secretRules(env);
 

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CommandFailed, type RunResult, type Runner } from '../../src/system/command.js';
 import { canonicalPath, classifyBlkid, makeFilesystems, parseBlkidExport, parseWipefs } from '../../src/system/filesystems.js';
+import { parseMountInfo } from '../../src/system/mountinfo.js';
 
 // `blkid -p -o export /dev/loop1` after mkfs.ext4, mkfs.xfs and mkswap.
 const EXT4 = `DEVNAME=/dev/loop1
@@ -175,13 +176,25 @@ describe('probe', () => {
 });
 
 describe('mount', () => {
-  it('bind-mounts, then remounts the bind read-only with the flags', async () => {
+  const table = (options: string) => async () => parseMountInfo(`40 27 7:1 / /dst ${options} - ext4 /dev/loop1 rw\n`);
+
+  it('bind-mounts, then remounts the bind with the flags and ro last, and checks ro in mountinfo', async () => {
     const { run, calls } = scripted(() => ({ stdout: '', stderr: '' }));
-    await makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: ['nosuid'] });
+    await makeFilesystems(run, table('ro,nosuid,relatime')).mount('/src', '/dst', { bind: true, readOnly: true, flags: ['nosuid', 'rw'] });
     expect(calls).toEqual([
       ['mount', '--bind', '/src', '/dst'],
-      ['mount', '-o', 'remount,bind,ro,nosuid', '/dst'],
+      ['mount', '-o', 'remount,bind,nosuid,rw,ro', '/dst'],
     ]);
+  });
+
+  it.each([[true], [false]])('unmounts and fails a read-only mount (bind: %s) that mountinfo shows writable', async (bind) => {
+    const { run, calls } = scripted(() => ({ stdout: '', stderr: '' }));
+    const fs = makeFilesystems(run, table('rw,relatime'));
+    await expect(fs.mount('/dev/loop1', '/dst', { bind, fsType: 'ext4', readOnly: true, flags: [] })).rejects.toMatchObject({
+      kind: 'internal',
+      message: expect.stringMatching(/read-only but mountinfo shows options rw,relatime/),
+    });
+    expect(calls.at(-1)).toEqual(['umount', '/dst']);
   });
 
   it('undoes the bind when the read-only remount fails, and passes the failure on', async () => {
@@ -199,7 +212,7 @@ describe('mount', () => {
     const { run } = scripted((argv) => (argv[0] === 'mount' && argv[1] === '--bind' ? { stdout: '', stderr: '' } : new CommandFailed(argv, 32, 'busy')));
     await expect(makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: [] })).rejects.toMatchObject({
       kind: 'internal',
-      message: expect.stringMatching(/remounting the bind at \/dst failed .*and so did unmounting it/),
+      message: expect.stringMatching(/mounting \/dst went wrong .*and so did unmounting it/),
     });
   });
 

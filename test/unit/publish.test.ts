@@ -1,11 +1,12 @@
 /** NodePublishVolume's cleanup and adoption decisions, against a fake mount table. */
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Capability } from '../../src/domain/capabilities.js';
 import { Publisher } from '../../src/node/publish.js';
+import { SafePaths } from '../../src/node/safe-path.js';
 import { fingerprint } from '../../src/node/stage.js';
 import { StageState, type StageRecord } from '../../src/node/state.js';
 import type { NodeSystem } from '../../src/node/system.js';
@@ -55,7 +56,7 @@ describe('publish', () => {
       capability: fingerprint(cap, false), export: undefined, loopFile: join(dir, 'disk.raw'), device: '/dev/loop9',
       mounted: cap.access === 'mount', stagedAt: '', targets: [],
     };
-    return { dir, state, rec, input: (target: string, readonly = false) => ({ volumeId: 'pvc-1', stagingPath: rec.stagingPath, targetPath: target, capability: cap, readonly }) };
+    return { dir, state, rec, input: (target: string, readonly = false) => ({ volumeId: 'pvc-1', stagingPath: rec.stagingPath, targetPath: target, capability: cap, readonly, paths: new SafePaths(dir) }) };
   }
 
   it.each([
@@ -101,5 +102,46 @@ describe('publish', () => {
     const { sys, actions } = fakeSystem(new Map([[target, 'ro,relatime']]));
     await new Publisher(state, sys).publish(input(target, true), rec, log);
     expect(actions).toEqual([]);
+  });
+
+  it('refuses mount flags that ask for writes on a read-only publish, before touching anything', async () => {
+    const cap: Capability = { ...mountCap, mountFlags: ['noatime', 'rw'] };
+    const { dir, state, rec, input } = setup(cap);
+    await state.write(rec);
+    const { sys, actions } = fakeSystem(new Map());
+    const target = join(dir, 'pod', 'target');
+    await expect(new Publisher(state, sys).publish(input(target, true), rec, log)).rejects.toMatchObject({ kind: 'invalid', message: expect.stringMatching(/#2 ask for a writable mount/) });
+    expect(actions).toEqual([]);
+    expect(existsSync(join(dir, 'pod'))).toBe(false);
+  });
+
+  it('answers an unpublish of a path it never published to without touching it', async () => {
+    const { dir, state, rec } = setup(mountCap);
+    await state.write(rec);
+    const file = join(dir, 'important.txt');
+    writeFileSync(file, 'keep me');
+    const other = join(dir, 'other');
+    mkdirSync(other);
+    const { sys, actions } = fakeSystem(new Map([[other, 'rw']]));
+    const publisher = new Publisher(state, sys);
+    await publisher.unpublish('pvc-1', file, log);
+    await publisher.unpublish('whatever', file, log);
+    await publisher.unpublish('pvc-1', other, log);
+    expect(actions).toEqual([]);
+    expect(existsSync(file)).toBe(true);
+  });
+
+  it('unpublishes a recorded target but leaves a directory someone filled, answering OK', async () => {
+    const { dir, state, rec } = setup(mountCap);
+    const target = join(dir, 'target');
+    mkdirSync(target);
+    writeFileSync(join(target, 'left-by-the-pod'), '');
+    rec.targets = [{ path: target, capability: fingerprint(mountCap, false), mode: 'SINGLE_NODE_WRITER' }];
+    await state.write(rec);
+    const { sys, actions } = fakeSystem(new Map([[target, 'rw']]));
+    await new Publisher(state, sys).unpublish('pvc-1', target, log);
+    expect(actions).toEqual([`umount ${target}`]);
+    expect(existsSync(join(target, 'left-by-the-pod'))).toBe(true);
+    expect((await state.read('pvc-1'))?.targets).toEqual([]);
   });
 });
