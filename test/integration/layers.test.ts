@@ -77,6 +77,8 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     attached.delete(id);
   }
   afterEach(async () => {
+    // A kill test that failed may leave its driver dead: a live one is needed to detach.
+    if (attached.size > 0 && (driver.process.exitCode !== null || driver.process.signalCode !== null)) await start();
     for (const id of [...attached].reverse()) await detach(id).catch(() => undefined);
   });
 

@@ -65,6 +65,8 @@ describe.skipIf(!isRoot)('live moves', () => {
   });
   afterEach(async () => {
     await stopWriter();
+    // A kill test that failed may leave its driver dead: a live one is needed to detach.
+    if (attached.size > 0 && (driver.process.exitCode !== null || driver.process.signalCode !== null)) await start();
     for (const id of [...attached]) await detach(id).catch(() => undefined);
   });
   afterAll(async () => {
