@@ -1,9 +1,10 @@
 /** Node-side helpers: kubelet-like paths and checks that nothing was left behind. */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { StageState } from '../../src/node/state.js';
+import { describeHolder, holders, sweepHolders } from './holders.js';
 import { rootOnlyReason } from './root.js';
 import { makeScratch, type Scratch } from './scratch.js';
 import { startDriver, type Driver } from './server.js';
@@ -16,20 +17,60 @@ export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1'
   };
 }
 
-/** Mounts, loop devices and qemu processes that mention `fragment`. */
-export function leftovers(fragment: string): string[] {
-  const found: string[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) if (line.includes(fragment)) found.push(`mount ${line}`);
-  const loops = execFileSync('losetup', ['-a'], { encoding: 'utf8' });
-  for (const line of loops.split('\n')) if (line.includes(fragment)) found.push(`loop ${line}`);
-  let procs = '';
-  try {
-    procs = execFileSync('pgrep', ['-a', '-f', 'qemu-storage-daemon'], { encoding: 'utf8' });
-  } catch {
-    procs = '';
-  }
-  for (const line of procs.split('\n')) if (line.includes(fragment)) found.push(`process ${line}`);
-  return found;
+/**
+ * Whatever on this machine holds a volume staged by a driver with this kubelet
+ * dir: every path the node plugin makes for it names the id (staging, targets,
+ * the raw image the loop device reads, the image a qemu export serves), except
+ * the export's own state dir, which is hashed (StageState.exportDir).
+ */
+export function volumeMatcher(kubelet: string, id: string, driverName = 'filedriver.dev'): (text: string) => boolean {
+  const exportDir = new StageState(join(kubelet, 'plugins', driverName)).exportDir(id);
+  return (text) => text.includes(`/${id}/`) || text.includes(exportDir);
+}
+
+/** What still holds `id` (see volumeMatcher), one line each: empty when the volume is fully released. */
+export function volumeLeftovers(kubelet: string, id: string, driverName = 'filedriver.dev'): string[] {
+  return holders(volumeMatcher(kubelet, id, driverName)).map(describeHolder);
+}
+
+export interface NodeCleanup {
+  /** Call with each path a test stages a volume at (before the call: a failing stage may leave half). */
+  staged(id: string, stagingPath: string): void;
+  /** Call with each target a test publishes a volume at. */
+  published(id: string, targetPath: string): void;
+}
+
+/**
+ * For a describe block of node tests: after each test, whether it passed or
+ * not, unpublishes and unstages through the driver what the test staged and
+ * published, then checks that nothing of that test's volumes is left on the
+ * machine. Whatever is left is freed by force and fails that test — only that
+ * test: the next one starts on a clean machine, and the scratch share can be
+ * unmounted at the end.
+ */
+export function useNodeCleanup(rig: () => { driver: Driver; kubelet: string }): NodeCleanup {
+  const targets = new Map<string, string>();
+  const stagings = new Map<string, string>();
+  afterEach(async () => {
+    const { driver, kubelet } = rig();
+    const problems: string[] = [];
+    const attempt = async (what: string, call: Promise<unknown>) => {
+      await call.catch((e: unknown) => problems.push(`${what}: ${e instanceof Error ? e.message : String(e)}`));
+    };
+    for (const [target, id] of targets) await attempt(`unpublish ${id} at ${target}`, driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target }));
+    for (const [staging, id] of stagings) await attempt(`unstage ${id} at ${staging}`, driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging }));
+    for (const id of new Set(stagings.values())) {
+      const left = await sweepHolders(volumeMatcher(kubelet, id));
+      if (left.length > 0) problems.push(`volume ${id} was left held (now freed by force):\n  ${left.join('\n  ')}`);
+    }
+    targets.clear();
+    stagings.clear();
+    if (problems.length > 0) throw new Error(`after the test:\n${problems.join('\n')}`);
+  });
+  return {
+    staged: (id, stagingPath) => void stagings.set(stagingPath, id),
+    published: (id, targetPath) => void targets.set(targetPath, id),
+  };
 }
 
 export interface NodeRig {

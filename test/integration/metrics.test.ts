@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseListenAddress } from '../../src/config.js';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB } from '../helpers/csi.js';
-import { kubeletPaths } from '../helpers/node.js';
+import { kubeletPaths, useNodeCleanup } from '../helpers/node.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -74,6 +74,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     bare?.cleanup();
     rmSync(kubelet, { recursive: true, force: true });
   });
+  const cleanup = useNodeCleanup(() => ({ driver, kubelet }));
 
   it('counts and times RPCs, attaches and detaches, and reads the mounts on scrape', async () => {
     const c = driver.client.controller;
@@ -86,6 +87,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
 
     const pub = await c('ControllerPublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a', volume_capability: cap });
     const staging = kubeletPaths(kubelet, 'pvc-raw').staging;
+    cleanup.staged('pvc-raw', staging);
     await driver.client.node('NodeStageVolume', { volume_id: 'pvc-raw', staging_target_path: staging, volume_capability: cap, publish_context: pub.publish_context });
     await driver.client.node('NodeUnstageVolume', { volume_id: 'pvc-raw', staging_target_path: staging });
     await c('ControllerUnpublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a' });
