@@ -8,23 +8,32 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { parseMountInfo } from '../../src/system/mountinfo.js';
-import { exited, until } from './wait.js';
+import { exited } from './wait.js';
 
 export type Holder =
   | { kind: 'mount'; path: string; fsType: string }
   | { kind: 'loop'; device: string; file: string }
   | { kind: 'process'; pid: number; args: string };
 
-/** Mounts whose mount point, loop devices whose file, and qemu processes whose command line satisfy `names`. */
+/**
+ * Loop devices whose file, mounts whose mount point (or whose device is such a
+ * loop device: the filesystem on it holds it), and qemu processes whose
+ * command line satisfy `names`.
+ */
 export function holders(names: (text: string) => boolean): Holder[] {
   const found: Holder[] = [];
-  for (const m of parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8'))) {
-    if (names(m.mountPoint)) found.push({ kind: 'mount', path: m.mountPoint, fsType: m.fsType });
-  }
   const loops = JSON.parse(execFileSync('losetup', ['-J', '-l', '-O', 'NAME,BACK-FILE'], { encoding: 'utf8' }) || '{"loopdevices":[]}') as {
     loopdevices: { name: string; 'back-file': string | null }[];
   };
-  for (const l of loops.loopdevices) if (l['back-file'] !== null && names(l['back-file'])) found.push({ kind: 'loop', device: l.name, file: l['back-file'] });
+  const devices = new Set<string>();
+  for (const l of loops.loopdevices) {
+    if (l['back-file'] === null || !names(l['back-file'])) continue;
+    devices.add(l.name);
+    found.push({ kind: 'loop', device: l.name, file: l['back-file'] });
+  }
+  for (const m of parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8'))) {
+    if (names(m.mountPoint) || devices.has(m.source)) found.push({ kind: 'mount', path: m.mountPoint, fsType: m.fsType });
+  }
   let procs = '';
   try {
     procs = execFileSync('pgrep', ['-a', '-f', 'qemu-storage-daemon|qemu-nbd'], { encoding: 'utf8' });
@@ -53,12 +62,15 @@ const quietly = (file: string, args: string[]): boolean => {
   }
 };
 
+/** Blocks this thread for `ms` (cleanup paths are synchronous, like the scratch cleanup that calls them). */
+const pause = (ms: number): void => void Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
 /**
  * Frees what `found` lists: unmounts (deepest first, lazily when busy),
- * detaches loop devices, SIGKILLs processes and waits for them to exit.
+ * detaches loop devices, SIGKILLs processes and waits until they have exited.
  * Best effort; the caller looks again to see what is still there.
  */
-export async function release(found: readonly Holder[]): Promise<void> {
+export function release(found: readonly Holder[]): void {
   const mounts = found.filter((h) => h.kind === 'mount').sort((a, b) => b.path.length - a.path.length);
   for (const m of mounts) if (!quietly('umount', [m.path])) quietly('umount', ['-l', m.path]);
   for (const l of found) if (l.kind === 'loop') quietly('losetup', ['-d', l.device]);
@@ -70,16 +82,17 @@ export async function release(found: readonly Holder[]): Promise<void> {
       // gone already
     }
   }
-  for (const p of procs) await until(`process ${p.pid} has exited`, () => exited(p.pid));
+  // A SIGKILLed process exits when the scheduler runs it; the bound only keeps a wedged one from hanging the run.
+  for (const end = Date.now() + 30_000; procs.some((p) => !exited(p.pid)) && Date.now() < end; ) pause(20);
 }
 
 /**
  * Frees whatever `names` matches and reports what it found (empty: nothing
- * was there). Repeats a few times: a mount that a killed export served, or a
- * loop device freed only at its last close, shows up again after a first pass.
+ * was there). Looks again after each pass: a loop device or a mount that was
+ * busy while something above it still held it goes on a second pass.
  */
-export async function sweepHolders(names: (text: string) => boolean): Promise<string[]> {
+export function sweepHolders(names: (text: string) => boolean): string[] {
   const first = holders(names);
-  for (let pass = 0, left = first; left.length > 0 && pass < 3; pass++, left = holders(names)) await release(left);
+  for (let pass = 0, left = first; left.length > 0 && pass < 3; pass++, left = holders(names)) release(left);
   return first.map(describeHolder);
 }

@@ -60,7 +60,7 @@ export function useNodeCleanup(rig: () => { driver: Driver; kubelet: string }): 
     for (const [target, id] of targets) await attempt(`unpublish ${id} at ${target}`, driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target }));
     for (const [staging, id] of stagings) await attempt(`unstage ${id} at ${staging}`, driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging }));
     for (const id of new Set(stagings.values())) {
-      const left = await sweepHolders(volumeMatcher(kubelet, id));
+      const left = sweepHolders(volumeMatcher(kubelet, id));
       if (left.length > 0) problems.push(`volume ${id} was left held (now freed by force):\n  ${left.join('\n  ')}`);
     }
     targets.clear();
@@ -94,8 +94,19 @@ export function useNodeRig(shareMiB: number): NodeRig {
   });
   afterAll(async () => {
     await rig.driver?.stop();
-    rig.share?.cleanup();
-    if (rig.kubelet !== undefined) rmSync(rig.kubelet, { recursive: true, force: true });
+    releaseRig(rig.kubelet, rig.share);
   });
   return rig;
+}
+
+/**
+ * Removes a node rig's share and kubelet dir. Per-test cleanup should have
+ * freed everything; whatever still holds the kubelet dir is freed first (else
+ * neither could be removed), and fails the block.
+ */
+export function releaseRig(kubelet: string | undefined, share: Scratch | undefined): void {
+  const left = kubelet === undefined ? [] : sweepHolders((text) => text.includes(`${kubelet}/`));
+  share?.cleanup();
+  if (kubelet !== undefined) rmSync(kubelet, { recursive: true, force: true });
+  if (left.length > 0) throw new Error(`left held after the last test (now freed by force):\n  ${left.join('\n  ')}`);
 }

@@ -12,7 +12,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
-import { kubeletPaths, useNodeCleanup, volumeLeftovers, volumeMatcher } from '../helpers/node.js';
+import { kubeletPaths, releaseRig, useNodeCleanup, volumeLeftovers, volumeMatcher } from '../helpers/node.js';
 import { holders, sweepHolders } from '../helpers/holders.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
@@ -38,8 +38,7 @@ describe.skipIf(!isRoot)('node service', () => {
   });
   afterAll(async () => {
     await driver?.stop();
-    share?.cleanup();
-    rmSync(kubelet, { recursive: true, force: true });
+    releaseRig(kubelet, share);
   });
   // After each test, whatever happened: what it staged and published is undone, and checked gone.
   const cleanup = useNodeCleanup(() => ({ driver, kubelet }));
@@ -322,7 +321,7 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
       // A failure above must not leave node A's export holding the share.
       const staging = kubeletPaths(kubeletA, 'pvc-locked').staging;
       await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: staging }).catch(() => undefined);
-      await sweepHolders(volumeMatcher(kubeletA, 'pvc-locked'));
+      sweepHolders(volumeMatcher(kubeletA, 'pvc-locked'));
       await a.stop();
       await b.stop();
       share.cleanup();
