@@ -32,7 +32,9 @@ describe.skipIf(!isRoot)('crash safety', () => {
     const names = Array.from({ length: 8 }, (_, i) => `pvc-crash-${i}`);
     const req = (name: string) => createRequest(name, { capacity_range: { required_bytes: String(96n * MiB) }, parameters: { format: 'raw', preallocation: 'full' } });
     const pending = names.map((n) => driver.client.controller('CreateVolume', req(n)).catch(() => undefined));
-    while (readdirSync(join(tree, 'tmp')).length === 0 && readdirSync(join(tree, 'volumes')).length < names.length) {
+    let settled = false; // all answered (failures included): nothing left to interrupt
+    void Promise.all(pending).then(() => (settled = true));
+    while (!settled && readdirSync(join(tree, 'tmp')).length === 0 && readdirSync(join(tree, 'volumes')).length < names.length) {
       await new Promise((r) => setTimeout(r, 5));
     }
     await driver.kill();
@@ -96,13 +98,18 @@ describe.skipIf(!isRoot)('crash safety', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
-    await new Promise<void>((resolve) => {
-      let seen = '';
-      child.stdout.on('data', (chunk: Buffer) => {
-        seen += chunk.toString();
-        if (seen.includes('starting filedriver')) resolve();
-      });
-    });
+    let seen = '';
+    // Its start logged, or its end: a server that dies at start fails here at once, not at the test's timeout.
+    const started = await Promise.race([
+      new Promise<true>((resolve) => {
+        child.stdout.on('data', (chunk: Buffer) => {
+          seen += chunk.toString();
+          if (seen.includes('starting filedriver')) resolve(true);
+        });
+      }),
+      exited.then(() => false),
+    ]);
+    expect(started, `the server exited before logging its start: ${seen}`).toBe(true);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
   });
