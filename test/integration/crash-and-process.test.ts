@@ -161,13 +161,25 @@ describe('command line', () => {
       writeFileSync(file, 'endpoint: unix:///tmp/x.sock\nmounts:\n  - name: a\n    path: /srv/a\ndefaultFormat: qcow3\n');
       const r = cli(['serve', '--config', file], { FILEDRIVER_MODE: 'sideways' });
       expect(r.status).toBe(2);
-      expect(r.stderr).toMatch(/--default-format qcow3/);
-      expect(r.stderr).toMatch(/--mode sideways/);
+      expect(r.stderr.trim().split('\n').sort()).toEqual([
+        'filedriver: --mode sideways must be all, controller or node',
+        `filedriver: ${file}: defaultFormat qcow3 must be qcow2 or raw`,
+      ]);
       const fixed = cli(['serve', '--config', file, '--default-format', 'raw', '--mode', 'wrong2'], { FILEDRIVER_MODE: 'sideways' });
       expect(fixed.stderr).not.toMatch(/default-format/);
       expect(fixed.stderr).toMatch(/--mode wrong2/);
     } finally {
       rmSync(d, { recursive: true, force: true });
     }
+  });
+
+  it.each([
+    ['a config file that is not there', ['serve', '--config', '/nonexistent/filedriver.yaml'], /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read the config file: no such file$/],
+    ['an admin command given a config file that is not there', ['list', '--config', '/nonexistent/filedriver.yaml'], /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read/],
+    ['an unknown flag', ['serve', '--bogus'], /^filedriver: Unknown option '--bogus' \(see filedriver serve --help\)$/],
+  ])('exits 2 on %s, saying so in one line', (_what, args, line) => {
+    const r = cli(args);
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim()).toMatch(line);
   });
 });
