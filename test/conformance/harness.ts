@@ -267,7 +267,7 @@ export class Env {
       // Per test, for what it staged: whatever the driver failed to release is freed by force (and
       // reported), so that one failing test does not leave the next one a machine with its leftovers.
       for (const id of new Set([...this.staged.keys()].map((k) => k.split('\0')[0] ?? ''))) {
-        const left = sweepHolders(volumeMatcher(this.kubeletDir, id, this.driverName));
+        const left = sweepHolders(volumeMatcher({ kubelet: this.kubeletDir, shares: Object.values(this.mounts), driverName: this.driverName }, id));
         if (left.length > 0) problems.push(`volume ${id} was left held (now freed by force):\n  ${left.join('\n  ')}`);
       }
     }

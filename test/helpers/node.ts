@@ -17,20 +17,30 @@ export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1'
   };
 }
 
+/** Where one driver under test keeps a node's volumes: its kubelet dir, and the shares their images are on. */
+export interface NodeScope {
+  kubelet: string;
+  shares: readonly string[];
+  driverName?: string;
+}
+
 /**
- * Whatever on this machine holds a volume staged by a driver with this kubelet
- * dir: every path the node plugin makes for it names the id (staging, targets,
- * the raw image the loop device reads, the image a qemu export serves), except
- * the export's own state dir, which is hashed (StageState.exportDir).
+ * What holds a volume this driver staged: mounts under its kubelet dir that
+ * name the id (staging, targets), the export's state dir (hashed, see
+ * StageState.exportDir), and the volume's image on one of its shares (what a
+ * raw loop device reads and a qemu export serves). Only this driver's paths:
+ * other runs on the machine may stage volumes with the same ids.
  */
-export function volumeMatcher(kubelet: string, id: string, driverName = 'filedriver.dev'): (text: string) => boolean {
-  const exportDir = new StageState(join(kubelet, 'plugins', driverName)).exportDir(id);
-  return (text) => text.includes(`/${id}/`) || text.includes(exportDir);
+export function volumeMatcher(scope: NodeScope, id: string): (text: string) => boolean {
+  const exportDir = new StageState(join(scope.kubelet, 'plugins', scope.driverName ?? 'filedriver.dev')).exportDir(id);
+  const images = scope.shares.map((s) => `${join(s, 'filedriver/volumes', id)}/`);
+  return (text) =>
+    (text.includes(`${scope.kubelet}/`) && text.includes(`/${id}/`)) || text.includes(`${exportDir}/`) || images.some((i) => text.includes(i));
 }
 
 /** What still holds `id` (see volumeMatcher), one line each: empty when the volume is fully released. */
-export function volumeLeftovers(kubelet: string, id: string, driverName = 'filedriver.dev'): string[] {
-  return holders(volumeMatcher(kubelet, id, driverName)).map(describeHolder);
+export function volumeLeftovers(scope: NodeScope, id: string): string[] {
+  return holders(volumeMatcher(scope, id)).map(describeHolder);
 }
 
 export interface NodeCleanup {
@@ -48,11 +58,11 @@ export interface NodeCleanup {
  * test: the next one starts on a clean machine, and the scratch share can be
  * unmounted at the end.
  */
-export function useNodeCleanup(rig: () => { driver: Driver; kubelet: string }): NodeCleanup {
+export function useNodeCleanup(rig: () => NodeScope & { driver: Driver }): NodeCleanup {
   const targets = new Map<string, string>();
   const stagings = new Map<string, string>();
   afterEach(async () => {
-    const { driver, kubelet } = rig();
+    const { driver, ...scope } = rig();
     const problems: string[] = [];
     const attempt = async (what: string, call: Promise<unknown>) => {
       await call.catch((e: unknown) => problems.push(`${what}: ${e instanceof Error ? e.message : String(e)}`));
@@ -60,7 +70,7 @@ export function useNodeCleanup(rig: () => { driver: Driver; kubelet: string }): 
     for (const [target, id] of targets) await attempt(`unpublish ${id} at ${target}`, driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target }));
     for (const [staging, id] of stagings) await attempt(`unstage ${id} at ${staging}`, driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging }));
     for (const id of new Set(stagings.values())) {
-      const left = sweepHolders(volumeMatcher(kubelet, id));
+      const left = sweepHolders(volumeMatcher(scope, id));
       if (left.length > 0) problems.push(`volume ${id} was left held (now freed by force):\n  ${left.join('\n  ')}`);
     }
     targets.clear();
@@ -77,6 +87,8 @@ export interface NodeRig {
   share: Scratch;
   kubelet: string;
   driver: Driver;
+  /** This rig's kubelet dir and share, with its driver (for useNodeCleanup and volumeLeftovers). */
+  scope(): NodeScope & { driver: Driver };
 }
 
 /**
@@ -86,6 +98,7 @@ export interface NodeRig {
  */
 export function useNodeRig(shareMiB: number): NodeRig {
   const rig = {} as NodeRig;
+  rig.scope = () => ({ driver: rig.driver, kubelet: rig.kubelet, shares: [rig.share.path] });
   beforeAll(async () => {
     rootOnlyReason();
     rig.share = makeScratch('xfs', shareMiB);

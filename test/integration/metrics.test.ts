@@ -74,7 +74,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     bare?.cleanup();
     rmSync(kubelet, { recursive: true, force: true });
   });
-  const cleanup = useNodeCleanup(() => ({ driver, kubelet }));
+  const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));
 
   it('counts and times RPCs, attaches and detaches, and reads the mounts on scrape', async () => {
     const c = driver.client.controller;

@@ -12,8 +12,8 @@ import { isRoot } from '../helpers/root.js';
 
 describe.skipIf(!isRoot)('node mount options', () => {
   const rig = useNodeRig(2048);
-  const cleanup = useNodeCleanup(() => rig);
-  const leftovers = (id: string) => volumeLeftovers(rig.kubelet, id);
+  const cleanup = useNodeCleanup(() => rig.scope());
+  const leftovers = (id: string) => volumeLeftovers(rig.scope(), id);
 
   // mkfs.xfs needs 300 MiB at least.
   async function provision(name: string, cap: object, sizeBytes = 320n * MiB): Promise<string> {

@@ -21,8 +21,8 @@ import { isRoot } from '../helpers/root.js';
 describe.skipIf(!isRoot)('node service recovery', () => {
   const rig = useNodeRig(1024);
   const stateDir = () => join(rig.kubelet, 'plugins/filedriver.dev');
-  const leftFor = (id: string) => volumeLeftovers(rig.kubelet, id);
-  const cleanup = useNodeCleanup(() => rig);
+  const leftFor = (id: string) => volumeLeftovers(rig.scope(), id);
+  const cleanup = useNodeCleanup(() => rig.scope());
 
   async function provision(name: string, format: string, cap: object): Promise<string> {
     await rig.driver.client.controller('CreateVolume', createRequest(name, { parameters: { format }, volume_capabilities: [cap] }));

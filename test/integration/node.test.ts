@@ -26,7 +26,7 @@ describe.skipIf(!isRoot)('node service', () => {
   let kubelet: string;
   let driver: Driver;
   // What still holds this volume: its own paths only, so one test's failure is not every later test's.
-  const leftFor = (id: string) => volumeLeftovers(kubelet, id);
+  const leftFor = (id: string) => volumeLeftovers({ kubelet, shares: [share.path] }, id);
   // Thin volumes here grow past the scratch share's size: allow over-commit.
   const start = () => startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
 
@@ -41,7 +41,7 @@ describe.skipIf(!isRoot)('node service', () => {
     releaseRig(kubelet, share);
   });
   // After each test, whatever happened: what it staged and published is undone, and checked gone.
-  const cleanup = useNodeCleanup(() => ({ driver, kubelet }));
+  const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));
 
   async function provision(name: string, format: string, cap: object, sizeBytes = 64n * MiB) {
     const res = await driver.client.controller(
@@ -315,13 +315,13 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
       // Node B's own paths only: node A holds the same image, legitimately.
       expect(holders((t) => t.includes(kubeletB))).toEqual([]);
       await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(kubeletA, 'pvc-locked').staging });
-      expect(volumeLeftovers(kubeletA, 'pvc-locked')).toEqual([]);
+      expect(volumeLeftovers({ kubelet: kubeletA, shares: [share.path] }, 'pvc-locked')).toEqual([]);
       await a.client.controller('ControllerUnpublishVolume', { volume_id: 'pvc-locked', node_id: 'node-a' });
     } finally {
       // A failure above must not leave node A's export holding the share.
       const staging = kubeletPaths(kubeletA, 'pvc-locked').staging;
       await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: staging }).catch(() => undefined);
-      sweepHolders(volumeMatcher(kubeletA, 'pvc-locked'));
+      sweepHolders(volumeMatcher({ kubelet: kubeletA, shares: [share.path] }, 'pvc-locked'));
       await a.stop();
       await b.stop();
       share.cleanup();
