@@ -22,6 +22,7 @@ export function setup(): () => void {
       return;
     }
     sweepHolders(ours);
+    if (holders(ours).length === 0) rmSync(runDir, { recursive: true, force: true });
     // vitest prints an error thrown here but still exits 0: set the exit code ourselves.
     process.exitCode = 1;
     throw new Error(`test suite leaked system resources (freed now):\n${found.join('\n')}`);
