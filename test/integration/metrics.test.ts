@@ -2,8 +2,7 @@
  * `serve --metrics-address`: the real driver, real RPCs over the socket, then a
  * real HTTP scrape of /metrics and /healthz, checked series by series.
  */
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -15,14 +14,20 @@ import { kubeletPaths, useNodeCleanup } from '../helpers/node.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { until } from '../helpers/wait.js';
 
-/** A port nobody listens on right now (the driver binds it a moment later). */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
+/**
+ * Where a driver started with `--metrics-address 127.0.0.1:0` serves: the port
+ * it was given, from its log. (A port found free beforehand may be taken by
+ * another process on a busy machine before the driver binds it.)
+ */
+async function metricsBase(d: Driver): Promise<string> {
+  let address: string | undefined;
+  await until('the driver logs its metrics address', () => {
+    address = /"metricsAddress":"([^"]+)"/.exec(readFileSync(d.logFile, 'utf8'))?.[1];
+    return address !== undefined;
+  });
+  return `http://${address ?? ''}`;
 }
 
 /** The value of one series in Prometheus text format, or undefined when absent. */
@@ -61,12 +66,11 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     share = makeScratch('ext4', 256);
     bare = makeScratch('dir'); // not a mount point: never usable
     kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
     driver = await startDriver({
       mounts: { a: share.path },
-      args: ['--metrics-address', `127.0.0.1:${port}`, '--kubelet-dir', kubelet, '--health-cache-seconds', '0'],
+      args: ['--metrics-address', '127.0.0.1:0', '--kubelet-dir', kubelet, '--health-cache-seconds', '0'],
     });
+    base = await metricsBase(driver);
   });
   afterAll(async () => {
     await driver?.stop();
@@ -125,14 +129,14 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
   });
 
   it('reports an unmounted share as unusable and not ready, and stops serving on SIGTERM', async () => {
-    const port = await freePort();
-    const lonely = await startDriver({ mounts: { gone: bare.path }, args: ['--metrics-address', `127.0.0.1:${port}`] });
+    const lonely = await startDriver({ mounts: { gone: bare.path }, args: ['--metrics-address', '127.0.0.1:0'] });
+    const at = await metricsBase(lonely);
     try {
       expect((await lonely.client.identity('Probe')).ready.value).toBe(false);
-      const res = await fetch(`http://127.0.0.1:${port}/healthz`);
+      const res = await fetch(`${at}/healthz`);
       expect(res.status).toBe(503);
       expect(await res.text()).toMatch(/no usable mount/);
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const text = await (await fetch(`${at}/metrics`)).text();
       expect(sample(text, 'filedriver_mount_usable', { mount: 'gone' })).toBe(0);
       // An empty local directory says nothing about the share: no figures rather than zeros.
       expect(sample(text, 'filedriver_mount_free_bytes', { mount: 'gone' })).toBeUndefined();
@@ -140,6 +144,6 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     } finally {
       expect(await lonely.stop()).toBe(0);
     }
-    await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+    await expect(fetch(`${at}/healthz`)).rejects.toThrow();
   });
 });
