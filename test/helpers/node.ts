@@ -17,6 +17,16 @@ export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1'
   };
 }
 
+/**
+ * Mounts, loop devices and qemu processes anywhere on the machine whose paths
+ * mention `fragment`. Give it a path this test made (a kubelet dir): a volume
+ * id alone also matches other runs on the machine. For one volume of one
+ * driver, volumeLeftovers is exact.
+ */
+export function leftovers(fragment: string): string[] {
+  return holders((text) => text.includes(fragment)).map(describeHolder);
+}
+
 /** Where one driver under test keeps a node's volumes: its kubelet dir, and the shares their images are on. */
 export interface NodeScope {
   kubelet: string;
