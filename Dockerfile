@@ -33,13 +33,13 @@ LABEL org.opencontainers.image.title="filedriver" \
       org.opencontainers.image.base.name="node:${NODE_MAJOR}-bookworm-slim"
 # qemu-utils: qemu-img; qemu-system-common: qemu-storage-daemon (qcow2 FUSE
 # exports); e2fsprogs, xfsprogs: mkfs and online grow; fuse3: FUSE; mount:
-# mount, umount, losetup; util-linux: blkid, wipefs, blockdev; kmod, procps:
-# module and process checks; tini: PID 1 that reaps the daemonised
+# mount, umount, losetup; util-linux: blkid, wipefs, blockdev, mountpoint (the
+# nfs share pods); tini: PID 1 that reaps the daemonised
 # qemu-storage-daemon processes once they exit (Node does not reap
 # grandchildren re-parented to it).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      qemu-utils qemu-system-common e2fsprogs xfsprogs fuse3 mount util-linux kmod procps tini ca-certificates \
+      qemu-utils qemu-system-common e2fsprogs xfsprogs fuse3 mount util-linux tini ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 filedriver \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin filedriver

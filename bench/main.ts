@@ -5,7 +5,7 @@
  * ratio to a floor measured in the same run; see docs/BENCHMARKS.md.
  */
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readdir, statfs, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, statfs, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -26,6 +26,7 @@ import { stageUnstage } from './scenarios/node.js';
 import { probes } from './scenarios/probes.js';
 import { census } from './scenarios/census.js';
 import { snapshotsAndClones } from './scenarios/snapshots.js';
+import { readLatencyVsDepth, snapshotTimeVsData } from './scenarios/layers.js';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -39,7 +40,10 @@ function usage(): string {
   return `Usage: npm run bench [-- --quick] [-- --out FILE] [-- --only ITEMS]
   --quick       one run per figure, smaller data (a few minutes); results go to .bench-out/quick.json
   --out FILE    where to write the JSON (default docs/benchmarks.json; with --quick .bench-out/quick.json)
-  --only ITEMS  comma-separated issue items to run (1-6); 1 and 2 run together
+  --only ITEMS  comma-separated items to run (1-7; 7a or 7b for half of item 7); 1 and 2 run
+                together. A run of some items replaces only their rows in an existing report
+                (see "updates" in the JSON)
+  --runs N      repeated runs per figure (default 3; 1 with --quick)
   --driver DIR  benchmark the build in DIR (a checkout with dist/src/main.js; default this one): before/after runs
   --full-list   page through all volumes in ListVolumes however long it takes (default: a 30 s time box, then extrapolated)
 `;
@@ -86,9 +90,33 @@ async function describeBuild(dir: string): Promise<{ path: string; commit: strin
   return { path: dir, commit, dirty: status !== '' };
 }
 
+type Report = Record<string, unknown> & { results: { item: number }[] };
+
+/**
+ * A run of some items (--only) into an existing report replaces those items' rows and keeps the
+ * others: the top-level fields still describe the run the other rows come from, and `updates`
+ * says which items a later run measured, when, on what machine and with which driver build.
+ */
+async function mergeReport(out: string, report: Report, items: ReadonlySet<number>): Promise<Report> {
+  const keys = new Set(report.results.map((r) => (r as { key?: string }).key));
+  let old: Report;
+  try {
+    old = JSON.parse(await readFile(out, 'utf8')) as Report;
+  } catch {
+    return report;
+  }
+  if (!Array.isArray(old.results)) return report;
+  const { results, ...about } = report;
+  // Rows of the items run whole go; a half item (7a, 7b) replaces the rows it measured.
+  const kept = old.results.filter((r) => !items.has(r.item) && !keys.has((r as { key?: string }).key));
+  const merged = [...kept, ...results].sort((a, b) => a.item - b.item);
+  const updates = Array.isArray(old['updates']) ? (old['updates'] as unknown[]) : [];
+  return { ...old, updates: [...updates, { items: [...items].sort((a, b) => a - b), ...about }], results: merged };
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { quick: { type: 'boolean' }, 'full-list': { type: 'boolean' }, driver: { type: 'string' }, out: { type: 'string' }, only: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { quick: { type: 'boolean' }, 'full-list': { type: 'boolean' }, driver: { type: 'string' }, out: { type: 'string' }, only: { type: 'string' }, runs: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
   });
   if (values.help === true) {
@@ -96,7 +124,11 @@ async function main(): Promise<number> {
     return 0;
   }
   const quick = values.quick === true;
-  const only = new Set((values.only ?? '1,2,3,4,5,6').split(',').map((s) => Number(s.trim())));
+  const parts = (values.only ?? '1,2,3,4,5,6,7').split(',').map((s) => s.trim());
+  // 7a and 7b select half of item 7; "7" both.
+  const halves = new Set(parts.filter((s) => /^7[ab]$/.test(s)));
+  const only = new Set(parts.filter((s) => !halves.has(s)).map(Number));
+  if (only.has(7)) for (const h of ['7a', '7b']) halves.add(h);
   if (only.has(1) || only.has(2)) {
     only.add(1);
     only.add(2);
@@ -147,6 +179,11 @@ async function main(): Promise<number> {
   try {
     const s = await statfs(base);
     const { scale, xfsMiB, ext4MiB, note } = chooseScale(quick, values['full-list'] === true, s.bavail * s.bsize);
+    if (values.runs !== undefined) {
+      const n = Number(values.runs);
+      if (!Number.isInteger(n) || n < 1) throw new Error(`--runs ${values.runs}: a whole number ≥ 1`);
+      scale.runs = n;
+    }
     if (note !== undefined) {
       log(note);
       results.note(note);
@@ -160,8 +197,8 @@ async function main(): Promise<number> {
     await mkdir(kubelet, { recursive: true });
     const ctx: Ctx = { base, quick, scale, cleanup, results, log, shares, kubelet };
 
-    const step = async (item: number, name: string, fn: () => Promise<void>): Promise<void> => {
-      if (!only.has(item) || aborted) return;
+    const step = async (item: number, name: string, fn: () => Promise<void>, half?: string): Promise<void> => {
+      if (!(only.has(item) || (half !== undefined && halves.has(half))) || aborted) return;
       const t0 = Date.now();
       log(`${name}…`);
       try {
@@ -210,11 +247,14 @@ async function main(): Promise<number> {
       }
     });
     await step(6, 'item 6: memory', () => memory(ctx));
+    await step(7, 'item 7a: layer snapshots on ext4, time vs data written', () => snapshotTimeVsData(ctx), '7a');
+    await step(7, 'item 7b: read latency vs chain depth', () => readLatencyVsDepth(ctx), '7b');
 
     if (aborted) return 130;
     const m = await machine(base);
     m.load.start = loadAtStart;
     m.shares = `sparse image files on the host's ${m.hostFs}, loop-mounted (buffered loop): xfs ${xfsMiB / 1024} GiB with reflink=1, ext4 ${ext4MiB / 1024} GiB, 6 × ext4 64 MiB`;
+    if (halves.size > 0) m.shares += '; item 7: its own ext4 share (no reflink) on the host disk, and an ext4 share on an image in tmpfs';
     const seconds = Math.round((Date.now() - started) / 1000);
     const args = process.argv.slice(2).join(' ');
     const command = process.env['npm_lifecycle_event'] === 'bench' ? `npm run bench${args ? ` -- ${args}` : ''}` : `node dist/bench/main.js${args ? ` ${args}` : ''}`;
@@ -233,7 +273,8 @@ async function main(): Promise<number> {
       results: results.rows,
     };
     await mkdir(dirname(out), { recursive: true });
-    await writeFile(out, `${JSON.stringify(report, null, 2)}\n`);
+    const partial = values.only !== undefined && !quick;
+    await writeFile(out, `${JSON.stringify(partial ? await mergeReport(out, { ...report, items: parts }, only) : report, null, 2)}\n`);
     const md = [
       `${command} — ${report.date}, ${seconds} s`,
       `${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}, ${m.os}, node ${m.node}, ${m.qemu}`,

@@ -69,6 +69,7 @@ async function main(): Promise<void> {
   } finally {
     client.close();
     await server.shutdown(2_000);
+    await app.close();
     await share.remove();
     await rm(workDir, { recursive: true, force: true });
     say('== cleaned up: server stopped, share unmounted, scratch files removed');

@@ -5,6 +5,11 @@
  * source: deploy/ is never edited by hand, and a test checks that this script
  * would write exactly what is committed.
  *
+ * The render assumes a bare cluster (no API beyond Kubernetes' own), so
+ * `kubectl apply -k deploy/` works without the VolumeSnapshot CRDs. Objects that
+ * need another API go to deploy/optional/, outside the kustomization, rendered
+ * as the chart renders them on a cluster that serves that API.
+ *
  *   npm run gen:deploy           write deploy/
  *   node scripts/gen-deploy.mjs --check   exit 1 if deploy/ differs
  */
@@ -41,10 +46,13 @@ export function helmTemplate(args = []) {
   });
 }
 
-/** The files of deploy/ (name → text) that the chart's defaults give. */
-export function generate() {
+/** Objects that need an API beyond Kubernetes' own: deploy/optional/<template>, and the API. */
+export const OPTIONAL = [['snapshotclass.yaml', 'snapshot.storage.k8s.io/v1/VolumeSnapshotClass']];
+
+/** template file name → its rendered objects, Helm's bookkeeping labels dropped. */
+function byTemplate(args = []) {
   const byTemplate = new Map();
-  for (const chunk of helmTemplate().split(/^---\n/m)) {
+  for (const chunk of helmTemplate(args).split(/^---\n/m)) {
     const source = /^# Source: filedriver\/templates\/(\S+)$/m.exec(chunk)?.[1];
     if (source === undefined) continue;
     const doc = parseDocument(chunk.replace(/^# Source: .*\n/m, ''));
@@ -56,11 +64,17 @@ export function generate() {
     list.push(doc.toString({ lineWidth: 0 }).trimEnd() + '\n');
     byTemplate.set(source, list);
   }
+  return byTemplate;
+}
+
+/** The files of deploy/ (name → text) that the chart's defaults give. */
+export function generate() {
+  const bare = byTemplate();
   const files = new Map([['namespace.yaml', HEADER + NAMESPACE_YAML]]);
-  // Dependencies first; the VolumeSnapshotClass needs the snapshot CRDs, so last.
-  const order = ['csidriver.yaml', 'rbac.yaml', 'nfs-volumes.yaml', 'controller.yaml', 'node.yaml', 'storageclasses.yaml', 'snapshotclass.yaml'];
-  const names = [...byTemplate.keys()].sort((a, b) => rank(order, a) - rank(order, b) || a.localeCompare(b));
-  for (const name of names) files.set(name, HEADER + byTemplate.get(name).join('---\n'));
+  // Dependencies first.
+  const order = ['csidriver.yaml', 'rbac.yaml', 'nfs-volumes.yaml', 'controller.yaml', 'node.yaml', 'storageclasses.yaml'];
+  const names = [...bare.keys()].sort((a, b) => rank(order, a) - rank(order, b) || a.localeCompare(b));
+  for (const name of names) files.set(name, HEADER + bare.get(name).join('---\n'));
   const kustomization = [
     HEADER.trimEnd(),
     '# kubectl apply -k deploy/',
@@ -71,6 +85,12 @@ export function generate() {
     '',
   ].join('\n');
   files.set('kustomization.yaml', kustomization);
+  for (const [template, api] of OPTIONAL) {
+    const objects = byTemplate(['--api-versions', api]).get(template);
+    if (objects === undefined) continue;
+    const note = `# Needs ${api.replace(/\/([^/]+)$/, ' $1')}: kubectl apply -f deploy/optional/${template} once the cluster serves it.\n`;
+    files.set(`optional/${template}`, HEADER + note + objects.join('---\n'));
+  }
   return files;
 }
 
@@ -93,7 +113,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       process.exit(1);
     }
   } else {
-    mkdirSync(join(ROOT, 'deploy'), { recursive: true });
+    mkdirSync(join(ROOT, 'deploy', 'optional'), { recursive: true });
     for (const [name, text] of files) writeFileSync(join(ROOT, 'deploy', name), text);
     process.stdout.write(`wrote ${[...files.keys()].map((f) => `deploy/${f}`).join(', ')}\n`);
   }

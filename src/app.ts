@@ -8,6 +8,10 @@ import type { Config } from './config.js';
 import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
+import { Layering } from './controller/layering.js';
+import { LiveMover } from './controller/live-move.js';
+import { Settler } from './controller/settle.js';
+import { Merger } from './controller/merger.js';
 import { Placer } from './controller/placer.js';
 import { Relocator } from './controller/relocate.js';
 import { SnapshotService } from './controller/snapshots.js';
@@ -23,6 +27,7 @@ import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
 import { Ledger } from './storage/ledger.js';
+import { ShareNodeRegistry } from './storage/nodes.js';
 import { linuxProbes, Mounts } from './storage/mounts.js';
 import { VolumeStore } from './storage/volume-store.js';
 import { cleanTemp } from './storage/whole.js';
@@ -33,7 +38,9 @@ import { makeLoopDevices } from './system/loop-devices.js';
 import { makeQemuExports } from './system/qemu-export.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
+import { NodeHeartbeat } from './node/heartbeat.js';
 import { Publisher } from './node/publish.js';
+import { NodeLayering } from './node/layers.js';
 import { Stager } from './node/stage.js';
 import { StageState } from './node/state.js';
 import type { NodeSystem } from './node/system.js';
@@ -47,10 +54,12 @@ export interface App {
   services: Services;
   /** Prometheus figures, fed by every RPC; served only with --metrics-address. */
   metrics: Metrics;
-  /** What Probe answers (also /healthz): working tools, and for the controller a usable mount. */
+  /** Readiness (/healthz): working tools, and for the controller a usable mount. Probe is liveness only. */
   ready: (log: Logger) => Promise<boolean>;
-  /** Work to do once before serving (removing leftovers of interrupted work). */
+  /** Work to do once before serving (removing leftovers of interrupted work); starts background work. */
   prepare(): Promise<void>;
+  /** Stops the background work prepare() started. */
+  close(): Promise<void>;
 }
 
 /** The node plugin's state lives in its own directory under kubelet's plugins/. */
@@ -58,14 +67,15 @@ export function stateDir(config: Config): string {
   return join(config.kubeletDir, 'plugins', config.driverName);
 }
 
-function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore) {
+function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore, mounts: Mounts, locks: KeyedLocks) {
   const sys: NodeSystem = {
     loops: makeLoopDevices(run),
     exports: makeQemuExports(run, log.child({ component: 'qemu-export' })),
     fs: makeFilesystems(run),
   };
   const state = new StageState(stateDir(config));
-  return { stager: new Stager(store, state, sys), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys) };
+  const layers = new NodeLayering(mounts, state, sys.exports, locks, log.child({ component: 'layers' }));
+  return { stager: new Stager(store, state, sys, layers), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys), layers };
 }
 
 export function buildApp(config: Config, log: Logger): App {
@@ -74,19 +84,35 @@ export function buildApp(config: Config, log: Logger): App {
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
   const ledger = new Ledger(store);
-  const metrics = new Metrics(mounts);
-  const handle = makeHandle(log, new KeyedLocks(), metrics.observe);
+  const metrics = new Metrics(mounts, config.mode !== 'node');
+  // One set of locks for the RPCs and the node's background work on the same volumes.
+  const locks = new KeyedLocks();
+  const handle = makeHandle(log, locks, metrics.observe);
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
   const snapshotStore = new SnapshotStore(mounts);
-  const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files);
+  const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
+  if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
+  merger.report = metrics.layerEvent;
+  metrics.watchMerges(() => merger.waitingCount);
+  const layering = new Layering(store, snapshotStore, qemuImg);
+  const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
+  const settler = new Settler(store, layering, mover);
+  layering.report = metrics.layerEvent;
+  mover.report = metrics.layerEvent;
+  const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
   const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
-  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images);
-  const publishing = new PublishService(volumes, mounts, store);
-  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg);
+  const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
+  const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
+
+  const nodeSide = nodeParts(config, log, run, store, mounts, locks);
+  nodeSide.layers.report = metrics.layerEvent;
+  let stopLayers = async (): Promise<void> => undefined;
+  let stopMerges = async (): Promise<void> => undefined;
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -99,22 +125,33 @@ export function buildApp(config: Config, log: Logger): App {
         return false;
       }
     }
-    // The node plugin stays "ready" without a usable share: Probe feeds the liveness probe, and a
-    // restart cannot mount a share but would stop every qcow2 export on the node. The controller
-    // can do nothing without one (issue 2's rule), and restarting it touches no data path.
+    // A node plugin is ready without a usable share: it may legitimately have none (a node
+    // without that hostPath share), and stage answers UNAVAILABLE for volumes on a share that is
+    // down. The controller can do nothing without one, so it is not ready; it stays live (Probe).
     if (!controller) return true;
     return (await mounts.usable()).length > 0;
   };
+
+  const staged = async () => (await new StageState(stateDir(config)).list()).map((r) => r.volumeId);
+  const heartbeat = node ? new NodeHeartbeat(mounts, config.nodeId, version(), staged, log.child({ component: 'registry' })) : undefined;
 
   return {
     metrics,
     ready,
     services: {
-      identity: identityService(handle, { driverName: config.driverName, version: version(), controller, ready }),
+      identity: identityService(handle, { driverName: config.driverName, version: version(), controller }),
       ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
-      ...(node ? { node: nodeService(handle, { ...config, ...nodeParts(config, log, run, store), mounts }) } : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
+    },
+    async close() {
+      heartbeat?.stop();
+      await Promise.all([stopLayers(), stopMerges()]);
     },
     async prepare() {
+      // The node serves the snapshot layers of the volumes it holds (node/layers.ts).
+      if (node) stopLayers = nodeSide.layers.start();
+      // Deleted snapshots are merged away in the background (controller/merger.ts).
+      if (controller) stopMerges = merger.start();
       for (const h of await mounts.all()) {
         if (!h.usable) {
           log.warn({ mount: h.name, path: h.path, reason: h.reason }, 'mount is not usable; nothing will be written there');
@@ -126,6 +163,8 @@ export function buildApp(config: Config, log: Logger): App {
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
         ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
+      // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
+      await heartbeat?.start();
     },
   };
 }

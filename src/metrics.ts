@@ -13,6 +13,10 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { ListenAddress } from './config.js';
 import type { RpcObserver } from './csi/handle.js';
 import type { Mounts } from './storage/mounts.js';
+import { readNodes, sighting } from './storage/nodes.js';
+
+/** Told of each step of the layer machinery: what it was and how it ended. */
+export type LayerEvents = (operation: string, outcome: 'done' | 'waiting' | 'failed') => void;
 
 // From a cached Probe (1 ms) to a full copy of a large image (an hour).
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600];
@@ -50,8 +54,28 @@ export class Metrics {
     'filedriver_snapshots',
     'Snapshot directories on a mounted share, including hidden bases kept alive by clones',
   );
+  private readonly nodes = this.mountGauge('filedriver_nodes', 'Node plugins registered on a mounted share with a fresh heartbeat');
 
-  constructor(private readonly mounts: Mounts) {
+  private readonly layerOps = new Counter({
+    name: 'filedriver_layer_operations_total',
+    help: 'Snapshot layers, merges and live moves, by step and outcome (done, waiting for a node or lock, failed)',
+    labelNames: ['operation', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  private readonly mergesWaiting = new Gauge({
+    name: 'filedriver_merges_waiting',
+    help: 'Deleted snapshot layers waiting to be merged (for a node, a lock, or the volume to be detached or snapshotted)',
+    registers: [this.registry],
+  });
+
+  /**
+   * `countNodes`: only the controller reports filedriver_nodes. On every node it would read every
+   * node's record from every share at each scrape, which grows with the square of the cluster.
+   */
+  constructor(
+    private readonly mounts: Mounts,
+    private readonly countNodes = true,
+  ) {
     collectDefaultMetrics({ register: this.registry });
   }
 
@@ -64,9 +88,19 @@ export class Metrics {
     else if (method === 'NodeUnstageVolume') this.detaches.inc();
   };
 
+  /** For the layer machinery (controller/layering, merger, live-move; node/layers). */
+  readonly layerEvent: LayerEvents = (operation, outcome) => this.layerOps.inc({ operation, outcome });
+
+  /** How many merges wait, read at scrape time. */
+  watchMerges(waiting: () => number): void {
+    this.waitingMerges = waiting;
+  }
+  private waitingMerges: () => number = () => 0;
+
   /** The exposition text, with the mount gauges read now. */
   async render(): Promise<string> {
     await this.readMounts();
+    this.mergesWaiting.set(this.waitingMerges());
     return this.registry.metrics();
   }
 
@@ -83,10 +117,12 @@ export class Metrics {
         // An unmounted share is an empty local directory: no count rather than a false 0.
         if (!h.mounted) return undefined;
         const layout = this.mounts.layout(h.name);
-        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots) };
+        const now = Date.now();
+        const nodes = this.countNodes ? (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length : undefined;
+        return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots), nodes };
       }),
     );
-    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots]) g.reset();
+    for (const g of [this.usable, this.free, this.used, this.volumes, this.snapshots, this.nodes]) g.reset();
     healths.forEach((h, i) => {
       const mount = h.name;
       this.usable.set({ mount }, h.usable ? 1 : 0);
@@ -97,6 +133,7 @@ export class Metrics {
       const c = counts[i];
       if (c?.volumes !== undefined) this.volumes.set({ mount }, c.volumes);
       if (c?.snapshots !== undefined) this.snapshots.set({ mount }, c.snapshots);
+      if (c?.nodes !== undefined) this.nodes.set({ mount }, c.nodes);
     });
   }
 }
@@ -116,8 +153,9 @@ export interface MetricsServer {
 }
 
 /**
- * Serves GET /metrics and GET /healthz. /healthz answers 200 exactly when the
- * CSI Probe would say ready (working tools; for the controller, a usable mount), else 503.
+ * Serves GET /metrics and GET /healthz. /healthz is readiness: 200 while the tools
+ * run and, for the controller, a mount is usable; else 503. (Liveness is the CSI
+ * Probe through the livenessprobe sidecar: it only asks whether the process answers.)
  */
 export async function startMetricsServer(
   at: ListenAddress,

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { sh } from './sh.js';
 
-export type Unit = 'ms' | 's' | 'MiB/s' | 'IOPS' | 'MiB' | 'x' | 'ops/s' | 'spawns';
+export type Unit = 'µs' | 'ms' | 's' | 'MiB/s' | 'IOPS' | 'MiB' | 'x' | 'ops/s' | 'spawns';
 
 export interface Target {
   /** e.g. "ratio ≤ 1.20", "p50 < 2 ms" */

@@ -16,7 +16,7 @@ import type { MountInventory, SnapshotEntry, VolumeEntry } from './inventory.js'
 export type Status = 'ok' | 'problem' | 'fixed' | 'note';
 
 export interface Finding {
-  check: 'tool' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref';
+  check: 'tool' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref' | 'pending' | 'node';
   subject: string;
   status: Status;
   message: string;
@@ -88,8 +88,11 @@ export function checkDuplicates(inventory: MountInventory[]): Finding[] {
     }
     for (const [id, mounts] of where) {
       if (mounts.length < 2) continue;
+      const arrived = inventory.flatMap((m) => m.volumes.filter((v) => kind === 'volume' && v.id === id && v.record?.movedFrom !== undefined).map(() => m.health.name));
       findings.push({ check: 'duplicate', subject: `${kind} ${id}`, status: 'problem',
-        message: `is on mounts ${mounts.join(', ')}; lookups use the first: compare the copies (qemu-img compare) and remove one by hand` });
+        message: arrived.length === 1
+          ? `is on mounts ${mounts.join(', ')}: a live move was interrupted after its arrival on ${arrived[0] ?? ''}, which is the current copy; the next CSI call on the volume removes the other`
+          : `is on mounts ${mounts.join(', ')}; lookups use the first: compare the copies (qemu-img compare) and remove one by hand` });
     }
   }
   return findings;
@@ -126,6 +129,20 @@ export async function checkChains(ctx: Context, m: MountInventory): Promise<Find
     findings.push({ check: 'chain', subject: m.health.name, status: 'ok', message: `${m.volumes.length} volume(s) and ${m.snapshots.length} snapshot(s) intact` });
   }
   return findings;
+}
+
+/** Work handed between controller and node that has waited long: a node that is gone, or a failure. */
+export function checkPending(m: MountInventory): Finding[] {
+  return m.volumes.flatMap((v) =>
+    v.pending.map((p): Finding => {
+      const minutes = Math.round((Date.now() - p.sinceMs) / 60_000);
+      const subject = `${m.health.name}: volume ${v.id}`;
+      const late = Date.now() - p.sinceMs > GRACE_MS || p.detail.includes('(failed:');
+      return late
+        ? { check: 'pending', subject, status: 'problem', message: `${p.kind}: ${p.detail}, for ${minutes} min: is the node serving it (published to ${v.record?.publications.map((x) => x.node).join(', ') || 'none'}) running? Retrying the CSI call (or detaching) finishes it` }
+        : { check: 'pending', subject, status: 'note', message: `${p.kind}: ${p.detail}` };
+    }),
+  );
 }
 
 /** Hidden snapshots nothing depends on (normally removed with their last dependent), and refs naming nothing. */

@@ -6,6 +6,9 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { destination, pino, type Logger } from 'pino';
 import { buildAdminConfig, ConfigError, envSettings, readConfigFile, type AdminConfig, type RawSettings } from '../config.js';
+import { Layering } from '../controller/layering.js';
+import { LiveMover } from '../controller/live-move.js';
+import { Settler } from '../controller/settle.js';
 import { Relocator } from '../controller/relocate.js';
 import { describe } from '../domain/errors.js';
 import { Placer } from '../controller/placer.js';
@@ -92,7 +95,10 @@ export function buildContext(values: CommonValues): Context {
   const store = new VolumeStore(mounts);
   const snapshots = new SnapshotStore(mounts);
   const ledger = new Ledger(store);
-  const relocator = new Relocator(mounts, store, snapshots, ledger, new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m)), qemuImg);
+  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
+  const mover = new LiveMover(mounts, store, snapshots, ledger, qemuImg);
+  const settler = new Settler(store, new Layering(store, snapshots, qemuImg), mover);
+  const relocator = new Relocator(mounts, store, snapshots, ledger, placer, qemuImg, mover, settler);
   return { config, log, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
 }
 

@@ -1,8 +1,9 @@
 /** `filedriver doctor`: is everything the driver needs present, and is every mount consistent? */
 import { invalid } from '../domain/errors.js';
-import { checkChains, checkDuplicates, checkHidden, checkLeftovers, checkMounts, checkTools, type Finding } from './checks.js';
+import { checkChains, checkDuplicates, checkHidden, checkLeftovers, checkMounts, checkPending, checkTools, type Finding } from './checks.js';
 import { buildContext, COMMON_HELP, COMMON_OPTIONS, parseCommand, say } from './context.js';
 import { takeInventory } from './inventory.js';
+import { checkNodes } from './nodes.js';
 
 const HELP = `Usage: filedriver doctor [--fix] [--json] [mount options]
 
@@ -10,12 +11,14 @@ Checks that the tools run (qemu-img, qemu-storage-daemon, mkfs.ext4, mkfs.xfs, l
 blkid), that each mount is usable, and each mount's contents: leftovers of interrupted work
 in filedriver/tmp/, volume or snapshot ids present on several mounts, broken backing chains
 (a backing snapshot missing, a dependent missing from its base's refs/, qemu-img check or
-qemu-img info --backing-chain failing), and hidden snapshots nothing depends on any more.
+qemu-img info --backing-chain failing), hidden snapshots nothing depends on any more, and
+work handed to a node (snapshot layer switches, online merges, live moves) still waiting after
+an hour or failed, and node registry records whose heartbeat stopped.
 
   --fix             also repair what is safe while the driver runs: remove the leftovers of
-                    dead work (this host's dead processes', or older than a day) and hidden
-                    snapshots without dependents (untouched for an hour). Everything else is
-                    reported only.
+                    dead work (this host's dead processes', or older than a day), hidden
+                    snapshots without dependents (untouched for an hour), and records of
+                    nodes silent for a day. Everything else is reported only.
   --json            machine-readable findings
 
 Exit code 0 when no problem remains, 1 otherwise.
@@ -41,7 +44,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const findings: Finding[] = [...(await checkTools(ctx)), ...checkMounts(inventory), ...checkDuplicates(inventory)];
   for (const m of inventory) {
     if (!m.health.mounted) continue;
-    findings.push(...(await checkLeftovers(m, fix)), ...(await checkChains(ctx, m)), ...(await checkHidden(ctx, m, fix)));
+    findings.push(...(await checkLeftovers(m, fix)), ...(await checkChains(ctx, m)), ...(await checkHidden(ctx, m, fix)), ...checkPending(m), ...(await checkNodes(m, fix)));
   }
   const problems = findings.filter((f) => f.status === 'problem').length;
   const fixed = findings.filter((f) => f.status === 'fixed').length;

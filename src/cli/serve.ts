@@ -66,7 +66,10 @@ export async function serve(argv: string[]): Promise<number> {
   log.info({ mode: config.mode, mounts: config.mounts, defaultFormat: config.defaultFormat }, 'starting filedriver');
   const app = buildApp(config, log);
   await app.prepare();
-  if (signalled !== undefined) return 0;
+  if (signalled !== undefined) {
+    await app.close();
+    return 0;
+  }
   // Metrics first: a bad --metrics-address stops start-up before the socket appears.
   const metricsServer =
     config.metricsAddress === undefined ? undefined : await startMetricsServer(config.metricsAddress, app.metrics, app.ready, log);
@@ -74,6 +77,7 @@ export async function serve(argv: string[]): Promise<number> {
 
   await stopped;
   await server.shutdown();
+  await app.close();
   await metricsServer?.close();
   log.info('stopped');
   return 0;

@@ -6,8 +6,9 @@
  */
 import type { Logger } from 'pino';
 import { isMultiNode, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, invalid, precondition } from '../domain/errors.js';
+import { alreadyExists, invalid, notFound, precondition } from '../domain/errors.js';
 import type { Mounts } from '../storage/mounts.js';
+import type { NodeRegistry } from '../storage/nodes.js';
 import type { Publication } from '../storage/records.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { VolumeService } from './volumes.js';
@@ -27,6 +28,7 @@ export class PublishService {
     private readonly volumes: VolumeService,
     private readonly mounts: Mounts,
     private readonly store: VolumeStore,
+    private readonly nodes: NodeRegistry,
   ) {}
 
   async publish(input: PublishInput, log: Logger): Promise<PublishContext> {
@@ -42,6 +44,11 @@ export class PublishService {
         throw alreadyExists(`volume ${record.id} is already published to node ${input.nodeId} with access mode ${mine.mode}${mine.readonly ? ' read-only' : ''}`);
       }
       return context;
+    }
+    // CSI: "Node does not exist" is NOT_FOUND. Known means registered (storage/nodes.ts), stale or not:
+    // a node that is down is still one Kubernetes may attach to. Unreadable shares make this UNAVAILABLE.
+    if ((await this.nodes.lookup(input.nodeId, found.mount)) === undefined) {
+      throw notFound(`node ${input.nodeId} is not registered on any mount: no filedriver node plugin with that id has run`);
     }
     const others = record.publications.filter((p) => p.node !== input.nodeId);
     const shareable = (p: { mode: Publication['mode'] }) => isMultiNode(p.mode);

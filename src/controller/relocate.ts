@@ -7,7 +7,7 @@
 import { rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { internal, invalid, precondition } from '../domain/errors.js';
+import { busy, internal, invalid, precondition } from '../domain/errors.js';
 import { isFormat, type Format } from '../domain/parameters.js';
 import type { Ledger } from '../storage/ledger.js';
 import { Layout } from '../storage/layout.js';
@@ -17,6 +17,9 @@ import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import { uniqueSuffix } from '../storage/records.js';
 import type { QemuImg } from '../system/qemu-img.js';
+import type { LiveMover } from './live-move.js';
+import type { Settler } from './settle.js';
+import { readMove } from '../storage/moving.js';
 import type { Placer } from './placer.js';
 
 export interface RelocateTarget {
@@ -42,18 +45,22 @@ export class Relocator {
     private readonly ledger: Ledger,
     private readonly placer: Placer,
     private readonly qemuImg: QemuImg,
+    private readonly mover: LiveMover,
+    private readonly settler: Settler,
   ) {}
 
-  async relocate(found: FoundVolume, target: RelocateTarget, log: Logger, options: { progress?: boolean } = {}): Promise<FoundVolume> {
-    const r = found.record;
+  async relocate(arg: FoundVolume, target: RelocateTarget, log: Logger, options: { progress?: boolean } = {}): Promise<FoundVolume> {
+    let found = arg.record.format === 'qcow2' ? await this.mover.settleArrival(arg, log) : arg;
+    let r = found.record;
     const mount = target.mount ?? found.mount;
     const format = target.format ?? r.format;
-    if (mount === found.mount && format === r.format) return found;
-    if (r.publications.length > 0) {
-      throw precondition(`volume ${r.id} is published to ${r.publications.map((p) => p.node).join(', ')}; it can be moved only while detached`);
-    }
+    const moving = r.format === 'qcow2' ? await readMove(found.layout, r.id) : undefined;
+    if (moving === undefined && mount === found.mount && format === r.format) return found;
+    if (moving !== undefined || r.publications.length > 0) return this.live(found, mount, format, log);
     const from = await this.mounts.requireUsable(found.mount);
     const to = await this.mounts.requireUsable(mount);
+    found = await this.settler.settle(found, log, 'move');
+    r = found.record;
     const release = mount === found.mount ? () => undefined : await this.placer.copyTo(mount, r.id, BigInt(r.sizeBytes));
     const source = from.imagePath(r.id, r.format);
     // parameters stay as created, so a retried CreateVolume still matches; `format` is the truth.
@@ -73,6 +80,28 @@ export class Relocator {
     if (r.backing !== null) await this.snapshots.release(from, r.backing, r.id);
     log.info({ volumeId: r.id, from: `${found.mount}/${r.format}`, to: `${mount}/${format}` }, 'volume relocated');
     return { ...found, mount, layout: to, record };
+  }
+
+  /**
+   * A volume a node serves: only a qcow2 volume, keeping its format, moves
+   * while in use — the node's qemu carries the writes over (live-move.ts).
+   * A move under way is finished first, whatever is asked now.
+   */
+  private async live(found: FoundVolume, mount: string, format: Format, log: Logger): Promise<FoundVolume> {
+    const r = found.record;
+    const moving = await readMove(found.layout, r.id);
+    if (moving === undefined) {
+      const nodes = r.publications.map((p) => p.node).join(', ');
+      if (r.format !== 'qcow2') throw precondition(`volume ${r.id} is a raw image published to ${nodes}: no qemu sits in its path to carry writes over, so it moves only while detached`);
+      if (format !== r.format) throw precondition(`volume ${r.id} is published to ${nodes}; its format changes only while detached (a live move keeps qcow2)`);
+      await this.mounts.requireUsable(mount);
+      await this.placer.copyTo(mount, r.id, BigInt(r.sizeBytes)).then((release) => release());
+    }
+    const outcome = await this.mover.move(found, moving?.to ?? mount, log);
+    if (outcome === 'pending') throw busy(`volume ${r.id} is moving to mount ${moving?.to ?? mount}; the node serving it has yet to switch; retry`);
+    const now = await this.store.find(r.id);
+    if (now === undefined) throw internal(`volume ${r.id} vanished during its move`);
+    return now;
   }
 
   /**

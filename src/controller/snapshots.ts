@@ -13,7 +13,8 @@ import { Layout } from '../storage/layout.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
 import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
-import type { VolumeStore } from '../storage/volume-store.js';
+import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
+import type { Layering, LayerOutcome } from './layering.js';
 import type { Files } from '../system/files.js';
 import type { QemuImg } from '../system/qemu-img.js';
 
@@ -22,6 +23,7 @@ export interface SnapshotView {
   sourceVolumeId: string;
   sizeBytes: bigint;
   createdAt: string;
+  readyToUse: boolean;
 }
 
 export const view = (r: SnapshotRecord): SnapshotView => ({
@@ -29,9 +31,12 @@ export const view = (r: SnapshotRecord): SnapshotView => ({
   sourceVolumeId: r.sourceVolumeId,
   sizeBytes: BigInt(r.sizeBytes),
   createdAt: r.createdAt,
+  readyToUse: r.pending !== true,
 });
 
 const K8S_PREFIX = 'csi.storage.k8s.io/';
+/** Thrown inside a build to abandon it when a reflink is all that was asked for. */
+const NO_REFLINK = new Error('no reflink');
 
 export class SnapshotService {
   constructor(
@@ -40,6 +45,7 @@ export class SnapshotService {
     private readonly snapshots: SnapshotStore,
     private readonly qemuImg: QemuImg,
     private readonly files: Files,
+    private readonly layering: Layering,
   ) {}
 
   async create(name: string, sourceVolumeId: string, parameters: Record<string, string>, log: Logger): Promise<SnapshotView> {
@@ -49,12 +55,15 @@ export class SnapshotService {
     if (unknown.length > 0) throw invalid(`unknown VolumeSnapshotClass parameter ${unknown.join(', ')}; filedriver takes none`);
     const id = idFromName(name);
     const existing = await this.snapshots.find(id);
-    if (existing !== undefined) return this.reuse(existing, name, sourceVolumeId);
+    if (existing !== undefined) {
+      const done = this.reuse(existing, name, sourceVolumeId);
+      if (existing.record.pending !== true) return done;
+    }
 
     const source = await this.volumes.find(sourceVolumeId);
     if (source === undefined) throw notFound(`source volume ${sourceVolumeId} does not exist`);
     const layout = await this.mounts.requireUsable(source.mount);
-    const record: SnapshotRecord = {
+    const record: SnapshotRecord = existing?.record ?? {
       schema: SCHEMA,
       id,
       name,
@@ -67,12 +76,35 @@ export class SnapshotService {
       deleted: false,
       internal: false,
     };
-    await this.copyInto(layout, record, layout.imagePath(sourceVolumeId, source.record.format), source.record.backing, {
-      attachedTo: source.record.publications.map((p) => p.node),
-    });
-    log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, method: record.method }, 'snapshot created');
+    const outcome = await this.freeze(source, record, log);
+    log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, outcome }, outcome === 'ready' ? 'snapshot created' : 'snapshot waits for the node to switch layers');
     const made = await this.snapshots.read(layout, id);
     return view(made ?? record);
+  }
+
+  /**
+   * Makes snapshot `record` of a volume: a reflink where the mount has them
+   * (for either format); else a qcow2 volume's image becomes the snapshot as a
+   * layer (O(1), also while a node serves it: 'pending' until that node
+   * switched); a raw volume is copied, and only while detached.
+   */
+  async freeze(source: FoundVolume, record: SnapshotRecord, log: Logger): Promise<LayerOutcome> {
+    const { layout } = source;
+    const image = layout.imagePath(source.record.id, source.record.format);
+    if (source.record.format === 'qcow2') {
+      // A pending layering (a crash, or another snapshot the node has yet to switch) comes first.
+      const pending = await this.layering.advance(source, log);
+      if (pending !== undefined && pending.snapshotId !== record.id) {
+        throw busy(`volume ${source.record.id} is still being snapshotted as ${pending.snapshotId}; retry`);
+      }
+      if (pending === undefined && (await this.snapshots.read(layout, record.id)) === undefined) {
+        const current = (await this.volumes.read(layout, source.record.id)) ?? source.record;
+        if (await this.copyInto(layout, record, image, current.backing, { copy: false })) return 'ready';
+      }
+      return this.layering.take(source, record, log);
+    }
+    await this.copyInto(layout, record, image, source.record.backing, { attachedTo: source.record.publications.map((p) => p.node) });
+    return 'ready';
   }
 
   /**
@@ -85,14 +117,15 @@ export class SnapshotService {
    * changes under it and may be torn (for qcow2, even its metadata), so it is
    * refused for an attached image. `flatten`: the image's backing chain is not
    * the driver's (an admin's golden image): only a flattened copy is safe.
+   * `copy: false`: a reflink or nothing (returns false).
    */
   async copyInto(
     layout: Layout,
     record: SnapshotRecord,
     image: string,
     imageBacking: string | null,
-    options: { attachedTo?: readonly string[]; flatten?: boolean } = {},
-  ): Promise<void> {
+    options: { attachedTo?: readonly string[]; flatten?: boolean; copy?: boolean } = {},
+  ): Promise<boolean> {
     const attached = options.attachedTo ?? [];
     if (imageBacking !== null) await this.snapshots.addRef(layout, imageBacking, record.id);
     let backing: string | null = null;
@@ -103,6 +136,8 @@ export class SnapshotService {
         if (options.flatten !== true && (await this.files.reflink(image, target))) {
           record.method = 'reflink';
           backing = imageBacking;
+        } else if (options.copy === false) {
+          throw NO_REFLINK;
         } else if (attached.length > 0) {
           throw precondition(
             `${image} is attached to node(s) ${attached.join(', ')} and mount ${layout.mountPath} cannot reflink it: ` +
@@ -114,11 +149,15 @@ export class SnapshotService {
         }
         record.backing = backing;
       });
+    } catch (e) {
+      if (e === NO_REFLINK) return false;
+      throw e;
     } finally {
       // Drop the ref taken in advance when it turned out not to be needed, or nothing was made.
       if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
     }
     if (!created) throw busy(`snapshot ${record.id} appeared while being created; retry`);
+    return true;
   }
 
   private reuse(found: FoundSnapshot, name: string, sourceVolumeId: string): SnapshotView {
@@ -143,6 +182,7 @@ export class SnapshotService {
     checkId(id, 'snapshot_id');
     const found = await this.snapshots.find(id);
     if (found === undefined || found.record.deleted || found.record.internal) throw notFound(`snapshot ${id} does not exist`);
+    if (found.record.pending === true) throw precondition(`snapshot ${id} is not ready yet: the node serving its volume has yet to switch layers; retry`);
     return found;
   }
 

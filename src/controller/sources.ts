@@ -7,7 +7,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join, sep } from 'node:path';
 import type { Logger } from 'pino';
-import { invalid, notFound } from '../domain/errors.js';
+import { busy, invalid, notFound } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
 import { isFormat, type Format, type VolumeParameters } from '../domain/parameters.js';
 import { Layout, TREE } from '../storage/layout.js';
@@ -66,14 +66,15 @@ export class Sources {
     const layout = await this.mounts.requireUsable(source.mount);
     const baseId = cloneBaseId(id, newId);
     const existing = await this.snapshots.read(layout, baseId);
-    if (existing === undefined) {
-      const record = internalSnapshot(baseId, `base of volume ${newId}, cloned from ${id}`, id, source.record.format, source.record.sizeBytes);
-      await this.snapshotService.copyInto(layout, record, layout.imagePath(id, source.record.format), source.record.backing, {
-        attachedTo: source.record.publications.map((p) => p.node),
-      });
+    if (existing === undefined || existing.pending === true) {
+      const record = existing ?? internalSnapshot(baseId, `base of volume ${newId}, cloned from ${id}`, id, source.record.format, source.record.sizeBytes);
+      // A qcow2 source in use is frozen as a layer by the node serving it: retry until it has switched.
+      if ((await this.snapshotService.freeze(source, record, log)) === 'pending') {
+        throw busy(`source volume ${id} is being frozen for the clone by the node that serves it; retry`);
+      }
       log.info({ volumeId: newId, source: id, baseId }, 'made a base snapshot of the source volume');
     }
-    const r = (await this.snapshots.read(layout, baseId)) ?? existing;
+    const r = await this.snapshots.read(layout, baseId);
     if (r === undefined) throw notFound(`base snapshot ${baseId} of volume ${id} vanished`);
     return { mount: source.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing, internal: true };
   }

@@ -16,6 +16,7 @@ import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
+import type { Settler } from './settle.js';
 import type { ContentSource, Sources } from './sources.js';
 import type { RelocateTarget } from './relocate.js';
 import { imageHeaderProblem } from '../storage/image-header.js';
@@ -85,6 +86,7 @@ export class VolumeService {
     private readonly snapshots: SnapshotStore,
     private readonly sources: Sources,
     private readonly images: ImageBuilder,
+    private readonly settler: Settler,
   ) {}
 
   keyOf = (mount: string): string => topologyKey(this.settings.driverName, mount);
@@ -185,11 +187,14 @@ export class VolumeService {
     if (nodes.length > 0) {
       throw precondition(`volume ${id} is still published to node(s) ${nodes.join(', ')}; unpublish it first`);
     }
-    const layout = await this.mounts.requireUsable(found.mount);
+    await this.mounts.requireUsable(found.mount);
+    const settled = await this.settler.settle(found, log, 'be deleted');
+    const layout = await this.mounts.requireUsable(settled.mount);
+    const record = (await this.store.read(layout, id)) ?? settled.record;
     await this.store.remove(layout, id);
-    this.ledger.forget(found.mount, id);
-    if (found.record.backing !== null) await this.snapshots.release(layout, found.record.backing, id);
-    log.info({ volumeId: id, mount: found.mount }, 'volume deleted');
+    this.ledger.forget(settled.mount, id);
+    if (record.backing !== null) await this.snapshots.release(layout, record.backing, id);
+    log.info({ volumeId: id, mount: settled.mount }, 'volume deleted');
   }
 
   async require(id: string): Promise<FoundVolume> {
@@ -202,7 +207,7 @@ export class VolumeService {
   /** Grows the image (never shrinks); the node grows what sits on it. */
   async expand(id: string, range: CapacityRange, log: Logger): Promise<VolumeView> {
     if (range.requiredBytes === 0n && range.limitBytes === 0n) throw invalid('capacity_range is required');
-    const found = await this.require(id);
+    let found = await this.require(id);
     const current = BigInt(found.record.sizeBytes);
     const wanted = roundUp(range.requiredBytes, MiB);
     if (range.limitBytes > 0n && wanted > range.limitBytes) {
@@ -212,6 +217,9 @@ export class VolumeService {
       throw outOfRange(`volume ${id} is already ${current} bytes, above limit_bytes ${range.limitBytes}; volumes never shrink`);
     }
     if (wanted <= current) return view(found);
+    await this.mounts.requireUsable(found.mount);
+    // Growing the image before its layer switch would grow the snapshot instead.
+    found = await this.settler.settle(found, log, 'grow');
     const layout = await this.mounts.requireUsable(found.mount);
     const params = parseParameters(found.record.parameters, found.record.format);
     const release = await this.placer.grow(found.mount, id, wanted - current, isThin(params));

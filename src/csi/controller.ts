@@ -88,10 +88,16 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       'CreateVolume',
       {
         ids: (r: CreateVolumeRequest) => ({ name: r.name ?? '' }),
-        // A PVC clone copies its source: the source is locked too, so it cannot be published (and written) mid-copy.
+        // A clone reads its source: a source volume is locked so it cannot be published (and written) mid-copy,
+        // a source snapshot so a background merge does not rewrite its image under the copy.
         locks: (r: CreateVolumeRequest) => {
-          const source = r.volume_content_source?.volume?.volume_id;
-          return [`volume:${idFromName(r.name ?? '')}`, ...(source === undefined || source === '' ? [] : [`volume:${source}`])];
+          const volume = r.volume_content_source?.volume?.volume_id;
+          const snapshot = r.volume_content_source?.snapshot?.snapshot_id;
+          return [
+            `volume:${idFromName(r.name ?? '')}`,
+            ...(volume === undefined || volume === '' ? [] : [`volume:${volume}`]),
+            ...(snapshot === undefined || snapshot === '' ? [] : [`snapshot:${snapshot}`]),
+          ];
         },
       },
       async (r: CreateVolumeRequest, log) => {
@@ -211,7 +217,8 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
     ),
 
-    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds }, async (r: VolumeRequest) => {
+    // Locked: its `qemu-img check` must not read an image a background merge is rewriting (ABORTED meanwhile).
+    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds, locks: byVolume }, async (r: VolumeRequest) => {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),

@@ -1,13 +1,10 @@
-/** CSI Identity service: who we are, what we serve, whether we are ready. */
-import type { Logger } from 'pino';
+/** CSI Identity service: who we are, what we serve, that we answer. */
 import type { Handle } from './handle.js';
 
 export interface IdentityDeps {
   driverName: string;
   version: string;
   controller: boolean;
-  /** Ready only while a mount is usable and the tools run. */
-  ready: (log: Logger) => Promise<boolean>;
 }
 
 export function identityService(handle: Handle, deps: IdentityDeps) {
@@ -24,6 +21,10 @@ export function identityService(handle: Handle, deps: IdentityDeps) {
         { volume_expansion: { type: 'ONLINE' } },
       ],
     })),
-    Probe: handle('Probe', { level: 'trace' }, async (_req, log) => ({ ready: { value: await deps.ready(log) } })),
+    // Probe feeds the livenessprobe sidecar, so it means "the process answers": the server
+    // starts only once start-up is done. Share health and working tools are readiness
+    // (/healthz) and the RPCs' own answers; a restart fixes neither, and a liveness
+    // failure during a filer outage would only add back-off to the outage.
+    Probe: handle('Probe', { level: 'trace' }, async () => ({ ready: { value: true } })),
   };
 }

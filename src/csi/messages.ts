@@ -30,7 +30,7 @@ export function toCsiSnapshot(v: SnapshotView) {
     source_volume_id: v.sourceVolumeId,
     size_bytes: v.sizeBytes.toString(),
     creation_time: { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
-    ready_to_use: true,
+    ready_to_use: v.readyToUse,
     group_snapshot_id: '',
   };
 }

@@ -8,6 +8,8 @@ import { checkId } from '../domain/ids.js';
 import { checkKubeletPath } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
 import type { NodeHealth } from '../node/health.js';
+import { nodeVolumeKey } from '../node/layers.js';
+import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
 import type { Stager } from '../node/stage.js';
 import type { Mounts } from '../storage/mounts.js';
@@ -39,7 +41,7 @@ interface NodeRequest {
 }
 
 const ids = (r: NodeRequest): Record<string, string> => ({ volumeId: r.volume_id ?? '' });
-const byVolume = (r: NodeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
+const byVolume = (r: NodeRequest): string[] => [nodeVolumeKey(r.volume_id ?? '')];
 
 export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'] as const;
 
@@ -52,9 +54,10 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
       capabilities: NODE_CAPABILITIES.map((type) => ({ rpc: { type } })),
     })),
 
+    // The shares this node is configured with, healthy or not (node/topology.ts says why).
     NodeGetInfo: handle('NodeGetInfo', {}, async () => {
       const segments: Record<string, string> = {};
-      for (const m of await deps.mounts.usable()) segments[topologyKey(deps.driverName, m.name)] = 'true';
+      for (const name of await configuredMounts(deps.mounts.configs)) segments[topologyKey(deps.driverName, name)] = 'true';
       return { node_id: deps.nodeId, max_volumes_per_node: String(deps.maxVolumesPerNode), accessible_topology: { segments } };
     }),
 

@@ -18,3 +18,13 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
 
 /** Small-file reads in flight at once: enough to hide NFS latency, well under fd limits. */
 export const PARALLEL_READS = 32;
+
+/** `p`, or `late()` if it has not settled after `ms` (the work itself goes on: a hung share holds it). */
+export function settleWithin<T>(p: Promise<T>, ms: number, late: () => T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(late()), ms);
+    timer.unref();
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}

@@ -11,6 +11,7 @@ import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '..
 import { alreadyExists, busy, invalid, isDriverError, notFound, precondition } from '../domain/errors.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import { stageMountFlags } from '../system/filesystems.js';
+import type { NodeLayering } from './layers.js';
 import type { NodeSystem } from './system.js';
 import type { StageRecord, StageState } from './state.js';
 
@@ -33,6 +34,7 @@ export class Stager {
     private readonly store: VolumeStore,
     private readonly state: StageState,
     private readonly sys: NodeSystem,
+    private readonly layers: NodeLayering,
   ) {}
 
   async stage(input: StageInput, log: Logger): Promise<void> {
@@ -84,10 +86,14 @@ export class Stager {
 
   private async attach(rec: StageRecord): Promise<void> {
     if (rec.format === 'qcow2') {
+      await this.layers.beforeOpen(rec.mount, rec.volumeId);
+      const chain = await this.layers.chain(rec.mount, rec.volumeId);
+      rec.layers = Object.fromEntries(chain.map((l) => [l.id, l.node]));
       rec.export = await this.sys.exports.start(rec.image, {
         format: 'qcow2',
         readOnly: rec.readOnly,
         stateDir: this.state.exportDir(rec.volumeId),
+        chain,
       });
       rec.loopFile = rec.export.exportFile;
     } else {

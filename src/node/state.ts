@@ -24,6 +24,12 @@ export interface StageRecord {
   capability: string;
   /** qemu export of a qcow2 image, once started. */
   export: ExportHandle | undefined;
+  /**
+   * qemu's node name of each snapshot layer under a qcow2 image, by snapshot
+   * id: named at start, and on each online switch the old top becomes the
+   * snapshot. Merges (block-stream) need these names.
+   */
+  layers?: Record<string, string>;
   /** The file the loop device reads: the image (raw) or the export file (qcow2). */
   loopFile: string | undefined;
   device: string | undefined;

@@ -22,6 +22,7 @@ export async function findOnMounts<R>(
   what: string,
   read: (layout: Layout) => Promise<R | undefined>,
   scope?: readonly string[],
+  prefer: (hits: Found<R>[]) => Found<R> | undefined = (hits) => hits[0],
 ): Promise<Found<R> | undefined> {
   const health = await mounts.all();
   const found = await Promise.all(
@@ -32,7 +33,7 @@ export async function findOnMounts<R>(
       return record === undefined ? undefined : { mount: h.name, layout, record, writable: h.usable, reason: h.reason };
     }),
   );
-  const hit = found.find((f) => f !== undefined);
+  const hit = prefer(found.filter((f) => f !== undefined));
   if (hit !== undefined) return hit;
   const down = health.filter((h) => !h.mounted && (scope === undefined || scope.includes(h.name)));
   if (down.length > 0) {

@@ -34,3 +34,26 @@ export async function imageHeaderProblem(path: string, format: Format): Promise<
     await fh.close();
   }
 }
+
+/**
+ * The backing reference written in a qcow2 header (bytes 8–19 give its offset
+ * and length), or undefined for none: how far a merge got, without spawning
+ * qemu-img. qemu writes the header after the data, so this is what it will read.
+ */
+export async function backingReference(path: string): Promise<string | undefined> {
+  const fh = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(20);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    if (bytesRead < head.length || head.readUInt32BE(0) !== QCOW2_MAGIC) throw new Error(`${path} is not a qcow2 image`);
+    const offset = head.readBigUInt64BE(8);
+    const length = head.readUInt32BE(16);
+    if (offset === 0n || length === 0) return undefined;
+    if (length > 1023) throw new Error(`${path} names a backing file longer than qemu allows`);
+    const name = Buffer.alloc(length);
+    await fh.read(name, 0, length, Number(offset));
+    return name.toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}

@@ -12,12 +12,19 @@ export class Layout {
   readonly volumes: string;
   readonly snapshots: string;
   readonly tmp: string;
+  /**
+   * Volumes arriving by a live move: the new top layer lives here until the
+   * move is done. Not in tmp/, whose leftovers are removed: this holds the
+   * only copy of writes made since the switch.
+   */
+  readonly moving: string;
 
   constructor(readonly mountPath: string) {
     this.root = join(mountPath, TREE);
     this.volumes = join(this.root, 'volumes');
     this.snapshots = join(this.root, 'snapshots');
     this.tmp = join(this.root, 'tmp');
+    this.moving = join(this.root, 'moving');
   }
 
   volumeDir(id: string): string {

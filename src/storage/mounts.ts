@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { MountConfig } from '../config.js';
+import { settleWithin } from '../domain/concurrency.js';
 import { describe, unavailable } from '../domain/errors.js';
 import { mountAt, readMountInfo, type MountEntry } from '../system/mountinfo.js';
 import { Layout } from './layout.js';
@@ -43,6 +44,7 @@ export const linuxProbes: MountProbes = {
     await mkdir(layout.volumes, { recursive: true });
     await mkdir(layout.snapshots, { recursive: true });
     await mkdir(layout.tmp, { recursive: true });
+    await mkdir(layout.moving, { recursive: true });
     // Unique per check: two checks of one mount (another process, or a cache of 0 s) must not remove each other's probe.
     const probe = join(layout.tmp, `.probe-${process.pid}-${randomBytes(4).toString('hex')}`);
     await writeFile(probe, 'filedriver probe\n');
@@ -115,11 +117,11 @@ export class Mounts {
     const inFlight = this.running.get(name);
     if (inFlight !== undefined) {
       // Callers at the same moment share it; after the timeout, the share is hung.
-      return withTimeout(inFlight, this.timeoutMs, () => stuck(`a health check of ${path} has not returned for ${this.timeoutMs / 1000} s: is the share hung?`));
+      return settleWithin(inFlight, this.timeoutMs, () => stuck(`a health check of ${path} has not returned for ${this.timeoutMs / 1000} s: is the share hung?`));
     }
     const check = this.check(name).finally(() => this.running.delete(name));
     this.running.set(name, check);
-    return withTimeout(check, this.timeoutMs, () => stuck(`the health check of ${path} took over ${this.timeoutMs / 1000} s: is the share hung?`));
+    return settleWithin(check, this.timeoutMs, () => stuck(`the health check of ${path} took over ${this.timeoutMs / 1000} s: is the share hung?`));
   }
 
   async all(): Promise<MountHealth[]> {
@@ -173,12 +175,3 @@ export class Mounts {
   }
 }
 
-/** `p`, or `late()` if it has not settled after `ms`. */
-function withTimeout<T>(p: Promise<T>, ms: number, late: () => T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<T>((resolve) => {
-    timer = setTimeout(() => resolve(late()), ms);
-    timer.unref();
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}

@@ -29,6 +29,8 @@ export interface VolumeRecord {
   pvc: { name: string; namespace: string } | null;
   /** Nodes the volume is published to (ControllerPublishVolume): the fence. */
   publications: Publication[];
+  /** Set while a live move finishes: the mount it came from, where a stale copy may remain. */
+  movedFrom?: string;
 }
 
 export interface Publication {
@@ -59,15 +61,25 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
   }
 }
 
-export async function readRecord(path: string): Promise<VolumeRecord | undefined> {
-  let text: string;
+/** A file's text, or undefined when it does not exist. */
+export async function readText(path: string): Promise<string | undefined> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
-  const r = parseJson(text, path) as Partial<VolumeRecord>;
+}
+
+/** A small JSON file the driver wrote (intents, requests), or undefined when there is none. */
+export async function readJsonFile<T>(path: string): Promise<T | undefined> {
+  const text = await readText(path);
+  return text === undefined ? undefined : (parseJson(text, path) as T);
+}
+
+export async function readRecord(path: string): Promise<VolumeRecord | undefined> {
+  const r = await readJsonFile<Partial<VolumeRecord>>(path);
+  if (r === undefined) return undefined;
   checkBacking(r.backing, path);
   if (r.sizeBytes !== undefined && !/^\d+$/.test(String(r.sizeBytes))) throw internal(`${path} gives size ${JSON.stringify(r.sizeBytes)}, not a byte count; run filedriver doctor`);
   return {
@@ -82,6 +94,7 @@ export async function readRecord(path: string): Promise<VolumeRecord | undefined
     backing: r.backing ?? null,
     pvc: r.pvc ?? null,
     publications: r.publications ?? [],
+    ...(r.movedFrom === undefined ? {} : { movedFrom: r.movedFrom }),
   };
 }
 
@@ -95,8 +108,13 @@ export interface SnapshotRecord {
   format: Format;
   sizeBytes: string;
   createdAt: string;
-  /** reflink: a shared-extent copy; copy: qemu-img convert. */
-  method: 'reflink' | 'copy';
+  /**
+   * reflink: a shared-extent copy; copy: qemu-img convert; layer: the source
+   * volume's own image, frozen, with the volume continuing in an overlay on it.
+   */
+  method: 'reflink' | 'copy' | 'layer';
+  /** A layer whose volume has not switched to its overlay yet: not ready to use. */
+  pending?: boolean;
   /** Snapshots whose image backs this one. */
   backing: string | null;
   /** Deleted by the CO but still backing a dependent: hidden, removed with its last dependent. */
@@ -106,14 +124,8 @@ export interface SnapshotRecord {
 }
 
 export async function readSnapshot(path: string): Promise<SnapshotRecord | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-  const r = parseJson(text, path) as SnapshotRecord;
+  const r = await readJsonFile<SnapshotRecord>(path);
+  if (r === undefined) return undefined;
   checkBacking(r.backing, path);
   return r;
 }

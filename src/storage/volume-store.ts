@@ -17,7 +17,7 @@ export class VolumeStore {
 
   /** `scope` limits UNAVAILABLE to the mounts the volume could be on (a StorageClass's). */
   async find(id: string, scope?: readonly string[]): Promise<FoundVolume | undefined> {
-    return findOnMounts(this.mounts, `volume ${id}`, (layout) => readRecord(layout.metaPath(id)), scope);
+    return findOnMounts(this.mounts, `volume ${id}`, (layout) => readRecord(layout.metaPath(id)), scope, arrived);
   }
 
   /** Builds the volume in the temp area; false when one with this id appeared meanwhile. */
@@ -44,4 +44,13 @@ export class VolumeStore {
   async read(layout: Layout, id: string): Promise<VolumeRecord | undefined> {
     return readRecord(layout.metaPath(id));
   }
+}
+
+/**
+ * A volume on two mounts is one whose live move was interrupted between its
+ * arrival and the removal of the source: the arrived copy (it names the other
+ * as movedFrom) is the truth — the source lacks the writes made since.
+ */
+function arrived(hits: FoundVolume[]): FoundVolume | undefined {
+  return hits.find((h) => h.record.movedFrom !== undefined && hits.some((o) => o.mount === h.record.movedFrom)) ?? hits[0];
 }

@@ -49,9 +49,21 @@ export interface ExportHandle {
   directIo: boolean;
 }
 
+/** A layer under the image, opened read-only under a name of ours so later QMP commands can name it. */
+export interface ChainLayer {
+  node: string;
+  image: string;
+  format: Format;
+}
+
 export interface StartOptions {
   format: Format;
   readOnly: boolean;
+  /**
+   * The image's backing chain, nearest layer first. Given, qemu opens it as
+   * these named nodes instead of following the images' backing references.
+   */
+  chain?: readonly ChainLayer[];
   /** Holds the export file, pid file, QMP socket and export.json; created if missing. */
   stateDir: string;
 }
@@ -68,6 +80,30 @@ export interface QemuExports {
   /** Grows the image (never shrinks); the export file shows the new size on return. */
   resize(handle: ExportHandle, bytes: bigint): Promise<void>;
   /**
+   * Moves the export's writes to `overlay`, a qcow2 file backed by the image
+   * it serves now (blockdev-add, then blockdev-snapshot, which flushes the old
+   * top first): from then on the old image is not written. Idempotent: an
+   * export already on `nodeName` is left as it is.
+   */
+  switchTo(handle: ExportHandle, overlay: string, nodeName: string): Promise<void>;
+  /** The node the export serves now (the top of its chain). */
+  top(handle: ExportHandle): Promise<string>;
+  /**
+   * Makes node `top` (added by switchTo) read through `base` — an image with
+   * the same data as its current backing chain — and closes the old chain
+   * (blockdev-add, blockdev-reopen, blockdev-del). The data the export shows
+   * does not change.
+   */
+  repoint(handle: ExportHandle, top: string, base: ChainLayer): Promise<void>;
+  /**
+   * Starts copying the layers between `device` and `baseNode` (all of them
+   * without one) into `device`, which then reads through `baseNode`, its header
+   * naming `backingFile` (block-stream). Returns at once: the job runs in qemu.
+   */
+  stream(handle: ExportHandle, job: { id: string; device: string; baseNode?: string | undefined; backingFile?: string | undefined }): Promise<void>;
+  /** Ids of the block jobs running in the export's daemon. */
+  jobs(handle: ExportHandle): Promise<string[]>;
+  /**
    * Removes the export, ends the daemon (SIGKILL after a bound), unmounts any
    * leftover FUSE mount and removes the state files. Idempotent; works from a
    * fresh process. Detach loop devices from the export file first.
@@ -82,6 +118,8 @@ export const MAX_SOCKET_PATH = 107;
 
 const EXPORT_ID = 'export0';
 const nodeName = (format: Format): string => (format === 'raw' ? 'file0' : 'fmt0');
+/** The file node under a format node that switchTo added. */
+const fileNode = (node: string): string => `${node}f`;
 // 'Failed to get "write" lock' (writer) or 'Failed to get shared "write" lock' (reader).
 const LOCK_CONFLICT = /Failed to get (shared )?".*" lock/;
 
@@ -113,8 +151,17 @@ export function daemonArgs(image: string, o: StartOptions, paths: Paths, aio: Ex
   const common = o.readOnly ? ['read-only=on'] : ['discard=unmap'];
   const file = ['driver=file', 'node-name=file0', `filename=${opt(image)}`, `aio=${aio}`,
     `cache.direct=${directIo ? 'on' : 'off'}`, 'locking=on', ...common];
-  const blockdevs = ['--blockdev', file.join(',')];
-  if (o.format === 'qcow2') blockdevs.push('--blockdev', ['driver=qcow2', 'node-name=fmt0', 'file=file0', ...common].join(','));
+  const blockdevs: string[] = [];
+  // Bottom layer first: each names the one below it. JSON, since a layer without one needs no key at all.
+  const chain = o.format === 'qcow2' ? (o.chain ?? []) : [];
+  chain.forEach((layer, i) => {
+    const below = chain[i + 1];
+    const file = { driver: 'file', filename: layer.image, aio, cache: { direct: directIo }, locking: 'on' };
+    blockdevs.unshift('--blockdev', JSON.stringify({ driver: layer.format, 'node-name': layer.node, 'read-only': true, file, ...(below === undefined ? {} : { backing: below.node }) }));
+  });
+  blockdevs.push('--blockdev', file.join(','));
+  const top = chain[0] === undefined ? [] : [`backing=${chain[0].node}`];
+  if (o.format === 'qcow2') blockdevs.push('--blockdev', ['driver=qcow2', 'node-name=fmt0', 'file=file0', ...top, ...common].join(','));
   const exp = ['type=fuse', `id=${EXPORT_ID}`, `node-name=${nodeName(o.format)}`, `mountpoint=${opt(paths.exportFile)}`,
     `writable=${o.readOnly ? 'off' : 'on'}`];
   return ['qemu-storage-daemon', ...blockdevs,
@@ -266,6 +313,89 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     return handle;
   }
 
+  /** The node the export serves now: after a snapshot switch, no longer the one it started with. */
+  async function topNode(q: Qmp, h: ExportHandle): Promise<string> {
+    const r = await q.execute('query-block-exports');
+    const exp = r.ok && Array.isArray(r.value) ? (r.value as { id?: string; 'node-name'?: string }[]).find((e) => e.id === EXPORT_ID) : undefined;
+    if (exp?.['node-name'] === undefined) throw internal(`the qemu export of ${h.image} is missing from query-block-exports`);
+    return exp['node-name'];
+  }
+
+  async function switchTo(h: ExportHandle, overlay: string, node: string): Promise<void> {
+    if (h.readOnly) throw precondition(`the export of ${h.image} is read-only; it has no writes to move`);
+    await Qmp.session(h.qmpSocket, 30_000, async (q) => {
+      const top = await topNode(q, h);
+      if (top === node) return;
+      // The file node is named (<node>f) so a later blockdev-reopen of the overlay can name its child.
+      const file = { driver: 'file', 'node-name': fileNode(node), filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
+      const overlayNode = { driver: 'qcow2', 'node-name': node, file: fileNode(node), backing: null, discard: 'unmap' };
+      for (const args of [file, overlayNode]) {
+        const add = await q.execute('blockdev-add', args);
+        // Added before a crash of the plugin, but not switched: the node is there to use.
+        if (!add.ok && !/Duplicate node/i.test(add.error)) throw internal(`blockdev-add of ${args['node-name']} for ${overlay} failed: ${add.error}`);
+      }
+      const snap = await q.execute('blockdev-snapshot', { node: top, overlay: node });
+      if (!snap.ok) {
+        await dropNodes(q, [node, fileNode(node)]);
+        throw internal(`blockdev-snapshot of ${h.image} onto ${overlay} failed: ${snap.error}`);
+      }
+    });
+  }
+
+  /**
+   * Removes nodes nothing uses any more (parents before children: a node in
+   * use stays until its parent went, so this goes round until nothing changes).
+   */
+  async function dropNodes(q: Qmp, names: readonly string[]): Promise<string[]> {
+    let left = [...names];
+    for (let progress = true; progress && left.length > 0; ) {
+      progress = false;
+      for (const name of [...left]) {
+        const r = await q.execute('blockdev-del', { 'node-name': name });
+        if (r.ok || /Cannot find node|Failed to find node/i.test(r.error)) {
+          left = left.filter((n) => n !== name);
+          progress = true;
+        }
+      }
+    }
+    return left;
+  }
+
+  async function repoint(h: ExportHandle, top: string, base: ChainLayer): Promise<void> {
+    await Qmp.session(h.qmpSocket, 60_000, async (q) => {
+      const file = { driver: 'file', filename: base.image, aio: h.aio, cache: { direct: h.directIo }, locking: 'on' };
+      const add = await q.execute('blockdev-add', { driver: base.format, 'node-name': base.node, 'read-only': true, file });
+      if (!add.ok && !/Duplicate node/i.test(add.error)) throw internal(`blockdev-add of ${base.image} failed: ${add.error}`);
+      const reopen = await q.execute('blockdev-reopen', {
+        options: [{ driver: 'qcow2', 'node-name': top, file: fileNode(top), backing: base.node, discard: 'unmap' }],
+      });
+      if (!reopen.ok) throw internal(`blockdev-reopen of ${h.image} onto ${base.image} failed: ${reopen.error}`);
+      // Everything else the daemon has open is the old chain: let it go, so its files can be removed.
+      const nodes = await q.execute('query-named-block-nodes', { flat: true });
+      const names = nodes.ok && Array.isArray(nodes.value) ? (nodes.value as { 'node-name'?: string }[]).map((n) => n['node-name'] ?? '') : [];
+      const keep = new Set([top, fileNode(top), base.node]);
+      const stale = names.filter((n) => n !== '' && !n.startsWith('#') && !keep.has(n));
+      const left = await dropNodes(q, stale);
+      if (left.length > 0) log.warn({ image: h.image, nodes: left }, 'old layers are still in use in the export; they close when it stops');
+    });
+  }
+
+  async function stream(h: ExportHandle, job: { id: string; device: string; baseNode?: string | undefined; backingFile?: string | undefined }) {
+    await Qmp.session(h.qmpSocket, 10_000, async (q) => {
+      const base = { ...(job.baseNode === undefined ? {} : { 'base-node': job.baseNode }), ...(job.backingFile === undefined ? {} : { 'backing-file': job.backingFile }) };
+      const r = await q.execute('block-stream', { 'job-id': job.id, device: job.device, ...base });
+      if (!r.ok) throw internal(`block-stream into ${job.device} of ${h.image} failed: ${r.error}`);
+    });
+  }
+
+  async function jobs(h: ExportHandle): Promise<string[]> {
+    return Qmp.session(h.qmpSocket, 10_000, async (q) => {
+      const r = await q.execute('query-block-jobs');
+      // A job started with a job-id reports it as `device`.
+      return r.ok && Array.isArray(r.value) ? (r.value as { device?: string }[]).map((j) => j.device ?? '') : [];
+    });
+  }
+
   async function resize(h: ExportHandle, bytes: bigint): Promise<void> {
     if (h.readOnly) throw precondition(`the export of ${h.image} is read-only; it cannot be resized`);
     if (!(await isAlive(h))) throw precondition(`the export of ${h.image} is not running`);
@@ -274,7 +404,7 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     if (bytes < current) throw outOfRange(`image ${h.image} is ${current} bytes; shrinking to ${bytes} is not supported`);
     if (bytes === current) return;
     await Qmp.session(h.qmpSocket, 30_000, async (q) => {
-      const r = await q.execute('block_resize', { 'node-name': nodeName(h.format), size: bytes });
+      const r = await q.execute('block_resize', { 'node-name': await topNode(q, h), size: bytes });
       if (!r.ok) throw internal(`block_resize of ${h.image} to ${bytes} bytes failed: ${r.error}`);
     });
     // The kernel caches the export file's attributes for qemu's 1 s FUSE timeout and a loop
@@ -300,5 +430,5 @@ export function makeQemuExports(run: Runner, log: Logger): QemuExports {
     await teardown(paths, undefined, image);
   }
 
-  return { start, isAlive, resize, stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
+  return { start, isAlive, resize, switchTo, repoint, stream, jobs, top: (h) => Qmp.session(h.qmpSocket, 10_000, (q) => topNode(q, h)), stop: (h) => teardown(pathsOf(h), h.pid, h.image), stopIn };
 }

@@ -33,8 +33,11 @@ export interface ChainLink {
 export interface QemuImg {
   version(): Promise<string>;
   create(path: string, format: Format, sizeBytes: bigint, options?: CreateOptions): Promise<void>;
-  /** A qcow2 image whose unwritten clusters read from `backing` (a path relative to `path`'s directory). */
-  createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint): Promise<void>;
+  /**
+   * A qcow2 image whose unwritten clusters read from `backing` (a path relative to `path`'s directory).
+   * `unsafe`: do not open the backing (it may be written and locked by an export until the switch).
+   */
+  createOverlay(path: string, backing: string, backingFormat: Format, sizeBytes: bigint, options?: { unsafe?: boolean }): Promise<void>;
   /** A sparse-preserving copy, flattening any backing chain; `progress` shows qemu's bar on a terminal. */
   convert(source: string, sourceFormat: Format, target: string, targetFormat: Format, options?: { progress?: boolean }): Promise<void>;
   /**
@@ -56,6 +59,13 @@ export interface QemuImg {
   /** `preallocation` falloc/full allocates the grown part too, so a thick image stays thick. */
   resize(path: string, format: Format, sizeBytes: bigint, preallocation?: Preallocation): Promise<void>;
   check(path: string, format: Format): Promise<CheckResult>;
+  /**
+   * Makes a qcow2 image read through `backing` (relative to its directory; null: none) instead of
+   * its current backing, first copying in every cluster where the two differ (safe mode): what
+   * the image reads never changes, so an interrupted rebase is simply run again. 'in use' when a
+   * qemu process holds the image (its lock).
+   */
+  rebase(path: string, backing: { ref: string; format: Format } | null): Promise<'done' | 'in use'>;
 }
 
 /** Integers from qemu-img JSON, read as text: sizes can exceed 2^53. */
@@ -122,8 +132,9 @@ export function makeQemuImg(run: Runner): QemuImg {
       const slow = options.preallocation === 'falloc' || options.preallocation === 'full';
       await run(argv, { timeoutMs: slow ? SLOW_MS : QUICK_MS });
     },
-    async createOverlay(path, backing, backingFormat, sizeBytes) {
-      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, path, String(sizeBytes)], {
+    async createOverlay(path, backing, backingFormat, sizeBytes, options = {}) {
+      const unsafe = options.unsafe === true ? ['-u'] : [];
+      await run(['qemu-img', 'create', '-q', '-f', 'qcow2', ...unsafe, '-b', backing, '-F', backingFormat, path, String(sizeBytes)], {
         timeoutMs: QUICK_MS,
       });
     },
@@ -180,6 +191,16 @@ export function makeQemuImg(run: Runner): QemuImg {
       await run(['qemu-img', 'resize', '-q', '-f', format, ...pre, path, String(sizeBytes)], { timeoutMs }).catch(
         (e: unknown) => lockAware(path, e),
       );
+    },
+    async rebase(path, backing) {
+      const target = backing === null ? ['-b', ''] : ['-b', backing.ref, '-F', backing.format];
+      try {
+        await run(['qemu-img', 'rebase', '-q', '-f', 'qcow2', ...target, path], { timeoutMs: SLOW_MS });
+        return 'done';
+      } catch (e) {
+        if (e instanceof CommandFailed && LOCK_ERROR.test(e.stderr)) return 'in use';
+        throw e;
+      }
     },
     async check(path, format) {
       if (format === 'raw') return { ok: true }; // raw has no metadata to check

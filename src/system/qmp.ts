@@ -7,6 +7,7 @@ import { createConnection, type Socket } from 'node:net';
 import { describe, internal, isDriverError } from '../domain/errors.js';
 
 type QmpMessage = Record<string, unknown>;
+export type QmpValue = string | number | boolean | bigint | null | QmpValue[] | { [key: string]: QmpValue };
 type QmpReply = { ok: true; value: unknown } | { ok: false; error: string };
 const BIG = 'bigint~';
 
@@ -52,7 +53,7 @@ export class Qmp {
   }
 
   /** Runs a command; a QMP error comes back as { ok: false }, a lost connection or timeout throws. */
-  async execute(command: string, args?: Record<string, string | number | boolean | bigint>): Promise<QmpReply> {
+  async execute(command: string, args?: Record<string, QmpValue>): Promise<QmpReply> {
     const id = ++this.lastId;
     // Sizes go out as exact JSON integers: QMP takes int64, JSON.stringify knows no bigint.
     const text = JSON.stringify({ execute: command, id, ...(args && { arguments: args }) }, (_k, v: unknown) =>

@@ -15,9 +15,18 @@ export function attachRules(env: Env): void {
 
     it('publishes to a node, and answers a repeat with the same publish_context', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [node = ''] = env.nodes(1, skip);
       const v = await env.createVolume(env.name('pub'));
-      const a = await publish(v.volume_id, 'node-1');
-      expect(await publish(v.volume_id, 'node-1')).toEqual(a);
+      const a = await publish(v.volume_id, node);
+      expect(await publish(v.volume_id, node)).toEqual(a);
+    });
+
+    it('answers NOT_FOUND for a node that does not exist, OK for a registered one', async ({ skip }) => {
+      need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [node = ''] = env.nodes(1, skip);
+      const v = await env.createVolume(env.name('pub-node'));
+      expect(await codeName(publish(v.volume_id, env.name('no-such-node')))).toBe('NOT_FOUND');
+      expect(await codeName(publish(v.volume_id, node))).toBe('OK');
     });
 
     it.for([
@@ -25,9 +34,10 @@ export function attachRules(env: Env): void {
       ['access mode', mountCap('SINGLE_NODE_READER_ONLY'), false],
     ] as const)('answers ALREADY_EXISTS to a repeat on the same node with another %s', async ([, cap, readonly], { skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [node = ''] = env.nodes(1, skip);
       const v = await env.createVolume(env.name('pub-incompatible'), { volume_capabilities: [mountCap(), mountCap('SINGLE_NODE_READER_ONLY')] });
-      await publish(v.volume_id, 'node-1');
-      expect(await codeName(publish(v.volume_id, 'node-1', cap, readonly))).toBe('ALREADY_EXISTS');
+      await publish(v.volume_id, node);
+      expect(await codeName(publish(v.volume_id, node, cap, readonly))).toBe('ALREADY_EXISTS');
     });
 
     it.for([
@@ -35,27 +45,30 @@ export function attachRules(env: Env): void {
       ['multi-node reader', mountCap('MULTI_NODE_READER_ONLY'), 'OK'],
     ] as const)('a %s volume published on one node is %s on a second', async ([, cap, expected], { skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [one = '', two = ''] = env.nodes(2, skip);
       const v = await env.createVolume(env.name(`pub-second-${expected.toLowerCase()}`), { volume_capabilities: [cap] });
-      await publish(v.volume_id, 'node-1', cap);
-      expect(await codeName(publish(v.volume_id, 'node-2', cap))).toBe(expected);
+      await publish(v.volume_id, one, cap);
+      expect(await codeName(publish(v.volume_id, two, cap))).toBe(expected);
     });
 
     it('answers NOT_FOUND for a volume that does not exist, INVALID_ARGUMENT for a capability it cannot serve', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
-      expect(await codeName(publish(env.name('nope'), 'node-1'))).toBe('NOT_FOUND');
+      const [node = ''] = env.nodes(1, skip);
+      expect(await codeName(publish(env.name('nope'), node))).toBe('NOT_FOUND');
       const v = await env.createVolume(env.name('pub-unserved'));
-      expect(await codeName(publish(v.volume_id, 'node-1', mountCap('MULTI_NODE_SINGLE_WRITER')))).toBe('INVALID_ARGUMENT');
+      expect(await codeName(publish(v.volume_id, node, mountCap('MULTI_NODE_SINGLE_WRITER')))).toBe('INVALID_ARGUMENT');
     });
 
     it('refuses to delete a published volume, and unpublishes idempotently, from every node when none is named', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [one = '', two = ''] = env.nodes(2, skip);
       const cap = mountCap('MULTI_NODE_READER_ONLY');
       const v = await env.createVolume(env.name('unpub'), { volume_capabilities: [cap] });
-      await publish(v.volume_id, 'node-1', cap, true);
-      await publish(v.volume_id, 'node-2', cap, true);
+      await publish(v.volume_id, one, cap, true);
+      await publish(v.volume_id, two, cap, true);
       expect(await codeName(env.controller('DeleteVolume', { volume_id: v.volume_id }))).toBe('FAILED_PRECONDITION');
-      await env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: 'node-1' });
-      expect(await codeName(env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: 'node-1' }))).toBe('OK');
+      await env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: one });
+      expect(await codeName(env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: one }))).toBe('OK');
       expect(await codeName(env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: 'node-never' }))).toBe('OK');
       await env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: '' });
       if (env.controllerCaps.has('GET_VOLUME')) {
@@ -104,9 +117,10 @@ export function attachRules(env: Env): void {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'EXPAND_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME');
       const online = env.pluginCaps.has('ONLINE');
       if (!online && !env.pluginCaps.has('OFFLINE')) skip('no volume_expansion plugin capability');
+      const [node = ''] = env.nodes(1, skip);
       const v = await env.createVolume(env.name('expand-published'));
-      env.trackControllerPublish(v.volume_id, 'node-1');
-      await env.controller('ControllerPublishVolume', { volume_id: v.volume_id, node_id: 'node-1', volume_capability: mountCap() });
+      env.trackControllerPublish(v.volume_id, node);
+      await env.controller('ControllerPublishVolume', { volume_id: v.volume_id, node_id: node, volume_capability: mountCap() });
       const res = codeName(env.controller('ControllerExpandVolume', { volume_id: v.volume_id, capacity_range: { required_bytes: String(2n * SIZE) } }));
       expect(await res).toBe(online ? 'OK' : 'FAILED_PRECONDITION');
     });

@@ -9,6 +9,7 @@
  *   CSI_KUBELET_DIR=/var/lib/kubelet        its --kubelet-dir (node paths must lie inside)
  *   CSI_LOG_FILE=/var/log/filedriver.log    its log, for the secrets rules (skipped without)
  *   CSI_PARAMETERS='{"mounts":"a"}'         StorageClass parameters every test volume gets
+ *   CSI_NODE_IDS=node-1,node-2              registered nodes to publish to (default: the driver's own)
  * Node rules need the driver to run on this host and to serve both services.
  */
 import { randomBytes } from 'node:crypto';
@@ -19,6 +20,7 @@ import { status, type ServiceError } from '@grpc/grpc-js';
 import { connect, type Call, type CsiClient } from '../helpers/client.js';
 import { sweepHolders } from '../helpers/holders.js';
 import { volumeMatcher } from '../helpers/node.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
 import { until } from '../helpers/wait.js';
@@ -47,13 +49,19 @@ export class Env {
   logFile: string | undefined;
   driverName = '';
   nodeId = '';
-  /** Topology segment NodeGetInfo reports (one key per usable mount for filedriver). */
+  /** Topology segment NodeGetInfo reports (one key per mount the node is configured with, for filedriver). */
   nodeSegments: Record<string, string> = {};
   controllerCaps = new Set<string>();
   nodeCaps = new Set<string>();
   pluginCaps = new Set<string>();
   servesController = false;
   servesNode = false;
+  /**
+   * Node ids the controller knows (ControllerPublishVolume answers NOT_FOUND for others): for a
+   * self-started driver, ids the harness registers on its mounts as node plugins would; against a
+   * running one, CSI_NODE_IDS or the driver's own node id.
+   */
+  knownNodes: string[] = [];
   /** StorageClass parameters every test volume gets (CSI_PARAMETERS). */
   baseParameters: Record<string, string> = {};
   /** Unique per run, so a shared driver never sees two runs' names collide. */
@@ -102,8 +110,17 @@ export class Env {
       this.endpoint = this.driver.endpoint;
       this.client = this.driver.client;
       this.logFile = this.driver.logFile;
+      this.knownNodes = ['node-1', 'node-2'];
+      await registerNodes(Object.values(this.mounts), this.knownNodes);
     }
     await this.learn();
+    if (external !== undefined) this.knownNodes = (process.env['CSI_NODE_IDS'] ?? this.nodeId).split(',').filter((n) => n !== '');
+  }
+
+  /** `count` registered node ids to publish to, or the test is skipped. */
+  nodes(count: number, skip: Skip): string[] {
+    if (this.knownNodes.length < count) skip(`needs ${count} registered node id(s): set CSI_NODE_IDS`);
+    return this.knownNodes.slice(0, count);
   }
 
   private ownArgs(mode: Mode): string[] {

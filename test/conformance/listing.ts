@@ -68,13 +68,14 @@ export function listingRules(env: Env): void {
 
     it('reports the nodes a volume is published to, and its condition', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'LIST_VOLUMES', 'PUBLISH_UNPUBLISH_VOLUME');
+      const [node = ''] = env.nodes(1, skip);
       const v = await env.createVolume(env.name('list-published'));
-      env.trackControllerPublish(v.volume_id, 'node-listed');
-      await env.controller('ControllerPublishVolume', { volume_id: v.volume_id, node_id: 'node-listed', volume_capability: mountCap() });
+      env.trackControllerPublish(v.volume_id, node);
+      await env.controller('ControllerPublishVolume', { volume_id: v.volume_id, node_id: node, volume_capability: mountCap() });
       const entry = (await env.controller('ListVolumes', {})).entries.find((e: any) => e.volume.volume_id === v.volume_id);
-      if (env.controllerCaps.has('LIST_VOLUMES_PUBLISHED_NODES')) expect(entry.status.published_node_ids).toEqual(['node-listed']);
+      if (env.controllerCaps.has('LIST_VOLUMES_PUBLISHED_NODES')) expect(entry.status.published_node_ids).toEqual([node]);
       if (env.controllerCaps.has('VOLUME_CONDITION')) expect(entry.status.volume_condition.abnormal).toBe(false);
-      await env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: 'node-listed' });
+      await env.controller('ControllerUnpublishVolume', { volume_id: v.volume_id, node_id: node });
     });
   });
 

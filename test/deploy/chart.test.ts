@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { checkInstall } from './install.js';
-import { all, CHART, CI_VALUES, container, flag, helm, one, podSpec, render, tool, type K8s } from './render.js';
+import { all, apiArgs, CHART, chartFile, CI_VALUES, container, flag, helm, one, OPTIONAL_APIS, parseObjects, podSpec, render, tool, workload, type K8s } from './render.js';
 
 const defaults = parse(readFileSync(join(CHART, 'values.yaml'), 'utf8')) as K8s;
 
@@ -25,7 +25,11 @@ describe('helm template', () => {
     expect(checkInstall(render(values)).problems).toEqual([]);
   });
 
-  it('renders the defaults into a complete install', () => {
+  it.each([undefined, ...CI_VALUES])('renders %s consistently on a cluster with every optional API too', (values) => {
+    expect(checkInstall(render(values, apiArgs(OPTIONAL_APIS))).problems).toEqual([]);
+  });
+
+  it('renders the defaults into a complete install that needs no API beyond Kubernetes\' own', () => {
     const objects = render();
     const kinds = objects.map((o) => `${o['kind']}/${o['metadata'].name}`).sort();
     expect(kinds).toEqual(
@@ -37,7 +41,6 @@ describe('helm template', () => {
         'ServiceAccount/fd-filedriver-node',
         'StorageClass/filedriver-qcow2',
         'StorageClass/filedriver-raw',
-        'VolumeSnapshotClass/filedriver',
         ...['provisioner', 'attacher', 'resizer', 'snapshotter'].flatMap((s) =>
           ['ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding'].map((k) => `${k}/fd-filedriver-${s}`),
         ),
@@ -50,6 +53,52 @@ describe('helm template', () => {
     expect(install.mounts).toEqual({ main: 'host:/mnt/filedriver/main' });
     expect(install.node.mounts).toEqual([{ name: 'main', path: '/filedriver/hosts/main/main' }]);
     expect(install.node.kubeletDir).toBe('/var/lib/kubelet');
+    // The controller goes only where the node plugin offers the share; every pod to linux nodes.
+    const ctrl = podSpec(objects, 'Deployment');
+    expect(ctrl['affinity']).toEqual({
+      nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'filedriver.dev/mount-main', operator: 'In', values: ['true'] }] }] } },
+    });
+    expect(ctrl['nodeSelector']).toEqual({ 'kubernetes.io/os': 'linux' });
+    expect(podSpec(objects, 'DaemonSet')['nodeSelector']).toEqual({ 'kubernetes.io/os': 'linux' });
+  });
+
+  it('renders each optional object only when the cluster serves its API', () => {
+    const kinds = (objects: K8s[]) => [...new Set(objects.map((o) => o['kind'] as string))].sort();
+    const builtIn = ['CSIDriver', 'ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Deployment', 'Role', 'RoleBinding', 'ServiceAccount', 'StorageClass'];
+    expect(kinds(render())).toEqual(builtIn);
+    const withSnapshots = render(undefined, apiArgs(['snapshot.storage.k8s.io/v1/VolumeSnapshotClass']));
+    expect(one(withSnapshots, 'VolumeSnapshotClass')).toMatchObject({ metadata: { name: 'filedriver' }, driver: 'filedriver.dev', deletionPolicy: 'Delete' });
+    // Nothing else appears just because the APIs are there: the rest is asked for by values.
+    expect(kinds(render(undefined, apiArgs(OPTIONAL_APIS)))).toEqual([...builtIn, 'VolumeSnapshotClass'].sort());
+    expect(all(render({ snapshots: { class: { create: 'never' } } }, apiArgs(OPTIONAL_APIS)), 'VolumeSnapshotClass')).toEqual([]);
+    expect(all(render({ snapshots: { enabled: false } }, apiArgs(OPTIONAL_APIS)), 'VolumeSnapshotClass')).toEqual([]);
+  });
+
+  it('renders every optional object, sidecar and its RBAC with all optional APIs', () => {
+    const objects = render(chartFile('examples/optional-apis-values.yaml'), apiArgs(OPTIONAL_APIS));
+    expect(checkInstall(objects).problems).toEqual([]);
+    expect(one(objects, 'VolumeSnapshotClass')['metadata'].name).toBe('filedriver');
+    expect(one(objects, 'ServiceMonitor')['metadata'].labels.release).toBe('kube-prometheus-stack');
+    expect(all(objects, 'VolumeAttributesClass').map((v) => [v['metadata'].name, v['driverName'], v['parameters']])).toEqual([
+      ['move-to-bulk', 'filedriver.dev', { mount: 'bulk' }],
+      ['to-raw', 'filedriver.dev', { format: 'raw' }],
+      ['fast-qcow2', 'filedriver.dev', { mount: 'fast', format: 'qcow2' }],
+    ]);
+    const monitor = container(podSpec(objects, 'Deployment'), 'csi-external-health-monitor-controller');
+    expect(monitor['image']).toBe('registry.k8s.io/sig-storage/csi-external-health-monitor-controller:v0.18.0');
+    expect(monitor['args']).toEqual(expect.arrayContaining(['--csi-address=/csi/csi.sock', '--leader-election', '--http-endpoint=:9815', '--monitor-interval=1m']));
+    expect(one(objects, 'ClusterRoleBinding', 'fd-filedriver-health-monitor')['roleRef'].name).toBe('fd-filedriver-health-monitor');
+  });
+
+  it.each<[string, string[], RegExp]>([
+    ['no optional API', [], /metrics\.serviceMonitor\.enabled: the cluster does not serve monitoring\.coreos\.com\/v1 ServiceMonitor; install the Prometheus Operator/],
+    ['no ServiceMonitor API', OPTIONAL_APIS.filter((a) => !a.includes('ServiceMonitor')), /install the Prometheus Operator \(e\.g\. kube-prometheus-stack\) first/],
+    ['no VolumeAttributesClass API', OPTIONAL_APIS.filter((a) => !a.includes('VolumeAttributesClass')), /volumeAttributesClasses: the cluster does not serve storage\.k8s\.io\/v1 VolumeAttributesClass \(Kubernetes 1\.34\+\)/],
+    ['no VolumeSnapshot API', OPTIONAL_APIS.filter((a) => !a.includes('VolumeSnapshotClass')), /snapshots\.class\.create=always: .* install the external-snapshotter CRDs \(client\/config\/crd\) and snapshot-controller/],
+  ])('refuses the optional objects it was asked for with %s, saying what to install', (_what, apis, message) => {
+    const run = helm('template', chartFile('examples/optional-apis-values.yaml'), apiArgs(apis));
+    expect(run.ok).toBe(false);
+    expect(run.stderr).toMatch(message);
   });
 
   it('runs the pinned sidecars with the flags a CSI controller needs', () => {
@@ -76,10 +125,22 @@ describe('helm template', () => {
     expect(container(pod, 'csi-snapshotter')['args']).toContain('--extra-create-metadata');
     const nodePod = podSpec(objects, 'DaemonSet');
     expect(container(nodePod, 'node-driver-registrar')['image']).toBe('registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0');
-    expect(container(nodePod, 'node-driver-registrar')['livenessProbe'].exec.command).toContain('--mode=kubelet-registration-probe');
+    const registrar = container(nodePod, 'node-driver-registrar');
+    expect(flag(registrar, 'http-endpoint')).toBe(':9809');
+    expect(registrar['livenessProbe'].httpGet).toEqual({ path: '/healthz', port: 'registrar' });
+    expect(JSON.stringify(registrar)).not.toMatch(/kubelet-registration-probe/);
+    // Metrics and leader-election health of every controller sidecar, each on its own port.
+    const endpoints = ['csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter'].map((n) => [flag(container(pod, n), 'http-endpoint'), container(pod, n)['livenessProbe'].httpGet.path]);
+    expect(endpoints).toEqual([
+      [':9811', '/healthz/leader-election'],
+      [':9812', '/healthz/leader-election'],
+      [':9813', '/healthz/leader-election'],
+      [':9814', '/healthz/leader-election'],
+    ]);
+    expect((pod['containers'] as K8s[]).map((c) => c['imagePullPolicy'])).toEqual(Array(6).fill('IfNotPresent'));
     expect(nodePod['tolerations']).toEqual([{ operator: 'Exists' }]);
     expect(nodePod['priorityClassName']).toBe('system-node-critical');
-    expect(one(objects, 'DaemonSet')['spec'].updateStrategy).toEqual({ type: 'OnDelete' });
+    expect(workload(objects, 'DaemonSet')['spec'].updateStrategy).toEqual({ type: 'OnDelete' });
   });
 
   it('makes the qcow2 and raw classes an admin picks from', () => {
@@ -90,10 +151,26 @@ describe('helm template', () => {
     ]);
   });
 
-  it('lets the kubelet mount nfs exports through Retain PersistentVolumes', () => {
+  it('mounts nfs exports in a share pod per mount, never in the driver pods, through Retain PersistentVolumes', () => {
     const objects = render('nfs-values.yaml');
     const install = checkInstall(objects);
-    expect(install.mounts).toEqual({ filer1: 'pvc:fd-filedriver-mount-filer1', filer2: 'pvc:fd-filedriver-mount-filer2', 'local-share': 'host:/mnt/shares/local-share' });
+    const shares = '/var/lib/filedriver-shares/storage/fd-filedriver';
+    expect(install.mounts).toEqual({ filer1: `host:${shares}/filer1`, filer2: `host:${shares}/filer2`, 'local-share': 'host:/mnt/shares/local-share' });
+    const shareSets = all(objects, 'DaemonSet').filter((d) => d['metadata'].labels['app.kubernetes.io/component'] === 'nfs-share');
+    expect(shareSets.map((d) => [d['metadata'].name, d['spec'].template.spec.volumes])).toEqual(
+      ['filer1', 'filer2'].map((m) => [
+        `fd-filedriver-nfs-${m}`,
+        [
+          { name: 'nfs', persistentVolumeClaim: { claimName: `fd-filedriver-mount-${m}` } },
+          { name: 'shares', hostPath: { path: shares, type: 'DirectoryOrCreate' } },
+        ],
+      ]),
+    );
+    // The node plugin makes the mountpoints first, so a node offers both shares from registration on.
+    expect(podSpec(objects, 'DaemonSet')['initContainers'][0].command).toEqual(['mkdir', '-p', '/filedriver/hosts/filer1/filer1', '/filedriver/hosts/filer2/filer2']);
+    // The controller goes where all three shares are offered.
+    const exprs = podSpec(objects, 'Deployment')['affinity'].nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions;
+    expect(exprs.map((e: K8s) => e['key'])).toEqual(['filedriver.dev/mount-filer1', 'filedriver.dev/mount-filer2', 'filedriver.dev/mount-local-share']);
     const pv = one(objects, 'PersistentVolume', 'fd-filedriver-storage-mount-filer1')['spec'];
     expect(pv).toMatchObject({
       nfs: { server: 'filer1.example.com', path: '/export/k8s' },
@@ -105,7 +182,7 @@ describe('helm template', () => {
     });
     expect(one(objects, 'PersistentVolume', 'fd-filedriver-storage-mount-filer2')['spec'].mountOptions).toBeUndefined();
     expect(one(objects, 'PersistentVolumeClaim', 'fd-filedriver-mount-filer2')['spec'].volumeName).toBe('fd-filedriver-storage-mount-filer2');
-    expect(install.node.mounts.map((m) => m.path)).toEqual(['/filedriver/mounts/filer1', '/filedriver/mounts/filer2', '/filedriver/hosts/local-share/local-share']);
+    expect(install.node.mounts.map((m) => m.path)).toEqual(['/filedriver/hosts/filer1/filer1', '/filedriver/hosts/filer2/filer2', '/filedriver/hosts/local-share/local-share']);
     expect(one(objects, 'StorageClass', 'filedriver-filers')['parameters'].mounts).toBe('filer1,filer2');
   });
 
@@ -117,11 +194,30 @@ describe('helm template', () => {
     expect(one(objects, 'CSIDriver')['metadata'].name).toBe('files.example.com');
     const registrar = container(podSpec(objects, 'DaemonSet'), 'node-driver-registrar');
     expect(flag(registrar, 'kubelet-registration-path')).toBe('/var/lib/k0s/kubelet/plugins/files.example.com/csi.sock');
-    expect(podSpec(objects, 'Deployment')['nodeSelector']).toEqual({ 'filedriver.example.com/shares': 'true' });
+    // The admin's selector and the shares' affinity together.
+    const ctrl = podSpec(objects, 'Deployment');
+    expect(ctrl['nodeSelector']).toEqual({ 'kubernetes.io/os': 'linux', 'filedriver.example.com/shares': 'true' });
+    const exprs = ctrl['affinity'].nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions;
+    expect(exprs.map((e: K8s) => e['key'])).toEqual(['files.example.com/mount-fast', 'files.example.com/mount-bulk', 'files.example.com/mount-archive']);
   });
 
-  it('renders several classes, a default one, snapshot and attributes classes', () => {
-    const objects = render('storageclasses-values.yaml');
+  it('adds the shares to each of the admin\'s affinity terms, or leaves placement to the admin', () => {
+    const term = (key: string) => ({ matchExpressions: [{ key, operator: 'In', values: ['a'] }] });
+    const affinity = { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [term('zone'), term('rack')] } }, podAntiAffinity: { x: 1 } };
+    const ctrl = podSpec(render({ controller: { affinity } }), 'Deployment');
+    const share = { key: 'filedriver.dev/mount-main', operator: 'In', values: ['true'] };
+    expect(ctrl['affinity']).toEqual({
+      nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [term('zone').matchExpressions[0], share] }, { matchExpressions: [term('rack').matchExpressions[0], share] }] } },
+      podAntiAffinity: { x: 1 },
+    });
+    const own = podSpec(render({ controller: { followShares: false, nodeSelector: { storage: 'yes' } } }), 'Deployment');
+    expect([own['affinity'], own['nodeSelector']]).toEqual([undefined, { 'kubernetes.io/os': 'linux', storage: 'yes' }]);
+    // The admin's value wins on the os key too (e.g. a Windows-free cluster labelled differently).
+    expect(podSpec(render({ node: { nodeSelector: { 'kubernetes.io/os': 'linux', pool: 'storage' } } }), 'DaemonSet')['nodeSelector']).toEqual({ 'kubernetes.io/os': 'linux', pool: 'storage' });
+  });
+
+  it('renders several classes, a default one, and a snapshot class where the API is served', () => {
+    const objects = render('storageclasses-values.yaml', apiArgs(['snapshot.storage.k8s.io/v1/VolumeSnapshotClass']));
     const fast = one(objects, 'StorageClass', 'fast-qcow2');
     expect(fast['metadata'].annotations).toEqual({ 'storageclass.kubernetes.io/is-default-class': 'true' });
     expect(fast['parameters']).toEqual({ format: 'qcow2', mounts: 'fast', 'csi.storage.k8s.io/fstype': 'ext4', clusterSize: '2M', preallocation: 'metadata' });
@@ -133,27 +229,59 @@ describe('helm template', () => {
       metadata: { name: 'filedriver-retain', annotations: { 'snapshot.storage.kubernetes.io/is-default-class': 'true' } },
       deletionPolicy: 'Retain',
     });
-    expect(all(objects, 'VolumeAttributesClass').map((v) => [v['metadata'].name, v['parameters']])).toEqual([
-      ['move-to-bulk', { mount: 'bulk' }],
-      ['to-raw', { format: 'raw' }],
-      ['fast-qcow2', { mount: 'fast', format: 'qcow2' }],
-    ]);
+    expect(all(render('storageclasses-values.yaml'), 'VolumeSnapshotClass')).toEqual([]);
   });
 
   it('serves metrics to Prometheus through headless Services and a ServiceMonitor', () => {
-    const objects = render('metrics-values.yaml');
+    const objects = render({ ...chartFile('ci/metrics-values.yaml'), metrics: { port: 9900, service: { enabled: true }, serviceMonitor: { enabled: true, interval: '15s', labels: { release: 'kube-prometheus-stack' } } } }, apiArgs(['monitoring.coreos.com/v1/ServiceMonitor']));
     expect(checkInstall(objects).node.metricsAddress).toEqual({ host: '', port: 9900 });
     const services = all(objects, 'Service');
+    const sidecarPorts = ['provisioner', 'attacher', 'resizer', 'snapshotter'].map((name, i) => ({ name, port: 9811 + i, targetPort: name }));
     expect(services.map((s) => [s['metadata'].name, s['spec'].clusterIP, s['spec'].selector['app.kubernetes.io/component'], s['spec'].ports])).toEqual([
-      ['fd-filedriver-controller-metrics', 'None', 'controller', [{ name: 'metrics', port: 9900, targetPort: 'metrics' }]],
+      ['fd-filedriver-controller-metrics', 'None', 'controller', [{ name: 'metrics', port: 9900, targetPort: 'metrics' }, ...sidecarPorts]],
       ['fd-filedriver-node-metrics', 'None', 'node', [{ name: 'metrics', port: 9900, targetPort: 'metrics' }]],
     ]);
+    // Every Service port is a named port of the pods it selects.
+    for (const svc of services) {
+      const pod = podSpec(objects, svc['spec'].selector['app.kubernetes.io/component'] === 'controller' ? 'Deployment' : 'DaemonSet');
+      const named = (pod['containers'] as K8s[]).flatMap((c) => ((c['ports'] ?? []) as K8s[]).map((p) => `${p['name']}:${p['containerPort']}`));
+      for (const p of svc['spec'].ports) expect(named).toContain(`${p.targetPort}:${p.port}`);
+    }
     const monitor = one(objects, 'ServiceMonitor');
     expect(monitor['metadata'].labels.release).toBe('kube-prometheus-stack');
-    expect(monitor['spec'].endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '15s' }]);
+    expect(monitor['spec'].endpoints).toEqual(['metrics', ...sidecarPorts.map((p) => p.name)].map((port) => ({ port, path: '/metrics', interval: '15s' })));
     // The monitor selects exactly the two metrics Services.
     const selected = services.filter((s) => Object.entries(monitor['spec'].selector.matchLabels).every(([k, v]) => s['metadata'].labels[k] === v));
     expect(selected).toHaveLength(2);
+  });
+
+  it('keeps metrics Service names within 63 characters for a long release name', () => {
+    const run = tool(['template', 'a-release-name-that-is-long-enough-to-matter-here-x', CHART, '--namespace', 'storage', '--set', 'metrics.service.enabled=true']);
+    expect(run.ok).toBe(true);
+    const names = all(parseObjects(run.stdout), 'Service').map((s) => s['metadata'].name as string);
+    expect(names).toEqual(['a-release-name-that-is-long-enough-to-matter-controller-metrics', 'a-release-name-that-is-long-enough-to-matter-node-metrics']);
+    for (const n of names) expect(n.length).toBeLessThanOrEqual(63);
+  });
+
+  it('pins images by digest, with per-image pull policies, names, pod labels and annotations of one\'s own', () => {
+    const digest = `sha256:${'a'.repeat(64)}`;
+    const objects = render({
+      fullnameOverride: 'files',
+      image: { repository: 'r.example/filedriver', tag: '0.1.0', digest, pullPolicy: 'Always' },
+      sidecars: { provisioner: { image: { repository: 'r.example/csi-provisioner', tag: 'v6.3.0', digest, pullPolicy: 'Never' } } },
+      controller: { podAnnotations: { 'example.com/owner': 'storage' }, podLabels: { team: 'storage' } },
+      node: { podAnnotations: { 'example.com/owner': 'nodes' }, podLabels: { team: 'nodes' } },
+    });
+    expect(checkInstall(objects).problems).toEqual([]);
+    const ctrl = podSpec(objects, 'Deployment');
+    expect(container(ctrl, 'filedriver')).toMatchObject({ image: `r.example/filedriver:0.1.0@${digest}`, imagePullPolicy: 'Always' });
+    expect(container(ctrl, 'csi-provisioner')).toMatchObject({ image: `r.example/csi-provisioner:v6.3.0@${digest}`, imagePullPolicy: 'Never' });
+    expect(container(ctrl, 'csi-attacher')['imagePullPolicy']).toBe('IfNotPresent');
+    const meta = workload(objects, 'Deployment')['spec'].template.metadata;
+    expect(meta).toMatchObject({ annotations: { 'example.com/owner': 'storage' }, labels: { team: 'storage', 'app.kubernetes.io/component': 'controller' } });
+    expect(workload(objects, 'DaemonSet')['spec'].template.metadata).toMatchObject({ annotations: { 'example.com/owner': 'nodes' }, labels: { team: 'nodes' } });
+    expect(workload(objects, 'Deployment')['metadata'].name).toBe('files-controller');
+    expect(podSpec(render({ nameOverride: 'fdrv' }), 'Deployment')['serviceAccountName']).toBe('fd-fdrv-controller');
   });
 
   it('takes custom images, resources, placement and priorities, and drops what is disabled', () => {
@@ -170,9 +298,9 @@ describe('helm template', () => {
     expect([ctrl['priorityClassName'], node['priorityClassName']]).toEqual(['storage-critical', 'storage-node-critical']);
     expect(ctrl['imagePullSecrets']).toEqual([{ name: 'registry-credentials' }]);
     expect(node['tolerations']).toEqual([{ key: 'dedicated', operator: 'Equal', value: 'storage', effect: 'NoSchedule' }]);
-    expect(node['nodeSelector']).toEqual({ 'storage.example.com/filedriver': 'true' });
+    expect(node['nodeSelector']).toEqual({ 'kubernetes.io/os': 'linux', 'storage.example.com/filedriver': 'true' });
     expect(node['affinity'].nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key).toBe('kubernetes.io/os');
-    expect(one(objects, 'DaemonSet')['spec'].updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
+    expect(workload(objects, 'DaemonSet')['spec'].updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
     expect(container(ctrl, 'csi-provisioner')['args']).toContain('--worker-threads=20');
     expect(flag(container(node, 'liveness-probe'), 'health-port')).toBe('29808');
     // Snapshots off: no sidecar, no RBAC, no class; metrics off: no port, no readiness.
@@ -204,8 +332,20 @@ describe('invalid values', () => {
     ['a class on an unknown mount', { storageClasses: [{ name: 'x', format: 'raw', mounts: ['nope'] }] }, /storageClasses: x names mount nope, which is not in mounts \(main\)/],
     ['two default classes', { storageClasses: [{ name: 'one', format: 'raw', default: true }, { name: 'two', format: 'raw', default: true }] }, /more than one has default: true/],
     ['an attributes class on an unknown mount', { volumeAttributesClasses: [{ name: 'v', mount: 'nope' }] }, /volumeAttributesClasses: v names mount nope/],
+    ['a ServiceMonitor without metrics', { metrics: { enabled: false, serviceMonitor: { enabled: true } } }, /metrics: service\.enabled or serviceMonitor\.enabled needs metrics\.enabled=true/],
+    ['metrics Services without metrics', { metrics: { enabled: false, service: { enabled: true } } }, /needs metrics\.enabled=true/],
+    [
+      'hostPath shares and nothing placing the controller',
+      { controller: { followShares: false } },
+      /controller: hostPath mounts \(main\) exist on some nodes only, and nothing places the controller there/,
+    ],
+    ['a sidecar digest that is not sha256', { sidecars: { attacher: { image: { repository: 'x', tag: 'v1.0.0', digest: 'md5:abc' } } } }, /\/sidecars\/attacher\/image\/digest.*does not match pattern/],
+    ['an unknown pull policy', { sidecars: { resizer: { image: { repository: 'x', tag: 'v1.0.0', pullPolicy: 'Sometimes' } } } }, /\/sidecars\/resizer\/image\/pullPolicy/],
+    ['an unknown snapshot class mode', { snapshots: { class: { create: 'maybe' } } }, /\/snapshots\/class\/create/],
+    ['two sidecars on one port', { sidecars: { resizer: { httpPort: 9811 } } }, /ports: sidecars\.provisioner\.httpPort and sidecars\.resizer\.httpPort are both 9811 in the controller pod/],
+    ['metrics on the registrar\'s port', { metrics: { port: 9809 } }, /ports: sidecars\.nodeDriverRegistrar\.httpPort and metrics\.port are both 9809 in the node pod/],
   ])('fails to render with %s', (_what, values, message) => {
-    const run = helm('template', values);
+    const run = helm('template', values, apiArgs(OPTIONAL_APIS));
     expect(run.ok).toBe(false);
     expect(run.stderr).toMatch(message);
   });
@@ -235,5 +375,7 @@ describe('chart documentation', () => {
     expect(notes).toMatch(/filer1: nfs filer1\.example\.com:\/export\/k8s\s+-> topology key filedriver\.dev\/mount-filer1/);
     expect(notes).toMatch(/filedriver-filers \(format qcow2, mounts filer1,filer2\)/);
     expect(notes).toMatch(/pod-security\.kubernetes\.io\/enforce=privileged/);
+    expect(notes).toMatch(/No VolumeSnapshotClass was made: the cluster does not serve the VolumeSnapshot API/);
+    expect(notes).toMatch(/The controller runs only on a node whose node plugin offers every mount/);
   });
 });

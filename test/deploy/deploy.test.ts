@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 // @ts-expect-error: a plain ESM script without type declarations
 import { generate, stale } from '../../scripts/gen-deploy.mjs';
+import { fakeCluster, SNAPSHOT_CRDS } from './apiserver.js';
 import { checkInstall } from './install.js';
 import { all, one, parseObjects, ROOT, tool, type K8s } from './render.js';
 
@@ -20,15 +21,39 @@ describe('deploy/', () => {
 
   it('is what npm run gen:deploy makes of the chart', () => {
     expect(stale(files)).toEqual([]);
-    const yamls = readdirSync(DEPLOY).filter((f) => f.endsWith('.yaml'));
+    const yamls = [...readdirSync(DEPLOY), ...readdirSync(join(DEPLOY, 'optional')).map((f) => `optional/${f}`)].filter((f) => f.endsWith('.yaml'));
     expect(yamls.sort()).toEqual([...files.keys()].sort());
+  });
+
+  it('applies (kubectl --dry-run=client) to a cluster without the snapshot CRDs; the snapshot class waits in optional/', async () => {
+    const bare = await fakeCluster();
+    try {
+      const run = await bare.kubectl(['apply', '--dry-run=client', '--validate=false', '-k', DEPLOY]);
+      expect(run.stderr).toBe('');
+      expect(run.ok).toBe(true);
+      expect(run.stdout).toMatch(/^deployment\.apps\/filedriver-controller created \(dry run\)$/m);
+      expect(run.stdout).toMatch(/^csidriver\.storage\.k8s\.io\/filedriver\.dev created \(dry run\)$/m);
+      // What deploy/ used to contain fails there, as the issue reported.
+      const optional = await bare.kubectl(['apply', '--dry-run=client', '--validate=false', '-f', join(DEPLOY, 'optional/snapshotclass.yaml')]);
+      expect(optional.ok).toBe(false);
+      expect(optional.stderr).toMatch(/no matches for kind "VolumeSnapshotClass" in version "snapshot\.storage\.k8s\.io\/v1"/);
+    } finally {
+      await bare.close();
+    }
+    const withCrds = await fakeCluster(SNAPSHOT_CRDS);
+    try {
+      const run = await withCrds.kubectl(['apply', '--dry-run=client', '--validate=false', '-f', join(DEPLOY, 'optional/snapshotclass.yaml')]);
+      expect(run.stdout).toBe('volumesnapshotclass.snapshot.storage.k8s.io/filedriver created (dry run)\n');
+    } finally {
+      await withCrds.close();
+    }
   });
 
   it('builds with kustomize into a consistent install in its own privileged namespace', () => {
     const run = tool(['kubectl', 'kustomize', DEPLOY]);
     expect(run.stderr).toBe('');
     const built = parseObjects(run.stdout);
-    const listed = [...files.keys()].filter((f) => f !== 'kustomization.yaml').flatMap(read);
+    const listed = [...files.keys()].filter((f) => f !== 'kustomization.yaml' && !f.startsWith('optional/')).flatMap(read);
     expect(built.map(key).sort()).toEqual(listed.map(key).sort());
     expect(checkInstall(built).problems).toEqual([]);
     const ns = one(built, 'Namespace', 'filedriver');
@@ -40,7 +65,7 @@ describe('deploy/', () => {
 });
 
 describe('deploy/examples', () => {
-  const install = [...readdirSync(DEPLOY)].filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').flatMap(read);
+  const install = [...readdirSync(DEPLOY), 'optional/snapshotclass.yaml'].filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').flatMap(read);
   const classes = all(install, 'StorageClass').map((o) => o['metadata'].name);
   const driver = one(install, 'CSIDriver')['metadata'].name;
   const mounts = checkInstall(install).mounts;

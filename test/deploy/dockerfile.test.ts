@@ -112,6 +112,20 @@ describe('Dockerfile', () => {
     expect(installed).toEqual(expect.arrayContaining(['fuse3', 'tini']));
   });
 
+  it('installs nothing that neither the driver nor the chart runs', () => {
+    const used = new Set(toolsInSource().map(packageOf));
+    // The chart's nfs share pods run sh, mkdir, mount, umount and mountpoint from the image.
+    for (const tool of ['mount', 'umount', 'mountpoint']) used.add(packageOf(tool));
+    const reasons: Record<string, string> = {
+      fuse3: 'fusermount3, which qemu-storage-daemon FUSE exports need',
+      tini: 'PID 1, reaping daemonised qemu-storage-daemon processes',
+      'ca-certificates': 'TLS roots (kept with the base image conventions)',
+    };
+    expect(installed.filter((pkg) => !used.has(pkg) && reasons[pkg] === undefined)).toEqual([]);
+    expect(installed).not.toEqual(expect.arrayContaining(['kmod']));
+    expect(installed).not.toEqual(expect.arrayContaining(['procps']));
+  });
+
   it('runs filedriver under tini as an unprivileged user by default', () => {
     const last = (op: string) => runtime.body.filter((i) => i.op === op).at(-1)?.args;
     expect(JSON.parse(last('ENTRYPOINT') ?? '[]')).toEqual(['/usr/bin/tini', '--', 'filedriver']);

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { checkInstall } from './install.js';
-import { container, one, podSpec, render, type K8s } from './render.js';
+import { all, container, one, podSpec, render, type K8s } from './render.js';
 
 const fresh = (): K8s[] => render();
 const node = (o: K8s[]) => podSpec(o, 'DaemonSet');
@@ -43,6 +43,27 @@ describe('install checker', () => {
     ['an unpinned sidecar', (o) => (container(ctrl(o), 'csi-resizer')['image'] = 'registry.k8s.io/sig-storage/csi-resizer:latest'), /csi-resizer: image .* is not pinned/],
     ['liveness on the wrong port', (o) => (container(ctrl(o), 'liveness-probe')['args'][1] = '--health-port=9999'), /livenessProbe port 9808 is not the livenessprobe's --health-port 9999/],
     ['a class for another driver', (o) => (one(o, 'StorageClass', 'filedriver-raw')['provisioner'] = 'other.dev'), /StorageClass filedriver-raw names driver other.dev/],
+    [
+      'a grant beyond the sidecar\'s own RBAC',
+      (o) => one(o, 'ClusterRole', 'fd-filedriver-resizer')['rules'].push({ apiGroups: [''], resources: ['persistentvolumeclaims'], verbs: ['patch'] }),
+      /ClusterRole fd-filedriver-resizer grants patch persistentvolumeclaims, which the resizer's own RBAC does not/,
+    ],
+    [
+      'a provisioner that cannot watch snapshots',
+      (o) => {
+        const rule = (one(o, 'ClusterRole', 'fd-filedriver-provisioner')['rules'] as K8s[]).find((r) => r['resources'].includes('volumesnapshots')) as K8s;
+        rule['verbs'] = ['get', 'list'];
+      },
+      /provisioner cannot get,list,watch,update volumesnapshots/,
+    ],
+    ['a sidecar without its health endpoint', (o) => delete container(ctrl(o), 'csi-attacher')['livenessProbe'], /csi-attacher: no --http-endpoint with a \/healthz\/leader-election liveness probe/],
+    [
+      'the deprecated registrar probe',
+      (o) => (container(node(o), 'node-driver-registrar')['livenessProbe'] = { exec: { command: ['/csi-node-driver-registrar', '--mode=kubelet-registration-probe'] } }),
+      /registrar: liveness is not its --http-endpoint \/healthz[\s\S]*deprecated --mode=kubelet-registration-probe/,
+    ],
+    ['a node plugin on any OS', (o) => delete node(o)['nodeSelector'], /DaemonSet fd-filedriver-node may run on a node that is not linux/],
+    ['a controller placed anywhere', (o) => delete ctrl(o)['affinity'], /controller may land on a node without mount\(s\) main/],
   ])('reports %s', (_what, breakIt, message) => {
     const objects = fresh();
     breakIt(objects);
@@ -53,5 +74,30 @@ describe('install checker', () => {
     const objects = fresh();
     container(node(objects), 'filedriver')['args'].push('--mountt=x=/y');
     expect(() => checkInstall(objects)).toThrow(/Unknown option '--mountt'/);
+  });
+});
+
+describe('install checker on nfs mounts', () => {
+  const nfs = (): K8s[] => render('nfs-values.yaml');
+  const share = (o: K8s[], mount: string) => all(o, 'DaemonSet').find((d) => d['metadata'].name === `fd-filedriver-nfs-${mount}`) as K8s;
+
+  it('finds nothing wrong with the nfs example', () => {
+    expect(checkInstall(nfs()).problems).toEqual([]);
+  });
+
+  it.each<[string, (o: K8s[]) => void, RegExp]>([
+    [
+      'an export mounted into the node plugin',
+      (o) => node(o)['volumes'].push({ name: 'filer1', persistentVolumeClaim: { claimName: 'fd-filedriver-mount-filer1' } }),
+      /node plugin pod mounts filer1 from the network: a dead filer would keep it from starting/,
+    ],
+    ['a share pod binding elsewhere', (o) => (share(o, 'filer2')['spec'].template.spec.volumes[1].hostPath.path = '/srv/other'), /nfs share filer2: binds onto \/srv\/other\/filer2, the driver looks at host:\/var\/lib\/filedriver-shares/],
+    ['a share pod without propagation', (o) => delete share(o, 'filer1')['spec'].template.spec.containers[0].volumeMounts[1].mountPropagation, /nfs share filer1: its bind cannot reach the host/],
+    ['a share pod placed unlike the node plugin', (o) => (share(o, 'filer1')['spec'].template.spec.tolerations = []), /nfs share filer1: tolerations differs/],
+    ['no mountpoint made before registration', (o) => delete node(o)['initContainers'], /node plugin does not make the mountpoint of nfs mount filer1/],
+  ])('reports %s', (_what, breakIt, message) => {
+    const objects = nfs();
+    breakIt(objects);
+    expect(checkInstall(objects).problems.join('\n')).toMatch(message);
   });
 });

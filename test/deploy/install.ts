@@ -7,66 +7,9 @@
 import { dirname, posix } from 'node:path';
 import { parseServe } from '../../src/cli/serve.js';
 import type { Config } from '../../src/config.js';
-import { all, container, flag, one, podSpec, type K8s } from './render.js';
-
-type Need = [group: string, resource: string, verbs: string[]];
-const LEASES: Need = ['coordination.k8s.io', 'leases', ['get', 'create', 'update']];
-
-/** What each sidecar does with the API (its docs' RBAC), cluster-wide and in its namespace. */
-export const SIDECAR_NEEDS: Record<string, { container: string; cluster: Need[]; namespace: Need[] }> = {
-  provisioner: {
-    container: 'csi-provisioner',
-    cluster: [
-      ['', 'persistentvolumes', ['get', 'list', 'watch', 'create', 'delete']],
-      ['', 'persistentvolumeclaims', ['get', 'list', 'watch', 'update']],
-      ['storage.k8s.io', 'storageclasses', ['get', 'list', 'watch']],
-      ['', 'events', ['create', 'patch']],
-      ['storage.k8s.io', 'csinodes', ['get', 'list', 'watch']],
-      ['', 'nodes', ['get', 'list', 'watch']],
-      ['storage.k8s.io', 'volumeattachments', ['get', 'list', 'watch']],
-      ['snapshot.storage.k8s.io', 'volumesnapshots', ['get', 'list']],
-      ['snapshot.storage.k8s.io', 'volumesnapshotcontents', ['get', 'list']],
-      ['storage.k8s.io', 'volumeattributesclasses', ['get']],
-    ],
-    namespace: [
-      LEASES,
-      ['storage.k8s.io', 'csistoragecapacities', ['get', 'list', 'watch', 'create', 'update', 'delete']],
-      ['', 'pods', ['get']],
-      ['apps', 'replicasets', ['get']],
-    ],
-  },
-  attacher: {
-    container: 'csi-attacher',
-    cluster: [
-      ['', 'persistentvolumes', ['get', 'list', 'watch', 'patch']],
-      ['storage.k8s.io', 'csinodes', ['get', 'list', 'watch']],
-      ['storage.k8s.io', 'volumeattachments', ['get', 'list', 'watch', 'patch']],
-      ['storage.k8s.io', 'volumeattachments/status', ['patch']],
-    ],
-    namespace: [LEASES],
-  },
-  resizer: {
-    container: 'csi-resizer',
-    cluster: [
-      ['', 'persistentvolumes', ['get', 'list', 'watch', 'patch']],
-      ['', 'persistentvolumeclaims', ['get', 'list', 'watch']],
-      ['', 'persistentvolumeclaims/status', ['patch']],
-      ['', 'events', ['create', 'patch']],
-      ['storage.k8s.io', 'volumeattributesclasses', ['get', 'list', 'watch']],
-    ],
-    namespace: [LEASES],
-  },
-  snapshotter: {
-    container: 'csi-snapshotter',
-    cluster: [
-      ['snapshot.storage.k8s.io', 'volumesnapshotclasses', ['get', 'list', 'watch']],
-      ['snapshot.storage.k8s.io', 'volumesnapshotcontents', ['get', 'list', 'watch', 'update', 'patch']],
-      ['snapshot.storage.k8s.io', 'volumesnapshotcontents/status', ['update', 'patch']],
-      ['', 'events', ['create', 'patch']],
-    ],
-    namespace: [LEASES],
-  },
-};
+import { topologyKey } from '../../src/domain/topology.js';
+import { all, container, flag, one, podSpec, workload, type K8s } from './render.js';
+import { rbacProblems, SIDECAR_NEEDS } from './sidecar-rbac.js';
 
 /** Kubernetes' $(VAR) expansion of args from the container's env (fieldRefs get stand-ins). */
 function containerEnv(c: K8s): Record<string, string> {
@@ -126,30 +69,39 @@ function socketOn(pod: K8s, c: K8s, socket: string, volume: string, problems: st
   if (volumeOf(pod, volume) === undefined) problems.push(`no volume ${volume}`);
 }
 
-function rbacProblems(objects: K8s[], sa: string, ns: string, prefix: string, sidecars: string[]): string[] {
+/**
+ * nfs mounts: a share DaemonSet per mount binds the kubelet-mounted export onto
+ * the host directory both driver pods look at, on the node plugin's nodes, and
+ * the node plugin makes that mountpoint before it registers (so the node offers
+ * the share even while its filer is down). The driver pods never mount the export.
+ */
+function nfsShareProblems(objects: K8s[], ctrlPod: K8s, nodePod: K8s, mounts: Record<string, string>, nodeConfig: Config): string[] {
   const problems: string[] = [];
-  const bound = (kind: string, roleKind: string, name: string) =>
-    all(objects, kind).some(
-      (b) => b['roleRef']?.kind === roleKind && b['roleRef']?.name === name && (b['subjects'] as K8s[]).some((s) => s['kind'] === 'ServiceAccount' && s['name'] === sa && s['namespace'] === ns),
-    );
-  const grants = (role: K8s | undefined, [group, resource, verbs]: Need) =>
-    verbs.every((verb) => (role?.['rules'] as K8s[] | undefined)?.some((r) => r['apiGroups'].includes(group) && r['resources'].includes(resource) && r['verbs'].includes(verb)) === true);
-  for (const sidecar of sidecars) {
-    const needs = SIDECAR_NEEDS[sidecar];
-    if (needs === undefined) continue;
-    const name = `${prefix}-${sidecar}`;
-    const cr = all(objects, 'ClusterRole').find((r) => r['metadata'].name === name);
-    const role = all(objects, 'Role').find((r) => r['metadata'].name === name && r['metadata'].namespace === ns);
-    if (!bound('ClusterRoleBinding', 'ClusterRole', name)) problems.push(`ClusterRole ${name} is not bound to ${ns}/${sa}`);
-    if (!bound('RoleBinding', 'Role', name)) problems.push(`Role ${name} is not bound to ${ns}/${sa}`);
-    for (const need of needs.cluster) if (!grants(cr, need)) problems.push(`${sidecar} cannot ${need[2].join(',')} ${need[1]} (ClusterRole ${name})`);
-    for (const need of needs.namespace) if (!grants(role, need)) problems.push(`${sidecar} cannot ${need[2].join(',')} ${need[1]} in ${ns} (Role ${name})`);
+  const shares = all(objects, 'DaemonSet').filter((d) => d['spec'].template.metadata.labels['app.kubernetes.io/component'] === 'nfs-share');
+  for (const [what, pod] of [['controller', ctrlPod], ['node plugin', nodePod]] as const) {
+    for (const v of pod['volumes'] as K8s[]) if (v['persistentVolumeClaim'] !== undefined || v['nfs'] !== undefined) problems.push(`${what} pod mounts ${v['name']} from the network: a dead filer would keep it from starting`);
   }
-  for (const r of [...all(objects, 'ClusterRole'), ...all(objects, 'Role')]) {
-    for (const rule of r['rules'] as K8s[]) {
-      if ([...rule['verbs'], ...rule['resources'], ...rule['apiGroups']].includes('*')) problems.push(`${r['metadata'].name}: wildcard rule`);
-      if (rule['resources'].includes('secrets')) problems.push(`${r['metadata'].name}: reads secrets, which no StorageClass here needs`);
+  const made = ((nodePod['initContainers'] ?? []) as K8s[]).flatMap((c) => (c['command'] as string[])[0] === 'mkdir' ? (c['command'] as string[]) : []);
+  for (const ds of shares) {
+    const mount = ds['spec'].template.metadata.labels['filedriver.dev/mount'] as string;
+    const pod = ds['spec'].template.spec;
+    const c = (pod['containers'] as K8s[])[0] as K8s;
+    const vm = (path: string) => mountsOf(c).find((m) => m['mountPath'] === path);
+    const claim = volumeOf(pod, vm('/nfs')?.['name'] ?? '')?.['persistentVolumeClaim']?.claimName as string | undefined;
+    const pvc = all(objects, 'PersistentVolumeClaim').find((x) => x['metadata'].name === claim);
+    const pv = all(objects, 'PersistentVolume').find((x) => x['metadata'].name === pvc?.['spec'].volumeName);
+    if (pv?.['spec'].nfs === undefined) problems.push(`nfs share ${mount}: /nfs is not an nfs PersistentVolume's claim`);
+    const shares = vm('/shares');
+    const hostDir = volumeOf(pod, shares?.['name'] ?? '')?.['hostPath']?.path as string | undefined;
+    if (shares?.['mountPropagation'] !== 'Bidirectional' || c['securityContext']?.privileged !== true) problems.push(`nfs share ${mount}: its bind cannot reach the host`);
+    const script = ((c['args'] ?? []) as string[]).join('\n');
+    if (!script.includes(`share=/shares/${mount}\n`) || !script.includes('mount --bind /nfs "$share"')) problems.push(`nfs share ${mount}: does not bind /nfs onto /shares/${mount}`);
+    if (`host:${posix.join(hostDir ?? '?', mount)}` !== mounts[mount]) problems.push(`nfs share ${mount}: binds onto ${String(hostDir)}/${mount}, the driver looks at ${String(mounts[mount])}`);
+    for (const key of ['nodeSelector', 'tolerations', 'affinity']) {
+      if (JSON.stringify(pod[key]) !== JSON.stringify(nodePod[key])) problems.push(`nfs share ${mount}: ${key} differs from the node plugin's`);
     }
+    const path = nodeConfig.mounts.find((m) => m.name === mount)?.path;
+    if (path === undefined || !made.includes(path)) problems.push(`node plugin does not make the mountpoint of nfs mount ${mount} before it starts`);
   }
   return problems;
 }
@@ -170,6 +122,7 @@ export function checkInstall(objects: K8s[]): Install {
   const node = container(nodePod, 'filedriver');
   const controller = driverConfig(ctrl);
   const nodeConfig = driverConfig(node);
+  const config = controller;
   if (controller.mode !== 'controller') problems.push(`controller runs --mode ${controller.mode}`);
   if (nodeConfig.mode !== 'node') problems.push(`node plugin runs --mode ${nodeConfig.mode}`);
   if (nodeConfig.nodeId !== '<spec.nodeName>') problems.push(`node id is ${nodeConfig.nodeId}, not the pod's node name`);
@@ -230,7 +183,7 @@ export function checkInstall(objects: K8s[]): Install {
   for (const c of ctrlPod['containers'] as K8s[]) {
     if (c['securityContext']?.privileged === true || c['securityContext']?.allowPrivilegeEscalation !== false) problems.push(`${c['name']}: may escalate privileges`);
   }
-  const deployment = one(objects, 'Deployment')['spec'];
+  const deployment = workload(objects, 'Deployment')['spec'];
   if (deployment.strategy?.type !== 'Recreate' || deployment.replicas > 1) problems.push('controller may run twice at once');
 
   // Mounts: the same shares in both pods.
@@ -256,16 +209,51 @@ export function checkInstall(objects: K8s[]): Install {
     }
   }
 
-  // Images: pinned.
+  // Images: pinned, by a release tag and optionally a digest.
   for (const c of [...(ctrlPod['containers'] as K8s[]), ...(nodePod['containers'] as K8s[])]) {
-    const tag = /:([^:/@]+)$/.exec(c['image'] as string)?.[1];
+    const m = /:([^:/@]+)(@sha256:[a-f0-9]{64})?$/.exec(c['image'] as string);
+    const tag = m?.[1];
     if (tag === undefined || tag === 'latest') problems.push(`${c['name']}: image ${c['image']} is not pinned`);
     else if (c['image'].includes('sig-storage/') && !/^v\d+\.\d+\.\d+$/.test(tag)) problems.push(`${c['name']}: sidecar tag ${tag} is not a release`);
   }
 
+  // Sidecars: each leader-elected one serves --http-endpoint, and its liveness asks whether it still holds its lease.
+  for (const c of ctrlPod['containers'] as K8s[]) {
+    if (!(c['args'] as string[] | undefined)?.includes('--leader-election')) continue;
+    const port = Number(flag(c, 'http-endpoint')?.replace(/^.*:/, ''));
+    const named = (c['ports'] as K8s[] | undefined)?.find((p) => p['name'] === c['livenessProbe']?.httpGet?.port);
+    if (!(port > 0) || named?.['containerPort'] !== port || c['livenessProbe']?.httpGet?.path !== '/healthz/leader-election') {
+      problems.push(`${c['name']}: no --http-endpoint with a /healthz/leader-election liveness probe on it`);
+    }
+  }
+  const regPort = Number(flag(registrar, 'http-endpoint')?.replace(/^.*:/, ''));
+  const regProbe = registrar['livenessProbe']?.httpGet;
+  if (!(regPort > 0) || regProbe?.path !== '/healthz' || (registrar['ports'] as K8s[] | undefined)?.find((p) => p['name'] === regProbe?.port)?.['containerPort'] !== regPort) {
+    problems.push('node-driver-registrar: liveness is not its --http-endpoint /healthz');
+  }
+  if (JSON.stringify(registrar).includes('kubelet-registration-probe')) problems.push('node-driver-registrar: uses the deprecated --mode=kubelet-registration-probe');
+
+  // Placement: linux nodes only; the controller only where every share is.
+  const workloads = [...all(objects, 'Deployment'), ...all(objects, 'DaemonSet')];
+  for (const w of workloads) {
+    if (w['spec'].template.spec.nodeSelector?.['kubernetes.io/os'] !== 'linux') problems.push(`${w['kind']} ${w['metadata'].name} may run on a node that is not linux`);
+  }
+  const terms = (ctrlPod['affinity']?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution?.nodeSelectorTerms ?? []) as K8s[];
+  const placedByAdmin = Object.keys(ctrlPod['nodeSelector'] ?? {}).some((k) => k !== 'kubernetes.io/os');
+  const everyTermHas = (key: string) =>
+    terms.length > 0 && terms.every((t) => ((t['matchExpressions'] ?? []) as K8s[]).some((e) => e['key'] === key && e['operator'] === 'In' && e['values']?.join() === 'true'));
+  // The keys the node plugins report (the driver's own topologyKey), which kubelet turns into Node labels.
+  const unplaced = config.mounts.filter((m) => !everyTermHas(topologyKey(name, m.name))).map((m) => m.name);
+  if (unplaced.length > 0 && !placedByAdmin && terms.length === 0) problems.push(`controller may land on a node without mount(s) ${unplaced.join(', ')}`);
+
+  problems.push(...nfsShareProblems(objects, ctrlPod, nodePod, fromNode, nodeConfig));
+
+  // Service names are DNS labels.
+  for (const svc of all(objects, 'Service')) if (svc['metadata'].name.length > 63) problems.push(`Service ${svc['metadata'].name} is longer than 63 characters`);
+
   // RBAC: each controller sidecar's own roles cover what it does.
   const sa = ctrlPod['serviceAccountName'] as string;
-  const ns = one(objects, 'Deployment')['metadata'].namespace as string;
+  const ns = workload(objects, 'Deployment')['metadata'].namespace as string;
   const prefix = sa.replace(/-controller$/, '');
   const present = Object.keys(SIDECAR_NEEDS).filter((s) => (ctrlPod['containers'] as K8s[]).some((c) => c['name'] === SIDECAR_NEEDS[s]?.container));
   problems.push(...rbacProblems(objects, sa, ns, prefix, present));

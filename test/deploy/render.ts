@@ -3,10 +3,10 @@
  * look into what it renders: every object parsed with `yaml`, nothing by eye.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseAllDocuments, stringify } from 'yaml';
+import { parse, parseAllDocuments, stringify } from 'yaml';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const CHART = join(ROOT, 'charts/filedriver');
@@ -61,9 +61,13 @@ export function parseObjects(text: string): K8s[] {
     .filter((o): o is K8s => o !== null);
 }
 
+/** The APIs beyond Kubernetes' own that the chart can use, as `helm template` arguments. */
+export const OPTIONAL_APIS = ['snapshot.storage.k8s.io/v1/VolumeSnapshotClass', 'monitoring.coreos.com/v1/ServiceMonitor', 'storage.k8s.io/v1/VolumeAttributesClass'];
+export const apiArgs = (apis: string[]): string[] => apis.flatMap((a) => ['--api-versions', a]);
+
 /** Renders and parses; fails the test with helm's message when rendering fails. */
-export function render(values?: string | object): K8s[] {
-  const run = helm('template', values);
+export function render(values?: string | object, extra: string[] = []): K8s[] {
+  const run = helm('template', values, extra);
   if (!run.ok) throw new Error(`helm template failed: ${run.stderr}`);
   return parseObjects(run.stdout);
 }
@@ -78,14 +82,27 @@ export function one(objects: K8s[], kind: string, name?: string): K8s {
   return found[0] as K8s;
 }
 
+/** The controller Deployment, or the node plugin's DaemonSet (not an nfs share's). */
+export function workload(objects: K8s[], kind: 'Deployment' | 'DaemonSet'): K8s {
+  const component = kind === 'Deployment' ? 'controller' : 'node';
+  const found = all(objects, kind).filter((o) => o['spec'].template.metadata.labels['app.kubernetes.io/component'] === component);
+  if (found.length !== 1) throw new Error(`expected one ${component} ${kind}, found ${found.length}`);
+  return found[0] as K8s;
+}
+
 export function podSpec(objects: K8s[], kind: 'Deployment' | 'DaemonSet'): K8s {
-  return one(objects, kind)['spec'].template.spec;
+  return workload(objects, kind)['spec'].template.spec;
 }
 
 export function container(pod: K8s, name: string): K8s {
   const c = (pod['containers'] as K8s[]).find((x) => x['name'] === name);
   if (c === undefined) throw new Error(`no container ${name}`);
   return c;
+}
+
+/** A source file under charts/filedriver (e.g. examples/optional-apis-values.yaml) as values. */
+export function chartFile(path: string): object {
+  return parse(readFileSync(join(CHART, path), 'utf8')) as object;
 }
 
 /** The value of `--name=value` in a container's args. */

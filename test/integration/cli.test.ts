@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
@@ -262,12 +263,13 @@ describe.skipIf(!isRoot)('admin commands', () => {
     });
   });
 
-  it('moves a volume across mounts keeping its id and data, refused while published', async () => {
+  it('moves a volume across mounts keeping its id and data, through its node while published', async () => {
     const publish = { volume_id: 'vm-a', node_id: 'node-a', volume_capability: mountCap(), readonly: false };
     await c('ControllerPublishVolume', publish);
-    const refused = await fd('move', 'vm-a', '--to', 'plain');
-    expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/filedriver: volume vm-a is published to node-a/);
+    // Published (not staged here): a live move, which waits for the node serving it.
+    const waiting = await fd('move', 'vm-a', '--to', 'plain');
+    expect(waiting.code).toBe(1);
+    expect(waiting.stderr).toMatch(/filedriver: volume vm-a is moving to mount plain; the node serving it has yet to switch; retry/);
     expect(existsSync(volDir(plain, 'vm-a'))).toBe(false);
     await c('ControllerUnpublishVolume', { volume_id: 'vm-a', node_id: 'node-a' });
 
@@ -320,12 +322,14 @@ describe.skipIf(!isRoot)('admin commands', () => {
   });
 
   it('lists volumes and snapshots per mount', async () => {
-    await c('DeleteSnapshot', { snapshot_id: 'snap-src' }); // hidden: pvc-linked-2 still depends on it
+    // Hidden: two clones still depend on it (with one, it would be merged into that one and removed).
+    await c('CreateVolume', createRequest('pvc-linked-3', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }));
+    await c('DeleteSnapshot', { snapshot_id: 'snap-src' });
     const res = await fd('list');
     expect(res.code).toBe(0);
     const row = (id: string) => res.stdout.split('\n').find((l) => l.split(/\s+/)[2] === id) ?? '';
     expect(row('vm-a').split(/\s+/).slice(0, 5)).toEqual(['plain', 'volume', 'vm-a', 'qcow2', '64']);
-    expect(row('snap-src')).toMatch(/^fast\s+snapshot\s+snap-src\s+qcow2\s+64 MiB.*pvc-linked-2\s+hidden/);
+    expect(row('snap-src')).toMatch(/^fast\s+snapshot\s+snap-src\s+qcow2\s+64 MiB.*pvc-linked-2,pvc-linked-3\s+hidden\s/);
 
     const json = JSON.parse((await fd('list', '--json')).stdout);
     const fastJson = json.mounts.find((m: { name: string }) => m.name === 'fast');
@@ -333,7 +337,39 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const linked = fastJson.volumes.find((v: { id: string }) => v.id === 'pvc-linked-2');
     expect(linked).toMatchObject({ format: 'qcow2', sizeBytes: String(64n * MiB), backing: 'snap-src', publishedTo: [] });
     expect(BigInt(linked.allocatedBytes)).toBeGreaterThan(0n);
-    expect(fastJson.snapshots.find((s: { id: string }) => s.id === 'snap-src')).toMatchObject({ dependents: ['pvc-linked-2'], hidden: true, internal: false });
+    expect(fastJson.snapshots.find((s: { id: string }) => s.id === 'snap-src')).toMatchObject({ dependents: ['pvc-linked-2', 'pvc-linked-3'], hidden: true, internal: false, merging: false, ready: true });
+  });
+
+  it('list and doctor show a snapshot layer waiting for the node that serves its volume', async () => {
+    await c('CreateVolume', createRequest('pvc-wait', { parameters: { mounts: 'plain' } }));
+    await c('ControllerPublishVolume', { volume_id: 'pvc-wait', node_id: 'node-a', volume_capability: mountCap(), readonly: false });
+    expect((await c('CreateSnapshot', { name: 'snap-wait', source_volume_id: 'pvc-wait' })).snapshot.ready_to_use).toBe(false);
+    const res = await fd('list');
+    const row = (id: string) => res.stdout.split('\n').find((l) => l.split(/\s+/)[2] === id) ?? '';
+    expect(row('pvc-wait')).toMatch(/\slayering\s/);
+    expect(row('snap-wait')).toMatch(/\snot-ready\s/);
+    const json = JSON.parse((await fd('list', '--json')).stdout);
+    const plainJson = json.mounts.find((m: { name: string }) => m.name === 'plain');
+    expect(plainJson.volumes.find((v: { id: string }) => v.id === 'pvc-wait').pending).toEqual([
+      { kind: 'snapshot layer', detail: 'snapshot snap-wait waits for the switch', since: expect.any(String) },
+    ]);
+    expect(plainJson.snapshots.find((x: { id: string }) => x.id === 'snap-wait')).toMatchObject({ ready: false });
+    expect((await fd('doctor')).stdout).toMatch(/note\s+pending\s+plain: volume pvc-wait: snapshot layer: snapshot snap-wait waits for the switch/);
+    await c('ControllerUnpublishVolume', { volume_id: 'pvc-wait', node_id: 'node-a' });
+    expect((await c('CreateSnapshot', { name: 'snap-wait', source_volume_id: 'pvc-wait' })).snapshot.ready_to_use).toBe(true);
+    await c('DeleteVolume', { volume_id: 'pvc-wait' });
+    await c('DeleteSnapshot', { snapshot_id: 'snap-wait' });
+  });
+
+  it('lists the nodes registered on the mounts, stale ones marked', async () => {
+    await registerNodes([ram.path], ['node-down'], new Date(Date.now() - 3 * 3600_000));
+    const res = await fd('list');
+    const row = (node: string) => res.stdout.split('\n').find((l) => l.split(/\s+/)[0] === node) ?? '';
+    expect(row('node-a')).toMatch(/^node-a\s+\d+s ago\s+fresh\s+-\s+fast,plain,ram\s/);
+    expect(row('node-down')).toMatch(/^node-down\s+3h ago\s+stale\s/);
+    const json = JSON.parse((await fd('list', '--json')).stdout);
+    expect(json.nodes.find((n: { node: string }) => n.node === 'node-a')).toMatchObject({ registeredOn: ['fast', 'plain', 'ram'], sees: ['fast', 'plain', 'ram'], staged: [], stale: false });
+    expect(json.nodes.find((n: { node: string }) => n.node === 'node-down')).toMatchObject({ registeredOn: ['ram'], stale: true });
   });
 
   it('doctor reports leftovers, broken chains, duplicates and orphaned hidden snapshots, and --fix removes what is safe', async () => {
@@ -354,6 +390,7 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const hourAgo = new Date(Date.now() - 2 * 3600_000);
     utimesSync(join(ghost, 'refs'), hourAgo, hourAgo);
     execFileSync('cp', ['-a', volDir(ram, 'overlay'), volDir(plain, 'overlay')]);
+    await registerNodes([plain.path], ['node-gone'], new Date(Date.now() - 3 * 24 * 3600_000));
     const broken = record(ram, 'moved-qcow2');
     writeFileSync(join(volDir(ram, 'moved-qcow2'), 'volume.json'), JSON.stringify({ ...broken, backing: 'no-such-snapshot' }));
 
@@ -368,10 +405,15 @@ describe.skipIf(!isRoot)('admin commands', () => {
     expect(problem('duplicate', 'volume overlay').message).toMatch(/mounts plain, ram|mounts ram, plain/);
     expect(problem('chain', 'ram: volume moved-qcow2').message).toMatch(/snapshot no-such-snapshot, whose directory is missing/);
     expect(report.findings.filter((f: { check: string; status: string }) => f.check === 'tool' && f.status === 'ok')).toHaveLength(6);
+    expect(problem('node', 'plain: nodes/node-gone.json').message).toMatch(/no heartbeat for 3d: a node that is gone/);
+    expect(report.findings.find((f: { subject: string }) => f.subject === 'ram: nodes/node-down.json')).toMatchObject({ status: 'note' });
 
     const fixed = await fd('doctor', '--fix');
     expect(fixed.stdout).toMatch(/^fixed\s+leftover\s+fast: tmp\/.*_999999_abc: removed/m);
     expect(fixed.stdout).toMatch(/^fixed\s+hidden\s+ram: snapshot ghost/m);
+    expect(fixed.stdout).toMatch(/^fixed\s+node\s+plain: nodes\/node-gone.json/m);
+    expect(existsSync(join(plain.path, 'filedriver/nodes/node-gone.json'))).toBe(false);
+    expect(existsSync(join(ram.path, 'filedriver/nodes/node-down.json'))).toBe(true);
     expect(fixed.code).toBe(1); // the duplicate and the broken record are for the admin
     expect(existsSync(leftover)).toBe(false);
     expect(existsSync(ghost)).toBe(false);

@@ -5,6 +5,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, mountCap } from '../helpers/csi.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -20,6 +21,9 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     rootOnlyReason();
     share = makeScratch('tmpfs', 256);
     driver = await startDriver({ mounts: { s: share.path } });
+    await registerNodes([share.path], ['node-1', 'node-2', 'node-3']);
+    // Down for a week: stale, but a node Kubernetes may still attach to.
+    await registerNodes([share.path], ['node-asleep'], new Date(Date.now() - 7 * 24 * 3600_000));
     await driver.client.controller('CreateVolume', createRequest('pvc-rwo'));
     await driver.client.controller('CreateVolume', createRequest('pvc-rox', { volume_capabilities: [mountCap('MULTI_NODE_READER_ONLY')] }));
     await driver.client.controller(
@@ -68,8 +72,21 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     expect(await codeOf(publish('pvc-rwx', 'node-3', blockCap('SINGLE_NODE_WRITER')))).toBe(status.FAILED_PRECONDITION);
   });
 
+  it('publishes to a registered node whose heartbeat stopped long ago', async () => {
+    await publish('pvc-rox', 'node-asleep', mountCap('MULTI_NODE_READER_ONLY'), true);
+    expect(meta('pvc-rox').publications.map((p: { node: string }) => p.node)).toContain('node-asleep');
+  });
+
+  it('registers the driver\'s own node on its share before serving', async () => {
+    const record = JSON.parse(readFileSync(join(share.path, 'filedriver/nodes/node-a.json'), 'utf8'));
+    expect(record).toMatchObject({ schema: 1, node: 'node-a', mounts: ['s'], staged: [] });
+    expect(Date.parse(record.heartbeatAt)).not.toBeNaN();
+    expect((await publish('pvc-rox', 'node-a', mountCap('MULTI_NODE_READER_ONLY'), true)).publish_context).toMatchObject({ mount: 's' });
+  });
+
   it.each([
     ['unknown volume', { volume_id: 'nope', node_id: 'n', volume_capability: mountCap() }, status.NOT_FOUND],
+    ['a node that never registered', { volume_id: 'pvc-rwo', node_id: 'node-never', volume_capability: mountCap() }, status.NOT_FOUND],
     ['no node', { volume_id: 'pvc-rwo', node_id: '', volume_capability: mountCap() }, status.INVALID_ARGUMENT],
     ['no capability', { volume_id: 'pvc-rwo', node_id: 'n' }, status.INVALID_ARGUMENT],
     ['bad id', { volume_id: '../x', node_id: 'n', volume_capability: mountCap() }, status.INVALID_ARGUMENT],

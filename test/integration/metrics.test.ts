@@ -118,21 +118,22 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     expect(Math.abs(free - Number(fs.bavail * fs.bsize))).toBeLessThan(Number(MiB));
     expect(sample(text, 'filedriver_volumes', { mount: 'a' })).toBe(2);
     expect(sample(text, 'filedriver_snapshots', { mount: 'a' })).toBe(1);
+    expect(sample(text, 'filedriver_nodes', { mount: 'a' })).toBe(1); // this driver's own node, registered at start
     expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
   });
 
-  it('answers /healthz as Probe does, and 404 elsewhere', async () => {
+  it('answers /healthz (readiness) 200 with a usable mount, and 404 elsewhere', async () => {
     expect((await driver.client.identity('Probe')).ready.value).toBe(true);
     const ok = await fetch(`${base}/healthz`);
     expect([ok.status, await ok.text()]).toEqual([200, 'ok\n']);
     expect((await fetch(`${base}/nothing`)).status).toBe(404);
   });
 
-  it('reports an unmounted share as unusable and not ready, and stops serving on SIGTERM', async () => {
+  it('reports an unmounted share as unusable and not ready (yet live), and stops serving on SIGTERM', async () => {
     const lonely = await startDriver({ mounts: { gone: bare.path }, args: ['--metrics-address', '127.0.0.1:0'] });
     const at = await metricsBase(lonely);
     try {
-      expect((await lonely.client.identity('Probe')).ready.value).toBe(false);
+      expect((await lonely.client.identity('Probe')).ready.value).toBe(true);
       const res = await fetch(`${at}/healthz`);
       expect(res.status).toBe(503);
       expect(await res.text()).toMatch(/no usable mount/);
@@ -141,6 +142,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
       // An empty local directory says nothing about the share: no figures rather than zeros.
       expect(sample(text, 'filedriver_mount_free_bytes', { mount: 'gone' })).toBeUndefined();
       expect(sample(text, 'filedriver_volumes', { mount: 'gone' })).toBeUndefined();
+      expect(sample(text, 'filedriver_nodes', { mount: 'gone' })).toBeUndefined();
     } finally {
       expect(await lonely.stop()).toBe(0);
     }

@@ -6,6 +6,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { createRequest, mountCap } from '../helpers/csi.js';
+import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -25,6 +26,8 @@ describe.skipIf(!isRoot)('ControllerModifyVolume', () => {
     a = makeScratch('xfs', 512);
     b = makeScratch('ext4', 512);
     driver = await startDriver({ mounts: { a: a.path, b: b.path } });
+    // A node Kubernetes may publish to, running no plugin here.
+    await registerNodes([a.path, b.path], ['n1']);
   });
   afterAll(async () => {
     await driver?.stop();
@@ -54,17 +57,28 @@ describe.skipIf(!isRoot)('ControllerModifyVolume', () => {
     expect(meta).toMatchObject({ format: 'raw', backing: null });
     expect(existsSync(image(b, 'pvc-conv', 'qcow2'))).toBe(false);
     expect(io(image(b, 'pvc-conv', 'raw'), 'raw', 'read -P 0x42 0 1M')).not.toMatch(/failed/);
-    // The clone no longer depends on the snapshot: deleting it removes it at once.
+    // The clone no longer depends on the snapshot; its source does (the snapshot is a layer under
+    // it), so deleting the snapshot merges it into the source in the background and removes it.
     await driver.client.controller('DeleteSnapshot', { snapshot_id: 'snap-m' });
-    expect(existsSync(join(b.path, 'filedriver/snapshots/snap-m'))).toBe(false);
+    const dir = join(b.path, 'filedriver/snapshots/snap-m');
+    for (let i = 0; i < 100 && existsSync(dir); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(dir)).toBe(false);
+    expect(JSON.parse(readFileSync(join(b.path, 'filedriver/volumes/pvc-move/volume.json'), 'utf8')).backing).toBeNull();
   });
 
-  it('refuses while published, and rejects unknown parameters', async () => {
+  it('converts only while detached, moves a published qcow2 volume through its node, and rejects unknown parameters', async () => {
     await driver.client.controller('ControllerPublishVolume', { volume_id: 'pvc-move', node_id: 'n1', volume_capability: mountCap() });
-    const err = await modify('pvc-move', { mount: 'a' }).catch((e: unknown) => e as { code: number; details: string });
+    const err = await modify('pvc-move', { format: 'raw' }).catch((e: unknown) => e as { code: number; details: string });
     expect(err.code).toBe(status.FAILED_PRECONDITION);
-    expect(err.details).toMatch(/published to n1/);
+    expect(err.details).toMatch(/published to n1.*only while detached/);
+    // A move waits for the node serving it (n1 is no real node here): ABORTED, retried by the resizer.
+    expect(await codeOf(modify('pvc-move', { mount: 'a' }))).toBe(status.ABORTED);
+    expect(await codeOf(modify('pvc-move', { mount: 'b' }))).toBe(status.ABORTED); // a started move is finished first
     await driver.client.controller('ControllerUnpublishVolume', { volume_id: 'pvc-move', node_id: 'n1' });
+    // Detached, nothing writes the source: the move finishes without a node.
+    await modify('pvc-move', { mount: 'a' });
+    expect(existsSync(join(b.path, 'filedriver/volumes/pvc-move'))).toBe(false);
+    expect(io(image(a, 'pvc-move', 'qcow2'), 'qcow2', 'read -P 0x42 0 1M')).not.toMatch(/failed/);
     expect(await codeOf(modify('pvc-move', { size: '1' }))).toBe(status.INVALID_ARGUMENT);
     expect(await codeOf(modify('pvc-move', { mount: 'nowhere' }))).toBe(status.INVALID_ARGUMENT);
     expect(await codeOf(modify('pvc-move', { format: 'vmdk' }))).toBe(status.INVALID_ARGUMENT);

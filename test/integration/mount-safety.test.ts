@@ -70,11 +70,12 @@ describe.skipIf(!isRoot)('mount safety', () => {
 });
 
 describe.skipIf(!isRoot)('readiness without usable mounts', () => {
-  it('is not ready when no mount is usable', async () => {
+  it('stays live (Probe) when no mount is usable, and writes nothing', async () => {
     const bare = makeScratch('dir');
     const driver = await startDriver({ mounts: { bare: bare.path } });
     try {
-      expect((await driver.client.identity('Probe')).ready.value).toBe(false);
+      // Probe is liveness: a restart cannot bring a share back (readiness: /healthz, metrics.test.ts).
+      expect((await driver.client.identity('Probe')).ready.value).toBe(true);
       expect(readdirSync(bare.path)).toEqual([]);
     } finally {
       await driver.stop();
@@ -82,12 +83,13 @@ describe.skipIf(!isRoot)('readiness without usable mounts', () => {
     }
   });
 
-  it('keeps a node plugin without a usable mount ready, so its liveness probe does not restart it', async () => {
+  it('keeps a node plugin without a usable mount live, offering the share it is configured with', async () => {
     const bare = makeScratch('dir');
     const driver = await startDriver({ mounts: { bare: bare.path }, args: ['--mode', 'node'] });
     try {
       expect((await driver.client.identity('Probe')).ready.value).toBe(true);
-      expect((await driver.client.node('NodeGetInfo')).accessible_topology?.segments ?? {}).toEqual({});
+      // The mountpoint exists: the node has the share, which is down (node/topology.ts).
+      expect((await driver.client.node('NodeGetInfo')).accessible_topology?.segments ?? {}).toEqual({ 'filedriver.dev/mount-bare': 'true' });
       expect(readdirSync(bare.path)).toEqual([]);
     } finally {
       await driver.stop();

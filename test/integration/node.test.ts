@@ -88,7 +88,7 @@ describe.skipIf(!isRoot)('node service', () => {
     return buf;
   }
 
-  it('reports its capabilities and one topology key per usable mount', async () => {
+  it('reports its capabilities and one topology key per configured mount', async () => {
     const caps = await driver.client.node('NodeGetCapabilities');
     expect(caps.capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER']);
     const info = await driver.client.node('NodeGetInfo');

@@ -23,6 +23,20 @@ describe('daemon command line', () => {
     ]);
   });
 
+  it('opens a backing chain as named read-only nodes, bottom first, under the image', () => {
+    const chain = [
+      { node: 'sb', image: '/share/filedriver/snapshots/b/disk.qcow2', format: 'qcow2' as const },
+      { node: 'sa', image: '/share/filedriver/snapshots/a/disk.raw', format: 'raw' as const },
+    ];
+    const argv = daemonArgs('/share/filedriver/volumes/v/disk.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s', chain }, paths, 'io_uring', true);
+    const devs = argv.flatMap((a, i) => (argv[i - 1] === '--blockdev' ? [a] : []));
+    expect(devs.slice(0, 2).map((d) => JSON.parse(d))).toEqual([
+      { driver: 'raw', 'node-name': 'sa', 'read-only': true, file: { driver: 'file', filename: '/share/filedriver/snapshots/a/disk.raw', aio: 'io_uring', cache: { direct: true }, locking: 'on' } },
+      { driver: 'qcow2', 'node-name': 'sb', 'read-only': true, backing: 'sa', file: { driver: 'file', filename: '/share/filedriver/snapshots/b/disk.qcow2', aio: 'io_uring', cache: { direct: true }, locking: 'on' } },
+    ]);
+    expect(devs[3]).toBe('driver=qcow2,node-name=fmt0,file=file0,backing=sb,discard=unmap');
+  });
+
   it('exports a raw image read-only straight from the file node', () => {
     const argv = daemonArgs('/share/disk.raw', { format: 'raw', readOnly: true, stateDir: '/s' }, paths, 'threads', false);
     expect(argv.filter((a) => a.startsWith('driver='))).toEqual([

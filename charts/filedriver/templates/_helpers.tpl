@@ -1,14 +1,25 @@
 {{/* Names and labels. */}}
 {{- define "filedriver.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* At most 50 characters, so "<fullname>-controller" and the like stay DNS labels. */}}
 {{- define "filedriver.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A Service name is a DNS label (63): "-controller-metrics" takes 19. */}}
+{{- define "filedriver.metricsServiceName" -}}
+{{- printf "%s-%s-metrics" (include "filedriver.fullname" .root | trunc 44 | trimSuffix "-") .component -}}
 {{- end -}}
 
 {{- define "filedriver.selectorLabels" -}}
@@ -23,12 +34,59 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* repository:tag, with @digest when one is pinned (the digest is what the runtime pulls). */}}
+{{- define "filedriver.imageRef" -}}
+{{- $ref := printf "%s:%s" .repository .tag -}}
+{{- if .digest }}{{ $ref = printf "%s@%s" $ref .digest }}{{ end -}}
+{{- $ref -}}
+{{- end -}}
+
 {{- define "filedriver.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- include "filedriver.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) -}}
 {{- end -}}
 
 {{- define "filedriver.sidecarImage" -}}
-{{- printf "%s:%s" .image.repository .image.tag -}}
+{{- include "filedriver.imageRef" .image -}}
+{{- end -}}
+
+{{/* image and imagePullPolicy lines of a sidecar container. */}}
+{{- define "filedriver.sidecarImageLines" -}}
+image: {{ include "filedriver.sidecarImage" . }}
+imagePullPolicy: {{ .image.pullPolicy | default "IfNotPresent" }}
+{{- end -}}
+
+{{/*
+The nodes a pod set may run on: linux only (the images are linux/amd64 and
+arm64), plus the admin's selector, which wins on the same key.
+*/}}
+{{- define "filedriver.nodeSelector" -}}
+{{- toYaml (mergeOverwrite (dict "kubernetes.io/os" "linux") (deepCopy (default dict .))) -}}
+{{- end -}}
+
+{{/* Pod template metadata: the chart's labels, then the admin's pod labels and annotations. */}}
+{{- define "filedriver.podMetadata" -}}
+labels:
+  {{- include "filedriver.labels" .root | nindent 2 }}
+  app.kubernetes.io/component: {{ .component }}
+  {{- with .values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Where the host holds a mount: the admin's hostPath, or for an nfs mount the
+directory its share pod binds the export onto (see nfs-shares.yaml).
+*/}}
+{{- define "filedriver.hostPath" -}}
+{{- if .mount.hostPath -}}
+{{- .mount.hostPath -}}
+{{- else -}}
+{{- printf "%s/%s/%s/%s" .root.Values.nfsSharesDir .root.Release.Namespace (include "filedriver.fullname" .root) .mount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -40,44 +98,80 @@ mounted to the driver's mountinfo check. Through the parent, the share is a
 mount point only when the host has it mounted (propagated HostToContainer).
 */}}
 {{- define "filedriver.mountPath" -}}
-{{- if .hostPath -}}
-{{- printf "/filedriver/hosts/%s/%s" .name (base .hostPath) -}}
-{{- else -}}
-{{- printf "/filedriver/mounts/%s" .name -}}
-{{- end -}}
+{{- printf "/filedriver/hosts/%s/%s" .mount.name (base (include "filedriver.hostPath" .)) -}}
 {{- end -}}
 
 {{- define "filedriver.mountArgs" -}}
 {{- range .Values.mounts }}
-- --mount={{ .name }}={{ include "filedriver.mountPath" . }}
+- --mount={{ .name }}={{ include "filedriver.mountPath" (dict "mount" . "root" $) }}
 {{- end }}
 {{- end -}}
 
 {{- define "filedriver.mountVolumeMounts" -}}
 {{- range .Values.mounts }}
 - name: mount-{{ .name }}
-  mountPath: {{ if .hostPath }}/filedriver/hosts/{{ .name }}{{ else }}/filedriver/mounts/{{ .name }}{{ end }}
-  {{- if .hostPath }}
+  mountPath: /filedriver/hosts/{{ .name }}
   mountPropagation: HostToContainer
-  {{- end }}
 {{- end }}
 {{- end -}}
 
 {{- define "filedriver.mountVolumes" -}}
-{{- $root := . -}}
 {{- range .Values.mounts }}
 - name: mount-{{ .name }}
-  {{- if .hostPath }}
   hostPath:
-    path: {{ dir .hostPath }}
+    path: {{ dir (include "filedriver.hostPath" (dict "mount" . "root" $)) }}
     # Created empty where missing: a node without the share then runs and
     # simply does not offer this mount.
     type: DirectoryOrCreate
-  {{- else }}
-  persistentVolumeClaim:
-    claimName: {{ include "filedriver.fullname" $root }}-mount-{{ .name }}
-  {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Node affinity that keeps the controller on a node with every share: the
+topology labels kubelet puts on a node for each share its node plugin offers
+(<driverName>/mount-<name>: "true"), added to each of the admin's terms.
+*/}}
+{{- define "filedriver.controllerAffinity" -}}
+{{- $affinity := deepCopy (default dict .Values.controller.affinity) -}}
+{{- if .Values.controller.followShares -}}
+{{- $exprs := list -}}
+{{- range .Values.mounts -}}
+{{- $exprs = append $exprs (dict "key" (printf "%s/mount-%s" $.Values.driverName .name) "operator" "In" "values" (list "true")) -}}
+{{- end -}}
+{{- $na := default dict (get $affinity "nodeAffinity") -}}
+{{- $required := default dict (get $na "requiredDuringSchedulingIgnoredDuringExecution") -}}
+{{- $terms := list -}}
+{{- range (default (list dict) (get $required "nodeSelectorTerms")) -}}
+{{- $term := deepCopy . -}}
+{{- $_ := set $term "matchExpressions" (concat (default list (get $term "matchExpressions")) $exprs) -}}
+{{- $terms = append $terms $term -}}
+{{- end -}}
+{{- $_ := set $required "nodeSelectorTerms" $terms -}}
+{{- $_ := set $na "requiredDuringSchedulingIgnoredDuringExecution" $required -}}
+{{- $_ := set $affinity "nodeAffinity" $na -}}
+{{- end -}}
+{{- with $affinity -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A leader-elected sidecar's --http-endpoint: its metrics, and a liveness probe
+on /healthz/leader-election, which fails when it stopped renewing its lease
+while it believes it leads (a hung API connection) so kubelet restarts it.
+*/}}
+{{- define "filedriver.sidecarHealth" -}}
+ports:
+  - name: {{ .name }}
+    containerPort: {{ .port }}
+livenessProbe:
+  httpGet:
+    path: /healthz/leader-election
+    port: {{ .name }}
+  initialDelaySeconds: 10
+  periodSeconds: 20
+  timeoutSeconds: 10
+  failureThreshold: 3
 {{- end -}}
 
 {{/* Every controller container: nothing to escalate to, nothing to write but its volumes. */}}
@@ -111,6 +205,9 @@ Checks the schema cannot express; each fails the render with one clear line.
 {{- if not (or .hostPath .nfs) -}}
 {{- fail (printf "mounts: %s needs hostPath (a directory the share is mounted on, on the nodes) or nfs {server, path}" .name) -}}
 {{- end -}}
+{{- if and .nfs (not $.Values.nfsSharesDir) -}}
+{{- fail (printf "mounts: %s is an nfs mount, which needs nfsSharesDir" .name) -}}
+{{- end -}}
 {{- if and .hostPath (or (has ".." (splitList "/" .hostPath)) (has "." (splitList "/" .hostPath))) -}}
 {{- fail (printf "mounts: %s hostPath %s has a . or .. segment; give the plain path (its parent is bound into the pods)" .name .hostPath) -}}
 {{- end -}}
@@ -131,6 +228,40 @@ Checks the schema cannot express; each fails the render with one clear line.
 {{- end -}}
 {{- if gt $defaults 1 -}}
 {{- fail "storageClasses: more than one has default: true" -}}
+{{- end -}}
+{{- $hostPaths := list -}}
+{{- range .Values.mounts }}{{ if .hostPath }}{{ $hostPaths = append $hostPaths .name }}{{ end }}{{ end -}}
+{{- if and $hostPaths (not .Values.controller.followShares) (not .Values.controller.nodeSelector) (not .Values.controller.affinity) (gt (int .Values.controller.replicas) 0) -}}
+{{- fail (printf "controller: hostPath mounts (%s) exist on some nodes only, and nothing places the controller there: keep controller.followShares=true, or set controller.nodeSelector or controller.affinity" (join ", " $hostPaths)) -}}
+{{- end -}}
+{{- $sc := .Values.sidecars -}}
+{{- $ctrlPorts := list (list "sidecars.livenessProbe.healthPort" $sc.livenessProbe.healthPort) (list "sidecars.provisioner.httpPort" $sc.provisioner.httpPort) (list "sidecars.attacher.httpPort" $sc.attacher.httpPort) (list "sidecars.resizer.httpPort" $sc.resizer.httpPort) -}}
+{{- if .Values.snapshots.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "sidecars.snapshotter.httpPort" $sc.snapshotter.httpPort) }}{{ end -}}
+{{- if $sc.healthMonitor.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "sidecars.healthMonitor.httpPort" $sc.healthMonitor.httpPort) }}{{ end -}}
+{{- $nodePorts := list (list "sidecars.livenessProbe.healthPort" $sc.livenessProbe.healthPort) (list "sidecars.nodeDriverRegistrar.httpPort" $sc.nodeDriverRegistrar.httpPort) -}}
+{{- if .Values.metrics.enabled }}{{ $ctrlPorts = append $ctrlPorts (list "metrics.port" .Values.metrics.port) }}{{ $nodePorts = append $nodePorts (list "metrics.port" .Values.metrics.port) }}{{ end -}}
+{{- range list (list "controller" $ctrlPorts) (list "node" $nodePorts) -}}
+{{- $pod := index . 0 -}}
+{{- $seen := dict -}}
+{{- range index . 1 -}}
+{{- $port := toString (index . 1) -}}
+{{- if hasKey $seen $port -}}
+{{- fail (printf "ports: %s and %s are both %s in the %s pod; give each its own" (get $seen $port) (index . 0) $port $pod) -}}
+{{- end -}}
+{{- $_ := set $seen $port (index . 0) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not .Values.metrics.enabled) (or .Values.metrics.service.enabled .Values.metrics.serviceMonitor.enabled) -}}
+{{- fail "metrics: service.enabled or serviceMonitor.enabled needs metrics.enabled=true (the driver serves no metrics without it)" -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
+{{- fail "metrics.serviceMonitor.enabled: the cluster does not serve monitoring.coreos.com/v1 ServiceMonitor; install the Prometheus Operator (e.g. kube-prometheus-stack) first, or with helm template pass --api-versions monitoring.coreos.com/v1/ServiceMonitor" -}}
+{{- end -}}
+{{- if and .Values.volumeAttributesClasses (not (.Capabilities.APIVersions.Has "storage.k8s.io/v1/VolumeAttributesClass")) -}}
+{{- fail "volumeAttributesClasses: the cluster does not serve storage.k8s.io/v1 VolumeAttributesClass (Kubernetes 1.34+); upgrade the cluster or leave the list empty, or with helm template pass --api-versions storage.k8s.io/v1/VolumeAttributesClass" -}}
+{{- end -}}
+{{- if and .Values.snapshots.enabled (eq .Values.snapshots.class.create "always") (not (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass")) -}}
+{{- fail "snapshots.class.create=always: the cluster does not serve snapshot.storage.k8s.io/v1 VolumeSnapshotClass; install the external-snapshotter CRDs (client/config/crd) and snapshot-controller first, use create=auto, or with helm template pass --api-versions snapshot.storage.k8s.io/v1/VolumeSnapshotClass" -}}
 {{- end -}}
 {{- range .Values.volumeAttributesClasses -}}
 {{- if and .mount (not (has .mount $names)) -}}

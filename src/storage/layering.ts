@@ -1,0 +1,131 @@
+/**
+ * A qcow2 snapshot as a layer, on disk. The volume's current image becomes the
+ * snapshot's immutable image and the volume goes on in a fresh overlay backed
+ * by it: nothing is copied, on any filesystem. The steps, each leaving a state
+ * that the next caller (controller or node, after any crash) can read back:
+ *
+ *   1. intent    volumes/<v>/layering.json names the snapshot and the volume's old backing
+ *   2. frozen    snapshots/<s>/ appears whole, its image a hard link to the volume's image
+ *                (the same inode: still written until the switch)
+ *   3. overlay   volumes/<v>/.layer-<s>.qcow2, backed by ../../snapshots/<s>/disk.qcow2
+ *   4. switch    the overlay is renamed over volumes/<v>/disk.qcow2. If a qemu export
+ *                writes the image, it first moves its writes to the overlay
+ *                (blockdev-snapshot); otherwise the rename alone is the switch.
+ *   5. records   volume.json's backing becomes <s>, the snapshot stops being pending,
+ *                the intent goes.
+ *
+ * The switch is visible in the files themselves: it has happened once the
+ * volume's image is no longer the snapshot's inode. Before it, undoing is
+ * removing what was made; after it, finishing is writing the records.
+ */
+import { link, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Layout } from './layout.js';
+import { readJsonFile, readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
+
+export interface LayerIntent {
+  /** The snapshot the volume's current image becomes. */
+  snapshotId: string;
+  /** The volume's backing before the switch: the snapshot's backing after it. */
+  backing: string | null;
+  /** Set by a node that could not switch its export: the controller undoes the snapshot. */
+  error?: string;
+}
+
+export type LayerPhase =
+  /** Nothing frozen yet (the snapshot directory is missing): undo is removing the intent. */
+  | 'intent'
+  /** The snapshot shares the volume's inode, no overlay yet. */
+  | 'frozen'
+  /** The overlay is ready; the switch has not happened. */
+  | 'ready'
+  /** The volume's image is the overlay: only the records are left to write. */
+  | 'switched';
+
+export const intentPath = (layout: Layout, volumeId: string): string => join(layout.volumeDir(volumeId), 'layering.json');
+
+export const overlayPath = (layout: Layout, volumeId: string, snapshotId: string): string =>
+  join(layout.volumeDir(volumeId), `.layer-${snapshotId}.qcow2`);
+
+export const readIntent = (layout: Layout, volumeId: string): Promise<LayerIntent | undefined> => readJsonFile(intentPath(layout, volumeId));
+
+export async function writeIntent(layout: Layout, volumeId: string, intent: LayerIntent): Promise<void> {
+  await writeJsonAtomic(intentPath(layout, volumeId), intent);
+}
+
+export async function removeIntent(layout: Layout, volumeId: string): Promise<void> {
+  await rm(intentPath(layout, volumeId), { force: true });
+}
+
+const inode = async (path: string): Promise<bigint | undefined> =>
+  (await stat(path, { bigint: true }).catch(() => undefined))?.ino;
+
+/** How far the layering of `volumeId` into `intent.snapshotId` got, read from the files. */
+export async function phaseOf(layout: Layout, volumeId: string, intent: LayerIntent): Promise<LayerPhase> {
+  const frozen = await inode(layout.snapshotImage(intent.snapshotId, 'qcow2'));
+  if (frozen === undefined) return 'intent';
+  if ((await inode(layout.imagePath(volumeId, 'qcow2'))) !== frozen) return 'switched';
+  return (await inode(overlayPath(layout, volumeId, intent.snapshotId))) === undefined ? 'frozen' : 'ready';
+}
+
+/** Overlays half-made under a temporary name (a crash while creating one): removed when the layering ends. */
+export async function removeOverlayWork(layout: Layout, volumeId: string, snapshotId: string): Promise<void> {
+  const prefix = `.layer-${snapshotId}.qcow2.`;
+  const names = await readdir(layout.volumeDir(volumeId)).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(prefix)).map((n) => rm(join(layout.volumeDir(volumeId), n), { force: true })));
+}
+
+/** Step 2's image: the volume's own inode under the snapshot's name. */
+export async function linkImage(layout: Layout, volumeId: string, target: string): Promise<void> {
+  await link(layout.imagePath(volumeId, 'qcow2'), target);
+}
+
+/**
+ * Step 4 without qemu, or after qemu switched: the overlay becomes the
+ * volume's image. Only when no process writes the old image any more — its
+ * writes would land in the snapshot. Idempotent: a rename already done (by the
+ * node or the controller) is recognised from the phase.
+ */
+export async function promoteOverlay(layout: Layout, volumeId: string, intent: LayerIntent): Promise<void> {
+  try {
+    await rename(overlayPath(layout, volumeId, intent.snapshotId), layout.imagePath(volumeId, 'qcow2'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' && (await phaseOf(layout, volumeId, intent)) === 'switched') return;
+    throw e;
+  }
+}
+
+/** The overlay's backing reference: relative, valid wherever the mount is mounted. */
+export const overlayBacking = (snapshotId: string): string => Layout.backingRef(snapshotId, 'qcow2');
+
+/** The snapshots whose images lie under a volume's, nearest first, as their records say. */
+export async function chainOf(layout: Layout, backing: string | null): Promise<SnapshotRecord[]> {
+  const chain: SnapshotRecord[] = [];
+  for (let id = backing; id !== null; ) {
+    const r = await readSnapshot(layout.snapshotMeta(id));
+    if (r === undefined) throw new Error(`snapshot ${id} under ${layout.root} is missing; run filedriver doctor`);
+    if (chain.length > 1000) throw new Error(`snapshot ${id} has a backing loop; run filedriver doctor`);
+    chain.push(r);
+    id = r.backing;
+  }
+  return chain;
+}
+
+/**
+ * A merge the controller hands to the node serving volume `top`: stream
+ * snapshot `layer` into `into` (the volume itself or a snapshot in its chain),
+ * which then reads through `backing`. The dependent's header shows when it is
+ * done; a node that fails says so in `error`.
+ */
+export interface MergeRequest {
+  layer: string;
+  into: string;
+  backing: string | null;
+  error?: string;
+}
+
+export const mergePath = (layout: Layout, volumeId: string): string => join(layout.volumeDir(volumeId), 'merging.json');
+export const readMerge = (layout: Layout, volumeId: string): Promise<MergeRequest | undefined> => readJsonFile(mergePath(layout, volumeId));
+export const writeMerge = (layout: Layout, volumeId: string, request: MergeRequest): Promise<void> =>
+  writeJsonAtomic(mergePath(layout, volumeId), request);
+export const removeMerge = (layout: Layout, volumeId: string): Promise<void> => rm(mergePath(layout, volumeId), { force: true });
