@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isAbsolute, normalize } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import { parseDocument } from 'yaml';
 import { isValidMountName } from './domain/ids.js';
 import { isFormat, type Format } from './domain/parameters.js';
 import { GiB, MiB } from './domain/sizes.js';
@@ -72,33 +72,62 @@ export const SETTINGS = {
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 const DRIVER_NAME = /^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$/;
 
-/** Reads the file named by --config / FILEDRIVER_CONFIG into raw settings. */
+/**
+ * The file each layer read by readConfigFile came from, and what was wrong in
+ * it: buildConfig names the file for problems with its values, and lists the
+ * file's own problems with everything else wrong, all at once.
+ */
+const layerFiles = new WeakMap<RawSettings, string>();
+const layerProblems = new WeakMap<RawSettings, string[]>();
+
+/**
+ * Reads the file named by --config / FILEDRIVER_CONFIG into raw settings. A
+ * file that cannot be read or parsed is a ConfigError naming the file; unknown
+ * keys and malformed entries are reported by buildConfig, with every other
+ * problem, each line naming the file.
+ */
 export function readConfigFile(file: string): RawSettings {
-  const data: unknown = parseYaml(readFileSync(file, 'utf8'));
-  if (data === null || data === undefined) return {};
-  if (typeof data !== 'object' || Array.isArray(data)) throw new ConfigError([`${file}: expected a mapping of settings`]);
-  const raw: RawSettings = {};
-  for (const [key, value] of Object.entries(data as Record<string, unknown>)) {
-    if (!(key in SETTINGS)) throw new ConfigError([`${file}: unknown setting ${key}; valid: ${Object.keys(SETTINGS).join(', ')}`]);
-    const k = key as keyof typeof SETTINGS;
-    if (k === 'mounts') raw.mounts = mountsFromFile(value, file);
-    else raw[k] = String(value);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message;
+    throw new ConfigError([`${file}: cannot read the config file: ${why}`]);
   }
+  const doc = parseDocument(text);
+  if (doc.errors.length > 0) throw new ConfigError(doc.errors.map((e) => `${file}: not YAML or JSON: ${(e.message.split('\n')[0] ?? '').replace(/:$/, '')}`));
+  const data: unknown = doc.toJS();
+  const raw: RawSettings = {};
+  layerFiles.set(raw, file);
+  if (data === null || data === undefined) return raw;
+  if (typeof data !== 'object' || Array.isArray(data)) throw new ConfigError([`${file}: expected a mapping of settings`]);
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(data as Record<string, unknown>)) {
+    if (!(key in SETTINGS)) problems.push(`${file}: unknown setting ${key}; valid: ${Object.keys(SETTINGS).join(', ')}`);
+    else if (key === 'mounts') raw.mounts = mountsFromFile(value, file, problems);
+    else if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') raw[key as keyof typeof SETTINGS] = String(value);
+    else problems.push(`${file}: ${key} must be a single value, not ${JSON.stringify(value)}`);
+  }
+  layerProblems.set(raw, problems);
   return raw;
 }
 
-function mountsFromFile(value: unknown, file: string): string[] {
+function mountsFromFile(value: unknown, file: string, problems: string[]): string[] {
+  const scalar = (v: unknown) => typeof v === 'string' || typeof v === 'number';
   if (Array.isArray(value)) {
-    return value.map((m: unknown) => {
-      if (typeof m === 'string') return m;
-      const o = m as { name?: unknown; path?: unknown };
-      return `${String(o.name)}=${String(o.path)}`;
+    return value.flatMap((m: unknown) => {
+      if (typeof m === 'string') return [m];
+      const o = (m ?? {}) as { name?: unknown; path?: unknown };
+      if (scalar(o.name) && scalar(o.path)) return [`${String(o.name)}=${String(o.path)}`];
+      problems.push(`${file}: mounts entry ${JSON.stringify(m)} must be NAME=PATH or {name, path}`);
+      return [];
     });
   }
   if (value !== null && typeof value === 'object') {
     return Object.entries(value as Record<string, unknown>).map(([n, p]) => `${n}=${String(p)}`);
   }
-  throw new ConfigError([`${file}: mounts must be a list of {name, path} or a mapping NAME: PATH`]);
+  problems.push(`${file}: mounts must be a list of {name, path} or a mapping NAME: PATH`);
+  return [];
 }
 
 export function envSettings(env: NodeJS.ProcessEnv): RawSettings {
@@ -122,7 +151,20 @@ function parseSize(text: string): bigint | undefined {
 /** Merges the layers (later wins) and validates. Throws ConfigError listing every problem. */
 export function buildConfig(...layers: RawSettings[]): Config {
   const raw: RawSettings = Object.assign({}, ...layers) as RawSettings;
-  const problems: string[] = [];
+  const problems: string[] = layers.flatMap((layer) => layerProblems.get(layer) ?? []);
+  // A problem with a value from a config file names the file and the file's key, not the flag.
+  const fileOf: Partial<Record<keyof typeof SETTINGS, string>> = {};
+  for (const layer of layers) {
+    for (const k of Object.keys(layer) as (keyof typeof SETTINGS)[]) {
+      const file = layerFiles.get(layer);
+      if (file === undefined) delete fileOf[k];
+      else fileOf[k] = file;
+    }
+  }
+  const problem = (k: keyof typeof SETTINGS, text: string): void => {
+    const file = fileOf[k];
+    problems.push(file === undefined ? text : `${file}: ${text.replace(new RegExp(`--${SETTINGS[k].flag}\\b`, 'g'), k)}`);
+  };
   const str = (k: keyof typeof SETTINGS): string | undefined => {
     const v = raw[k];
     return Array.isArray(v) ? v[v.length - 1] : v;
@@ -130,34 +172,34 @@ export function buildConfig(...layers: RawSettings[]): Config {
 
   const endpoint = str('endpoint') ?? '';
   let socketPath = '';
-  if (endpoint === '') problems.push('--endpoint is required (unix:///abs/path/csi.sock)');
+  if (endpoint === '') problem('endpoint', '--endpoint is required (unix:///abs/path/csi.sock)');
   else if (!endpoint.startsWith('unix://') || !isAbsolute(endpoint.slice('unix://'.length))) {
-    problems.push(`--endpoint ${endpoint} must be unix:// followed by an absolute path`);
+    problem('endpoint', `--endpoint ${endpoint} must be unix:// followed by an absolute path`);
   } else socketPath = endpoint.slice('unix://'.length);
 
   const mode = str('mode') ?? 'all';
-  if (!['all', 'controller', 'node'].includes(mode)) problems.push(`--mode ${mode} must be all, controller or node`);
+  if (!['all', 'controller', 'node'].includes(mode)) problem('mode', `--mode ${mode} must be all, controller or node`);
 
   const driverName = str('driverName') ?? 'filedriver.dev';
-  if (!DRIVER_NAME.test(driverName)) problems.push(`--driver-name ${driverName} must be a domain-style name of at most 63 characters`);
+  if (!DRIVER_NAME.test(driverName)) problem('driverName', `--driver-name ${driverName} must be a domain-style name of at most 63 characters`);
 
   const defaultFormat = str('defaultFormat') ?? 'qcow2';
-  if (!isFormat(defaultFormat)) problems.push(`--default-format ${defaultFormat} must be qcow2 or raw`);
+  if (!isFormat(defaultFormat)) problem('defaultFormat', `--default-format ${defaultFormat} must be qcow2 or raw`);
 
   const logLevel = str('logLevel') ?? 'info';
-  if (!LOG_LEVELS.includes(logLevel)) problems.push(`--log-level ${logLevel} must be one of ${LOG_LEVELS.join(', ')}`);
+  if (!LOG_LEVELS.includes(logLevel)) problem('logLevel', `--log-level ${logLevel} must be one of ${LOG_LEVELS.join(', ')}`);
 
-  const mounts = parseMounts(raw.mounts, problems);
+  const mounts = parseMounts(raw.mounts, (text) => problem('mounts', text));
 
   const defaultSizeText = str('defaultSize') ?? '1Gi';
   const defaultSizeBytes = parseSize(defaultSizeText);
-  if (defaultSizeBytes === undefined || defaultSizeBytes < MiB) problems.push(`--default-size ${defaultSizeText} must be at least 1Mi (e.g. 1Gi)`);
+  if (defaultSizeBytes === undefined || defaultSizeBytes < MiB) problem('defaultSize', `--default-size ${defaultSizeText} must be at least 1Mi (e.g. 1Gi)`);
 
   const number = (k: keyof typeof SETTINGS, def: number, ok: (n: number) => boolean, rule: string): number => {
     const text = str(k);
     if (text === undefined) return def;
     const n = Number(text);
-    if (text.trim() === '' || !Number.isFinite(n) || !ok(n)) problems.push(`--${SETTINGS[k].flag} ${text} must be ${rule}`);
+    if (text.trim() === '' || !Number.isFinite(n) || !ok(n)) problem(k, `--${SETTINGS[k].flag} ${text} must be ${rule}`);
     return n;
   };
   const overSubscription = number('overSubscription', 1, (n) => n > 0, 'a number above 0 (1.0 = no over-commit)');
@@ -165,13 +207,13 @@ export function buildConfig(...layers: RawSettings[]): Config {
   const healthCacheSeconds = number('healthCacheSeconds', 2, (n) => n >= 0 && n <= 300, 'between 0 and 300');
 
   const kubeletDir = str('kubeletDir') ?? '/var/lib/kubelet';
-  if (!isAbsolute(kubeletDir)) problems.push(`--kubelet-dir ${kubeletDir} must be an absolute path`);
+  if (!isAbsolute(kubeletDir)) problem('kubeletDir', `--kubelet-dir ${kubeletDir} must be an absolute path`);
   const nodeId = str('nodeId') ?? hostname();
-  if (nodeId === '' || nodeId.length > 256) problems.push('--node-id must be 1-256 characters');
+  if (nodeId === '' || nodeId.length > 256) problem('nodeId', '--node-id must be 1-256 characters');
   const metricsText = str('metricsAddress');
   const metricsAddress = metricsText === undefined ? undefined : parseListenAddress(metricsText);
   if (metricsText !== undefined && metricsAddress === undefined) {
-    problems.push(`--metrics-address ${metricsText} must be HOST:PORT (e.g. 0.0.0.0:9810, [::1]:9810 or :9810), port 0-65535`);
+    problem('metricsAddress', `--metrics-address ${metricsText} must be HOST:PORT (e.g. 0.0.0.0:9810, [::1]:9810 or :9810), port 0-65535`);
   }
 
   if (problems.length > 0) throw new ConfigError(problems);
@@ -202,24 +244,24 @@ export function parseListenAddress(text: string): ListenAddress | undefined {
   return { host: m[1] ?? m[2] ?? '', port };
 }
 
-function parseMounts(value: string | string[] | undefined, problems: string[]): MountConfig[] {
+function parseMounts(value: string | string[] | undefined, problem: (text: string) => void): MountConfig[] {
   const items = value === undefined ? [] : Array.isArray(value) ? value : [value];
-  if (items.length === 0) problems.push('at least one --mount NAME=PATH is required');
+  if (items.length === 0) problem('at least one --mount NAME=PATH is required');
   const mounts: MountConfig[] = [];
   for (const item of items) {
     const eq = item.indexOf('=');
     const name = eq < 0 ? '' : item.slice(0, eq);
     const path = eq < 0 ? '' : item.slice(eq + 1);
-    if (eq < 0) problems.push(`--mount ${item} must be NAME=PATH`);
-    else if (!isValidMountName(name)) problems.push(`--mount ${item}: name ${JSON.stringify(name)} must be 1-40 of a-z 0-9 - (not starting or ending with -)`);
-    else if (!isAbsolute(path)) problems.push(`--mount ${item}: path must be absolute`);
-    else if (mounts.some((m) => m.name === name)) problems.push(`--mount ${name} is given twice`);
+    if (eq < 0) problem(`--mount ${item} must be NAME=PATH`);
+    else if (!isValidMountName(name)) problem(`--mount ${item}: name ${JSON.stringify(name)} must be 1-40 of a-z 0-9 - (not starting or ending with -)`);
+    else if (!isAbsolute(path)) problem(`--mount ${item}: path must be absolute`);
+    else if (mounts.some((m) => m.name === name)) problem(`--mount ${name} is given twice`);
     else {
       const clean = normalize(path).replace(/\/+$/, '') || '/';
       // One share under two names, or one inside another, would count its space twice and
       // show one driver tree under two names.
       const clash = mounts.find((m) => m.path === clean || isInside(m.path, clean) || isInside(clean, m.path));
-      if (clash !== undefined) problems.push(`--mount ${name}=${path} overlaps --mount ${clash.name}=${clash.path}; each share once, none inside another`);
+      if (clash !== undefined) problem(`--mount ${name}=${path} overlaps --mount ${clash.name}=${clash.path}; each share once, none inside another`);
       else mounts.push({ name, path: clean });
     }
   }

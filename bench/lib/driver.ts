@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { connect as connectCsi, type CsiClient } from '../../src/csi/client.js';
+import { connect as connectCsi, type CsiClient } from '../../demo/client.js';
 import { packageRoot } from '../../src/csi/proto.js';
 import type { Cleanup } from './cleanup.js';
 import { sleep } from './sh.js';

@@ -1,10 +1,10 @@
 /** `filedriver serve`: the CSI server. */
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { buildApp } from '../app.js';
 import { buildConfig, envSettings, readConfigFile, SETTINGS, type Config, type RawSettings } from '../config.js';
 import { startServer } from '../csi/server.js';
 import { startMetricsServer } from '../metrics.js';
+import { parseCommand } from './context.js';
 
 const FLAG_OPTIONS = {
   ...Object.fromEntries(
@@ -28,12 +28,12 @@ export function serveHelp(): string {
 }
 
 /**
- * serve's flags, environment and --config file → Config, or 'help'. Throws on
- * an unknown flag or invalid settings. Also how the deployment tests check the
- * manifests' container args.
+ * serve's flags, environment and --config file → Config, or 'help'. Throws a
+ * ConfigError (exit 2) on an unknown flag, an unreadable config file or invalid
+ * settings. Also how the deployment tests check the manifests' container args.
  */
 export function parseServe(argv: string[], env: NodeJS.ProcessEnv): Config | 'help' {
-  const { values } = parseArgs({ args: argv, options: FLAG_OPTIONS, strict: true, allowPositionals: false });
+  const { values } = parseCommand('serve', { args: argv, options: FLAG_OPTIONS, strict: true, allowPositionals: false });
   if (values['help'] === true) return 'help';
   const flags: RawSettings = {};
   for (const [key, spec] of Object.entries(SETTINGS) as [keyof typeof SETTINGS, { flag: string }][]) {

@@ -46,13 +46,13 @@ function stages(): { args: Record<string, string>; stages: Stage[] } {
 
 /**
  * Executables the driver runs: first elements of argv-like arrays in src/
- * (the demo excepted: it is not run in a cluster) that name a program on this
- * machine, where scripts/install-deps.sh installed everything the tests run.
+ * (the demo lives outside it: it is not run in a cluster) that name a program
+ * on this machine, where scripts/install-deps.sh installed everything the tests run.
  */
 function toolsInSource(): string[] {
   const files = (dir: string): string[] =>
     readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-      e.isDirectory() ? (e.name === 'demo' ? [] : files(join(dir, e.name))) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
+      e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
     );
   const names = new Set<string>();
   for (const f of files(join(ROOT, 'src'))) {

@@ -145,9 +145,9 @@ export function checkInstall(objects: K8s[]): Install {
   }
 
   // Sockets: every sidecar reaches the driver's socket through the same volume.
-  const socketVolume = (pod: K8s, c: K8s, socket: string) => mountsOf(c).find((x) => posix.join(x['mountPath'], 'csi.sock') === socket)?.['name'] as string | undefined;
+  const socketVolume = (c: K8s, socket: string) => mountsOf(c).find((x) => posix.join(x['mountPath'], 'csi.sock') === socket)?.['name'] as string | undefined;
   for (const [pod, c, config] of [[ctrlPod, ctrl, controller], [nodePod, node, nodeConfig]] as const) {
-    const vol = socketVolume(pod, c, config.socketPath);
+    const vol = socketVolume(c, config.socketPath);
     if (vol === undefined) {
       problems.push(`${c['name']}: socket ${config.socketPath} is on no volume`);
       continue;
@@ -164,7 +164,7 @@ export function checkInstall(objects: K8s[]): Install {
   const pluginSocket = `${kubelet}/plugins/${name}/csi.sock`;
   const registrar = container(nodePod, 'node-driver-registrar');
   if (flag(registrar, 'kubelet-registration-path') !== pluginSocket) problems.push(`registrar registers ${String(flag(registrar, 'kubelet-registration-path'))}, not ${pluginSocket}`);
-  const socketHost = volumeOf(nodePod, socketVolume(nodePod, node, nodeConfig.socketPath) ?? '')?.['hostPath']?.path;
+  const socketHost = volumeOf(nodePod, socketVolume(node, nodeConfig.socketPath) ?? '')?.['hostPath']?.path;
   if (socketHost !== dirname(pluginSocket)) problems.push(`node socket directory is ${String(socketHost)} on the host, not ${dirname(pluginSocket)}`);
   const regMount = mountsOf(registrar).find((m) => m['mountPath'] === '/registration');
   if (volumeOf(nodePod, regMount?.['name'] ?? '')?.['hostPath']?.path !== `${kubelet}/plugins_registry`) problems.push('registrar does not see the kubelet plugins_registry');

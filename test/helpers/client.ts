@@ -4,7 +4,7 @@
  */
 import type { ServiceError } from '@grpc/grpc-js';
 
-export { connect, type Call, type CsiClient } from '../../src/csi/client.js';
+export { connect, type Call, type CsiClient } from '../../demo/client.js';
 
 /** The gRPC status code a call failed with (or 'OK'). */
 export async function codeOf(p: Promise<unknown>): Promise<number | 'OK'> {

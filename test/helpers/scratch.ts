@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sweepHolders } from './holders.js';
 
 export interface Scratch {
   /** The mount point. */
@@ -42,7 +43,14 @@ export function makeScratch(kind: ScratchKind, sizeMiB = 512): Scratch {
       try {
         sh('umount', [path]);
       } catch {
-        sh('umount', ['-l', path]);
+        // Busy: a failed test left something on the share (a qemu export, a loop device, a mount).
+        // Free it first; a lazy unmount alone would leave this loop device attached for good.
+        sweepHolders((text) => text.startsWith(`${path}/`) || text.includes(` ${path}/`) || text.includes(`=${path}/`));
+        try {
+          sh('umount', [path]);
+        } catch {
+          sh('umount', ['-l', path]);
+        }
       }
       rmSync(base, { recursive: true, force: true });
     },

@@ -29,6 +29,23 @@ export interface DriverOptions {
   dir?: string;
 }
 
+/** Drivers started in this test file and not yet exited. */
+const running = new Set<ChildProcess>();
+
+/**
+ * SIGKILLs the drivers this file started and never stopped (a test failed
+ * before its stop), and names them. Run after each file (setup-file.ts).
+ */
+export async function killStrayDrivers(): Promise<string[]> {
+  const strays = [...running];
+  for (const child of strays) {
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) await gone;
+  }
+  return strays.map((c) => `pid ${String(c.pid)}: ${c.spawnargs.slice(1).join(' ')}`);
+}
+
 export async function startDriver(options: DriverOptions): Promise<Driver> {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'fdtest-sock-'));
   const socket = join(dir, 'csi.sock');
@@ -44,11 +61,14 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
   const log = createWriteStream(logFile);
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
+  running.add(child);
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  child.once('exit', () => running.delete(child));
   // Ready means answering: a crashed predecessor may have left its socket file behind.
   const client = connect(endpoint);
   let up = false;
-  for (let i = 0; i < 200 && !up && child.exitCode === null; i++) {
+  // Start-up takes as long as a busy machine makes it; the bound (below vitest's hook timeout) only stops a hang.
+  for (const end = Date.now() + 45_000; !up && child.exitCode === null && Date.now() < end; ) {
     if (existsSync(socket)) up = await client.identity('Probe').then(() => true, () => false);
     if (!up) await new Promise((r) => setTimeout(r, 50));
   }

@@ -14,6 +14,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
+import { untilExited } from '../helpers/wait.js';
 
 interface Result {
   code: number;
@@ -81,7 +82,8 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const pid = Number(readFileSync(pidfile, 'utf8').trim());
     return async () => {
       process.kill(pid, 'SIGTERM');
-      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+      // Its image lock goes when it has exited.
+      await untilExited(pid);
     };
   };
 
@@ -424,12 +426,3 @@ describe.skipIf(!isRoot)('admin commands', () => {
     expect(after.code).toBe(0);
   });
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -15,6 +15,7 @@ import { makeLoopDevices } from '../../src/system/loop-devices.js';
 import { makeQemuExports } from '../../src/system/qemu-export.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch } from '../helpers/scratch.js';
+import { untilExited } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -136,14 +137,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     cleanups.push(async () => {
       process.kill(pid, 'SIGKILL');
       // Gone, or a zombie nobody reaps (the daemon's parent is whatever PID 1 is here).
-      const alive = () => {
-        try {
-          return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-        } catch {
-          return false;
-        }
-      };
-      for (let i = 0; i < 100 && alive(); i++) await new Promise((r) => setTimeout(r, 20));
+      await untilExited(pid);
       await fs.unmount(exp);
     });
     const dev = await loops.attach(exp, { readOnly: true, directIo: false });
@@ -207,7 +201,8 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     const dev = await loops.attach(h.exportFile, { readOnly: false, directIo: false });
     cleanups.push(() => loops.detach(dev.device));
     process.kill(h.pid, 'SIGKILL');
-    for (let i = 0; i < 100 && (await exportsA.isAlive(h)); i++) await new Promise((r) => setTimeout(r, 20));
+    await untilExited(h.pid);
+    expect(await exportsA.isAlive(h)).toBe(false);
     expect(await fs.isMountPoint(h.exportFile)).toBe(true);
     await fs.unmount(h.exportFile); // busy (the loop) and stale (ENOTCONN): umount -l
     expect(await fs.isMountPoint(h.exportFile)).toBe(false);

@@ -13,6 +13,7 @@ import { makeRunner } from '../../src/system/command.js';
 import { makeLoopDevices } from '../../src/system/loop-devices.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { until } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
 
@@ -120,7 +121,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('loop devices (real losetup)', (
     } finally {
       execFileSync('umount', [mnt]);
     }
-    for (let i = 0; i < 50 && (await loops.findByFile(file)).length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await until(`the kernel has freed the loop device of ${file}`, async () => (await loops.findByFile(file)).length === 0);
     expect(await loops.findByFile(file)).toEqual([]);
   });
 
@@ -141,7 +142,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('loop devices (real losetup)', (
     expect(found).toEqual([{ ...dev, backingDeleted: true }]);
     // udev may still be probing the new device: then the kernel frees it at its last close.
     expect(['detached', 'deferred']).toContain(await loops.detach(dev.device));
-    for (let i = 0; i < 100 && (await loops.findByFile(file)).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    await until(`the kernel has freed the loop device of ${file}`, async () => (await loops.findByFile(file)).length === 0);
     expect(await loops.findByFile(file)).toEqual([]);
   });
 });

@@ -2,8 +2,7 @@
  * `serve --metrics-address`: the real driver, real RPCs over the socket, then a
  * real HTTP scrape of /metrics and /healthz, checked series by series.
  */
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -11,18 +10,24 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseListenAddress } from '../../src/config.js';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB } from '../helpers/csi.js';
-import { kubeletPaths } from '../helpers/node.js';
+import { kubeletPaths, useNodeCleanup } from '../helpers/node.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { until } from '../helpers/wait.js';
 
-/** A port nobody listens on right now (the driver binds it a moment later). */
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
+/**
+ * Where a driver started with `--metrics-address 127.0.0.1:0` serves: the port
+ * it was given, from its log. (A port found free beforehand may be taken by
+ * another process on a busy machine before the driver binds it.)
+ */
+async function metricsBase(d: Driver): Promise<string> {
+  let address: string | undefined;
+  await until('the driver logs its metrics address', () => {
+    address = /"metricsAddress":"([^"]+)"/.exec(readFileSync(d.logFile, 'utf8'))?.[1];
+    return address !== undefined;
+  });
+  return `http://${address ?? ''}`;
 }
 
 /** The value of one series in Prometheus text format, or undefined when absent. */
@@ -61,12 +66,11 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     share = makeScratch('ext4', 256);
     bare = makeScratch('dir'); // not a mount point: never usable
     kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
     driver = await startDriver({
       mounts: { a: share.path },
-      args: ['--metrics-address', `127.0.0.1:${port}`, '--kubelet-dir', kubelet, '--health-cache-seconds', '0'],
+      args: ['--metrics-address', '127.0.0.1:0', '--kubelet-dir', kubelet, '--health-cache-seconds', '0'],
     });
+    base = await metricsBase(driver);
   });
   afterAll(async () => {
     await driver?.stop();
@@ -74,6 +78,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     bare?.cleanup();
     rmSync(kubelet, { recursive: true, force: true });
   });
+  const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));
 
   it('counts and times RPCs, attaches and detaches, and reads the mounts on scrape', async () => {
     const c = driver.client.controller;
@@ -86,6 +91,7 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
 
     const pub = await c('ControllerPublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a', volume_capability: cap });
     const staging = kubeletPaths(kubelet, 'pvc-raw').staging;
+    cleanup.staged('pvc-raw', staging);
     await driver.client.node('NodeStageVolume', { volume_id: 'pvc-raw', staging_target_path: staging, volume_capability: cap, publish_context: pub.publish_context });
     await driver.client.node('NodeUnstageVolume', { volume_id: 'pvc-raw', staging_target_path: staging });
     await c('ControllerUnpublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a' });
@@ -124,14 +130,14 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
   });
 
   it('reports an unmounted share as unusable and not ready (yet live), and stops serving on SIGTERM', async () => {
-    const port = await freePort();
-    const lonely = await startDriver({ mounts: { gone: bare.path }, args: ['--metrics-address', `127.0.0.1:${port}`] });
+    const lonely = await startDriver({ mounts: { gone: bare.path }, args: ['--metrics-address', '127.0.0.1:0'] });
+    const at = await metricsBase(lonely);
     try {
       expect((await lonely.client.identity('Probe')).ready.value).toBe(true);
-      const res = await fetch(`http://127.0.0.1:${port}/healthz`);
+      const res = await fetch(`${at}/healthz`);
       expect(res.status).toBe(503);
       expect(await res.text()).toMatch(/no usable mount/);
-      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const text = await (await fetch(`${at}/metrics`)).text();
       expect(sample(text, 'filedriver_mount_usable', { mount: 'gone' })).toBe(0);
       // An empty local directory says nothing about the share: no figures rather than zeros.
       expect(sample(text, 'filedriver_mount_free_bytes', { mount: 'gone' })).toBeUndefined();
@@ -140,6 +146,6 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     } finally {
       expect(await lonely.stop()).toBe(0);
     }
-    await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+    await expect(fetch(`${at}/healthz`)).rejects.toThrow();
   });
 });

@@ -7,12 +7,13 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
-import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
+import { kubeletPaths, useNodeCleanup, useNodeRig, volumeLeftovers } from '../helpers/node.js';
 import { isRoot } from '../helpers/root.js';
 
 describe.skipIf(!isRoot)('node mount options', () => {
   const rig = useNodeRig(2048);
-
+  const cleanup = useNodeCleanup(() => rig.scope());
+  const leftovers = (id: string) => volumeLeftovers(rig.scope(), id);
 
   // mkfs.xfs needs 300 MiB at least.
   async function provision(name: string, cap: object, sizeBytes = 320n * MiB): Promise<string> {
@@ -21,13 +22,15 @@ describe.skipIf(!isRoot)('node mount options', () => {
     return name;
   }
   const staging = (id: string) => kubeletPaths(rig.kubelet, id).staging;
-  const stage = (id: string, cap: object, readonly = false) =>
-    rig.driver.client.node('NodeStageVolume', {
+  const stage = (id: string, cap: object, readonly = false) => {
+    cleanup.staged(id, staging(id));
+    return rig.driver.client.node('NodeStageVolume', {
       volume_id: id,
       staging_target_path: staging(id),
       volume_capability: cap,
       publish_context: { readonly: String(readonly) },
     });
+  };
   const unstage = (id: string) => rig.driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging(id) });
   const image = (id: string) => join(rig.share.path, 'filedriver/volumes', id, 'disk.raw');
   const mountOptions = (path: string) =>
@@ -96,6 +99,7 @@ describe.skipIf(!isRoot)('node mount options', () => {
     await stage(id, cap);
     const target = kubeletPaths(rig.kubelet, id).target;
     mkdirSync(target, { recursive: true });
+    cleanup.published(id, target);
     execFileSync('mount', ['--bind', staging(id), target]); // the bind, without its read-only remount
     const req = { volume_id: id, staging_target_path: staging(id), target_path: target, volume_capability: cap, readonly: true };
     await rig.driver.client.node('NodePublishVolume', req);

@@ -15,30 +15,34 @@ import { makeRunner } from '../../src/system/command.js';
 import { makeQemuExports } from '../../src/system/qemu-export.js';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB } from '../helpers/csi.js';
-import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
+import { kubeletPaths, useNodeCleanup, useNodeRig, volumeLeftovers } from '../helpers/node.js';
 import { isRoot } from '../helpers/root.js';
 
 describe.skipIf(!isRoot)('node service recovery', () => {
   const rig = useNodeRig(1024);
   const stateDir = () => join(rig.kubelet, 'plugins/filedriver.dev');
-  const leftFor = (id: string) => [...leftovers(id), ...leftovers(rig.kubelet)];
-
+  const leftFor = (id: string) => volumeLeftovers(rig.scope(), id);
+  const cleanup = useNodeCleanup(() => rig.scope());
 
   async function provision(name: string, format: string, cap: object): Promise<string> {
     await rig.driver.client.controller('CreateVolume', createRequest(name, { parameters: { format }, volume_capabilities: [cap] }));
     return name;
   }
   const paths = (id: string) => kubeletPaths(rig.kubelet, id);
-  const stage = (id: string, cap: object) =>
-    rig.driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
+  const stage = (id: string, cap: object) => {
+    cleanup.staged(id, paths(id).staging);
+    return rig.driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
+  };
   const unstage = (id: string) => rig.driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
-  const publishBlock = (id: string) =>
-    rig.driver.client.node('NodePublishVolume', {
+  const publishBlock = (id: string) => {
+    cleanup.published(id, paths(id).device);
+    return rig.driver.client.node('NodePublishVolume', {
       volume_id: id,
       staging_target_path: paths(id).staging,
       target_path: paths(id).device,
       volume_capability: blockCap(),
     });
+  };
   const unpublishBlock = (id: string) => rig.driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).device });
   const record = (id: string) => JSON.parse(readFileSync(join(stateDir(), 'volumes', id, 'stage.json'), 'utf8'));
   const image = (id: string, format = 'raw') => join(rig.share.path, 'filedriver/volumes', id, `disk.${format}`);
@@ -97,6 +101,7 @@ describe.skipIf(!isRoot)('node service recovery', () => {
 
   it('stops an export a crash left unrecorded (started, record not yet written) when unstaging', async () => {
     const id = await provision('pvc-unrecorded', 'qcow2', blockCap());
+    cleanup.staged(id, paths(id).staging);
     const state = new StageState(stateDir());
     const silent = pino({ level: 'silent' });
     const h = await makeQemuExports(makeRunner(silent), silent).start(image(id, 'qcow2'), {

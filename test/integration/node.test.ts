@@ -12,10 +12,12 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
-import { kubeletPaths, leftovers } from '../helpers/node.js';
+import { kubeletPaths, releaseRig, useNodeCleanup, volumeLeftovers, volumeMatcher } from '../helpers/node.js';
+import { holders, sweepHolders } from '../helpers/holders.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { untilExited } from '../helpers/wait.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -23,8 +25,8 @@ describe.skipIf(!isRoot)('node service', () => {
   let share: Scratch;
   let kubelet: string;
   let driver: Driver;
-  // Exports and state live under the kubelet dir; raw loops name the image (and so the id).
-  const leftFor = (id: string) => [...leftovers(id), ...leftovers(kubelet)];
+  // What still holds this volume: its own paths only, so one test's failure is not every later test's.
+  const leftFor = (id: string) => volumeLeftovers({ kubelet, shares: [share.path] }, id);
   // Thin volumes here grow past the scratch share's size: allow over-commit.
   const start = () => startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'] });
 
@@ -36,9 +38,10 @@ describe.skipIf(!isRoot)('node service', () => {
   });
   afterAll(async () => {
     await driver?.stop();
-    share?.cleanup();
-    rmSync(kubelet, { recursive: true, force: true });
+    releaseRig(kubelet, share);
   });
+  // After each test, whatever happened: what it staged and published is undone, and checked gone.
+  const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));
 
   async function provision(name: string, format: string, cap: object, sizeBytes = 64n * MiB) {
     const res = await driver.client.controller(
@@ -48,18 +51,22 @@ describe.skipIf(!isRoot)('node service', () => {
     const pub = await driver.client.controller('ControllerPublishVolume', { volume_id: name, node_id: 'node-a', volume_capability: cap });
     return { id: res.volume.volume_id as string, context: pub.publish_context as Record<string, string> };
   }
-  const stage = (id: string, cap: object, context: Record<string, string> = {}) =>
-    driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging, volume_capability: cap, publish_context: context });
+  const stage = (id: string, cap: object, context: Record<string, string> = {}) => {
+    cleanup.staged(id, kubeletPaths(kubelet, id).staging);
+    return driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging, volume_capability: cap, publish_context: context });
+  };
   const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging });
   const target = (id: string, block: boolean) => (block ? kubeletPaths(kubelet, id).device : kubeletPaths(kubelet, id).target);
-  const publish = (id: string, cap: object, block: boolean, readonly = false) =>
-    driver.client.node('NodePublishVolume', {
+  const publish = (id: string, cap: object, block: boolean, readonly = false) => {
+    cleanup.published(id, target(id, block));
+    return driver.client.node('NodePublishVolume', {
       volume_id: id,
       staging_target_path: kubeletPaths(kubelet, id).staging,
       target_path: target(id, block),
       volume_capability: cap,
       readonly,
     });
+  };
   const unpublish = (id: string, block: boolean) => driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target(id, block) });
 
   function writeData(id: string, block: boolean, data: Buffer): void {
@@ -155,6 +162,8 @@ describe.skipIf(!isRoot)('node service', () => {
     await publish(id, cap, true);
     const record = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes', id, 'stage.json'), 'utf8'));
     process.kill(record.export.pid, 'SIGKILL');
+    // A killed process stays runnable until the scheduler lets it die: ask once it has.
+    await untilExited(record.export.pid);
     const stats = await driver.client.node('NodeGetVolumeStats', { volume_id: id, volume_path: target(id, true) });
     expect(stats.volume_condition.abnormal).toBe(true);
     expect(stats.volume_condition.message).toMatch(/not running/);
@@ -266,9 +275,8 @@ describe.skipIf(!isRoot)('node service', () => {
       expect(stats.volume_condition.abnormal).toBe(false);
       await unpublish(v.id, false);
       await unstage(v.id);
-      expect(leftovers(v.id)).toEqual([]);
+      expect(leftFor(v.id)).toEqual([]);
     }
-    expect(leftovers(kubelet)).toEqual([]);
   });
 
   it.each([
@@ -304,11 +312,16 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
       expect(err.code).toBe(status.FAILED_PRECONDITION);
       expect(err.details).toMatch(/lock|in use/);
       expect(err.details).toMatch(/published to node\(s\) node-a/);
-      expect(leftovers(kubeletB)).toEqual([]);
+      // Node B's own paths only: node A holds the same image, legitimately.
+      expect(holders((t) => t.includes(kubeletB))).toEqual([]);
       await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(kubeletA, 'pvc-locked').staging });
-      expect(leftovers(kubeletA)).toEqual([]);
+      expect(volumeLeftovers({ kubelet: kubeletA, shares: [share.path] }, 'pvc-locked')).toEqual([]);
       await a.client.controller('ControllerUnpublishVolume', { volume_id: 'pvc-locked', node_id: 'node-a' });
     } finally {
+      // A failure above must not leave node A's export holding the share.
+      const staging = kubeletPaths(kubeletA, 'pvc-locked').staging;
+      await a.client.node('NodeUnstageVolume', { volume_id: 'pvc-locked', staging_target_path: staging }).catch(() => undefined);
+      sweepHolders(volumeMatcher({ kubelet: kubeletA, shares: [share.path] }, 'pvc-locked'));
       await a.stop();
       await b.stop();
       share.cleanup();

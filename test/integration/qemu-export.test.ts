@@ -17,6 +17,7 @@ import { readMountInfo, mountAt } from '../../src/system/mountinfo.js';
 import { makeQemuExports, type ExportHandle, type QemuExports } from '../../src/system/qemu-export.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
+import { untilExited } from '../helpers/wait.js';
 
 const MiB = 1024n * 1024n;
 const fresh = (): QemuExports => makeQemuExports(makeRunner(pino({ level: 'silent' })), pino({ level: 'silent' }));
@@ -178,7 +179,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('qemu-storage-daemon FUSE export
     const h = await start(qcow2(dir, 32n * MiB), join(dir, 'state'));
     const device = await attach(h.exportFile);
     process.kill(h.pid, 'SIGKILL');
-    for (let i = 0; i < 100 && qemuRunning(h.pidFile); i++) await new Promise((r) => setTimeout(r, 20));
+    await untilExited(h.pid);
     expect(await exportsA.isAlive(h)).toBe(false);
     expect(await mounted(h.exportFile)).toBe(true); // stale: "Transport endpoint is not connected"
     await fresh().stop(h);

@@ -2,7 +2,7 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Runner } from '../system/command.js';
+import type { Runner } from '../src/system/command.js';
 
 export interface ScratchShare {
   path: string;

@@ -7,11 +7,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { buildApp } from '../app.js';
-import { buildConfig } from '../config.js';
-import { connect } from '../csi/client.js';
-import { startServer } from '../csi/server.js';
-import { makeRunner } from '../system/command.js';
+import { buildApp } from '../src/app.js';
+import { buildConfig } from '../src/config.js';
+import { connect } from './client.js';
+import { startServer } from '../src/csi/server.js';
+import { makeRunner } from '../src/system/command.js';
 import { makeScratchShare } from './scratch.js';
 import { nodeSteps } from './node-steps.js';
 

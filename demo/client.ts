@@ -5,7 +5,7 @@
  * ServiceError (code, details), its message prefixed with the method.
  */
 import { credentials, type Client, type ServiceError } from '@grpc/grpc-js';
-import { loadCsi } from './proto.js';
+import { loadCsi } from '../src/csi/proto.js';
 
 // `any` fields: the demo and the tests read replies field by field.
 export type Call = (method: string, request?: object) => Promise<Record<string, any>>;

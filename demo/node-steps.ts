@@ -2,7 +2,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Call } from '../csi/client.js';
+import type { Call } from './client.js';
 
 export interface DemoContext {
   controller: Call;
