@@ -201,7 +201,6 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       for (const id of ['pvc-live-clone', 'pvc-live']) await c('DeleteVolume', { volume_id: id });
       await c('DeleteSnapshot', { snapshot_id: 'snap-live' });
       expect(leftovers(kubelet)).toEqual([]);
-      expect(leftovers('pvc-live')).toEqual([]);
     });
 
     it('is cloned while in use: the clone has the data, the source keeps running', async () => {
