@@ -45,8 +45,22 @@ export async function nodeSteps(ctx: DemoContext, volume: { volume_id: string })
   await ctx.node('NodePublishVolume', publish);
   const back = await readFile(join(target, 'hello.bin'));
   ctx.say(`staged and published again: read back sha256 ${sha(back)} (${back.equals(data) ? 'same bytes' : 'DIFFERENT'})`);
+
+  // A backup tool's snapshot of the volume while the pod uses it: the share has no reflink, so the
+  // image becomes the snapshot and the node's qemu moves the pod's writes onto a new layer.
+  const started = Date.now();
+  let snap = (await ctx.controller('CreateSnapshot', { name: 'snap-demo', source_volume_id: id }))['snapshot'];
+  for (let i = 0; i < 20 && snap.ready_to_use !== true; i++) {
+    await new Promise((r) => setTimeout(r, 500));
+    snap = (await ctx.controller('CreateSnapshot', { name: 'snap-demo', source_volume_id: id }))['snapshot'];
+  }
+  ctx.say(`CreateSnapshot while published: ${snap.snapshot_id} ready_to_use=${String(snap.ready_to_use)} after ${Date.now() - started} ms (a qcow2 layer, switched online by the node)`);
+  await writeFile(join(target, 'after.bin'), randomBytes(1 << 16));
+  ctx.say('  the "pod" goes on writing, now into the new layer');
   await ctx.node('NodeUnpublishVolume', { volume_id: id, target_path: target });
   await ctx.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging });
   await ctx.controller('ControllerUnpublishVolume', { volume_id: id, node_id: info['node_id'] });
   ctx.say('ControllerUnpublishVolume: the node is released');
+  await ctx.controller('DeleteSnapshot', { snapshot_id: 'snap-demo' });
+  ctx.say('DeleteSnapshot: the layer is merged back into the volume in the background, its space freed');
 }

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { buildApp } from '../src/app.js';
 import { buildConfig } from '../src/config.js';
-import { connect } from './client.js';
+import { connect, type Call } from './client.js';
 import { startServer } from '../src/csi/server.js';
 import { makeRunner } from '../src/system/command.js';
 import { makeScratchShare } from './scratch.js';
@@ -31,7 +31,22 @@ async function main(): Promise<void> {
   await app.prepare();
   const server = await startServer(socket, app.services, log);
   const client = connect(socket);
-  const { identity, controller, node } = client;
+  // As the sidecars do: ABORTED (the volume busy, e.g. with a background merge) is asked again.
+  const retrying =
+    (call: Call): Call =>
+    async (method, request) => {
+      for (let i = 0; ; i++) {
+        try {
+          return await call(method, request);
+        } catch (e) {
+          if ((e as { code?: number }).code !== 10 || i >= 50) throw e;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+    };
+  const { identity } = client;
+  const controller = retrying(client.controller);
+  const node = retrying(client.node);
   try {
     const info = await identity('GetPluginInfo', {});
     say(`serving ${info['name']} ${info['vendor_version']} on ${socket}`);

@@ -1,4 +1,7 @@
-/** A scratch share for the demo: an xfs image loop-mounted under a temp dir. */
+/**
+ * A scratch share for the demo: an xfs image loop-mounted under a temp dir, without reflinks, like the
+ * NFS filers the driver is for (snapshots are then qcow2 layers).
+ */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +18,7 @@ export async function makeScratchShare(run: Runner, sizeMiB: number): Promise<Sc
   const path = join(base, 'share');
   await mkdir(path);
   await run(['truncate', '-s', `${sizeMiB}M`, image]);
-  await run(['mkfs.xfs', '-q', '-f', '-m', 'reflink=1', image]);
+  await run(['mkfs.xfs', '-q', '-f', '-m', 'reflink=0', image]);
   await run(['mount', '-o', 'loop', image, path]);
   return {
     path,
