@@ -25,7 +25,6 @@ import {
   writeIntent,
   type LayerIntent,
 } from '../storage/layering.js';
-import { readMove } from '../storage/moving.js';
 import type { LayerEvents } from '../metrics.js';
 import { uniqueSuffix, type SnapshotRecord } from '../storage/records.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
@@ -62,8 +61,6 @@ export class Layering {
   async take(found: FoundVolume, record: SnapshotRecord, log: Logger): Promise<LayerOutcome> {
     const { layout } = found;
     const volumeId = found.record.id;
-    const moving = await readMove(layout, volumeId);
-    if (moving !== undefined) throw busy(`volume ${volumeId} is moving to mount ${moving.to}; snapshot it when the move is done`);
     const pending = await this.advance(found, log);
     if (pending !== undefined) {
       if (pending.snapshotId === record.id) return this.awaitSwitch(found, pending, log);

@@ -15,6 +15,7 @@ import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
 import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { Layering, LayerOutcome } from './layering.js';
+import { readMove } from '../storage/moving.js';
 import type { Files } from '../system/files.js';
 import type { QemuImg } from '../system/qemu-img.js';
 
@@ -92,6 +93,9 @@ export class SnapshotService {
     const { layout } = source;
     const image = layout.imagePath(source.record.id, source.record.format);
     if (source.record.format === 'qcow2') {
+      // Mid-move, the newest writes are on the target: the source image is no snapshot of the volume.
+      const moving = await readMove(layout, source.record.id);
+      if (moving !== undefined) throw busy(`volume ${source.record.id} is moving to mount ${moving.to}; snapshot it when the move is done`);
       // A pending layering (a crash, or another snapshot the node has yet to switch) comes first.
       const pending = await this.layering.advance(source, log);
       if (pending !== undefined && pending.snapshotId !== record.id) {

@@ -132,6 +132,8 @@ describe.skipIf(!isRoot)('live moves', () => {
     // One try: the node then switches in the background; the pod goes before the move is done.
     expect(await codeOf(driver.client.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount: 'b' } }))).toBe(status.ABORTED);
     for (let i = 0; i < 100 && JSON.parse(readFileSync(join(volDir(a, id), 'moving.json'), 'utf8')).switched !== true; i++) await sleep(100);
+    // Mid-move the source image lacks the newest writes: no snapshot is cut from it.
+    expect(await codeOf(driver.client.controller('CreateSnapshot', { name: 'snap-mid-move', source_volume_id: id }))).toBe(status.ABORTED);
     const late = writeSynced(join(paths(id).target, 'late.bin'), randomBytes(1024 * 1024));
     await detach(id);
     // Staging is refused until the move is done: the source lacks the late writes.
