@@ -70,3 +70,32 @@ export class Writer {
     return code;
   }
 }
+
+type Call = (method: string, request: object) => Promise<Record<string, any>>;
+
+/**
+ * What the attacher and kubelet do to give a pod a filesystem volume (publish
+ * to `node`, stage, publish at the pod's target) and to take it back, with a
+ * record of what is attached so a test's cleanup can take back whatever its
+ * failure left.
+ */
+export function podAttacher(calls: () => { controller: Call; node: Call }, paths: (id: string) => { staging: string; target: string }, cap: object, node = 'node-a') {
+  const attached = new Set<string>();
+  return {
+    attached,
+    async attach(id: string): Promise<void> {
+      const { controller, node: n } = calls();
+      attached.add(id);
+      await controller('ControllerPublishVolume', { volume_id: id, node_id: node, volume_capability: cap, readonly: false });
+      await n('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
+      await n('NodePublishVolume', { volume_id: id, staging_target_path: paths(id).staging, target_path: paths(id).target, volume_capability: cap });
+    },
+    async detach(id: string): Promise<void> {
+      const { controller, node: n } = calls();
+      await n('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).target });
+      await n('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
+      await controller('ControllerUnpublishVolume', { volume_id: id, node_id: node });
+      attached.delete(id);
+    },
+  };
+}

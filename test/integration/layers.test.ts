@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
-import { retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
+import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -62,20 +62,9 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     }
     throw new Error(`snapshot ${name} never became ready`);
   }
-  /** Volumes a test attached: detached after it whatever happened, so one failure leaks nothing. */
-  const attached = new Set<string>();
-  async function attach(id: string): Promise<void> {
-    attached.add(id);
-    await c('ControllerPublishVolume', { volume_id: id, node_id: 'node-a', volume_capability: mountCap(), readonly: false });
-    await n('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: mountCap() });
-    await n('NodePublishVolume', { volume_id: id, staging_target_path: paths(id).staging, target_path: paths(id).target, volume_capability: mountCap() });
-  }
-  async function detach(id: string): Promise<void> {
-    await n('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).target });
-    await n('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
-    await c('ControllerUnpublishVolume', { volume_id: id, node_id: 'node-a' });
-    attached.delete(id);
-  }
+  /** Volumes a test attached are detached after it whatever happened, so one failure leaks nothing. */
+  const pod = podAttacher(() => ({ controller: c, node: n }), (id) => paths(id), mountCap());
+  const { attached, attach, detach } = pod;
   afterEach(async () => {
     // A kill test that failed may leave its driver dead: a live one is needed to detach.
     if (attached.size > 0 && (driver.process.exitCode !== null || driver.process.signalCode !== null)) await start();

@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
-import { retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
+import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
@@ -30,7 +30,6 @@ describe.skipIf(!isRoot)('live moves', () => {
     writer = undefined;
     return w === undefined ? null : w.stop();
   };
-  const attached = new Set<string>();
 
   const c = (method: string, req: object) => retryAborted(() => driver.client.controller(method, req));
   const n = (method: string, req: object) => retryAborted(() => driver.client.node(method, req));
@@ -43,18 +42,8 @@ describe.skipIf(!isRoot)('live moves', () => {
   /** The resizer's loop: ControllerModifyVolume until it answers OK. */
   const moveTo = (id: string, mount: string) => c('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount } });
 
-  async function attach(id: string): Promise<void> {
-    attached.add(id);
-    await c('ControllerPublishVolume', { volume_id: id, node_id: 'node-a', volume_capability: mountCap(), readonly: false });
-    await n('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: mountCap() });
-    await n('NodePublishVolume', { volume_id: id, staging_target_path: paths(id).staging, target_path: paths(id).target, volume_capability: mountCap() });
-  }
-  async function detach(id: string): Promise<void> {
-    await n('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).target });
-    await n('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });
-    await c('ControllerUnpublishVolume', { volume_id: id, node_id: 'node-a' });
-    attached.delete(id);
-  }
+  const pod = podAttacher(() => ({ controller: c, node: n }), (id) => paths(id), mountCap());
+  const { attached, attach, detach } = pod;
   beforeAll(async () => {
     rootOnlyReason();
     a = makeScratch('ext4', 768);
