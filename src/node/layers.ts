@@ -174,6 +174,8 @@ export class NodeLayering {
     const to = this.mounts.layout(intent.to);
     const top = moveNode(intent.base);
     if (intent.switched !== true) {
+      // The controller writes the intent, then makes the new top: only once it exists is there anything to switch to.
+      if ((await stat(arrivalImage(to, rec.volumeId)).catch(() => undefined)) === undefined) return;
       // Recorded before acting: from here on the target may hold writes the source lacks.
       await writeMove(layout, rec.volumeId, { ...intent, switching: true });
       try {
