@@ -6,6 +6,7 @@
  * suffices: the controller runs as one leader-elected replica. A reservation
  * counts until its release, called once the volume is recorded or failed.
  */
+import { Serial } from '../domain/concurrency.js';
 import { exhausted } from '../domain/errors.js';
 import { place, roomFor, type Segment } from '../domain/placement.js';
 import { formatBytes } from '../domain/sizes.js';
@@ -31,7 +32,8 @@ export interface Reserved {
 }
 
 export class Placer {
-  private turn: Promise<void> = Promise.resolve();
+  /** One placement decision at a time (in-process: the controller is one replica). */
+  private readonly turns = new Serial();
 
   constructor(
     private readonly mounts: Mounts,
@@ -71,11 +73,6 @@ export class Placer {
   }
 
   private serially<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.turn.then(fn);
-    this.turn = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
+    return this.turns.run('placement', fn);
   }
 }

@@ -15,6 +15,7 @@ import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
 import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { Layering, LayerOutcome } from './layering.js';
+import { noSpace } from './volumes.js';
 import { readMove } from '../storage/moving.js';
 import type { Files } from '../system/files.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -77,7 +78,9 @@ export class SnapshotService {
       deleted: false,
       internal: false,
     };
-    const outcome = await this.freeze(source, record, log);
+    const outcome = await this.freeze(source, record, log).catch((e: unknown) => {
+      throw noSpace(e, `snapshot ${name}`);
+    });
     log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, outcome }, outcome === 'ready' ? 'snapshot created' : 'snapshot waits for the node to switch layers');
     const made = await this.snapshots.read(layout, id);
     return view(made ?? record);

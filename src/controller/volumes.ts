@@ -63,12 +63,14 @@ function defining(params: Record<string, string>): string {
   return JSON.stringify(keys.map((k) => [k, params[k]]));
 }
 
-/** A tool that ran out of space is RESOURCE_EXHAUSTED, not an internal failure. */
-function noSpace(e: unknown, name: string): unknown {
-  if (e instanceof CommandFailed && /No space left on device|Disk quota exceeded/.test(e.stderr)) {
-    return exhausted(`no room left for volume ${name} while building it: ${e.message}`);
-  }
-  return e;
+/**
+ * Running out of space — a tool saying so, or a write failing with ENOSPC or EDQUOT — is
+ * RESOURCE_EXHAUSTED, not an internal failure. `what` names the object being built.
+ */
+export function noSpace(e: unknown, what: string): unknown {
+  const full = (e instanceof CommandFailed && /No space left on device|Disk quota exceeded/.test(e.stderr)) ||
+    ['ENOSPC', 'EDQUOT'].includes((e as NodeJS.ErrnoException | undefined)?.code ?? '');
+  return full ? exhausted(`no room left for ${what} while building it: ${e instanceof Error ? e.message : String(e)}`) : e;
 }
 
 export function view(found: Pick<FoundVolume, 'mount' | 'record'>): VolumeView {
@@ -144,7 +146,7 @@ export class VolumeService {
     } catch (e) {
       // The half-built image is gone (buildWhole), so free space is to be read again.
       if (placedMount !== undefined) this.mounts.invalidate(placedMount);
-      throw noSpace(e, input.name);
+      throw noSpace(e, `volume ${input.name}`);
     } finally {
       release();
       // Release the ref taken in advance, and a base made for this request that nothing uses.
@@ -239,7 +241,7 @@ export class VolumeService {
       } catch (e) {
         // A qcow2 image attached on a node is held by its qemu export: the node
         // grows it online (NodeExpandVolume) to the size recorded here.
-        if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) throw noSpace(e, id);
+        if (!(found.record.format === 'qcow2' && isDriverError(e) && e.kind === 'precondition')) throw noSpace(e, `volume ${id}`);
         log.info({ volumeId: id }, 'image in use; the node will grow it online');
       }
       await this.store.update(layout, record);

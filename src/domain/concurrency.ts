@@ -28,3 +28,23 @@ export function settleWithin<T>(p: Promise<T>, ms: number, late: () => T): Promi
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * Work run one at a time per key, in the order it arrived; a failure does not
+ * stop the work queued behind it. For decisions that must not interleave
+ * (placement, ref changes on one mount), within this process.
+ */
+export class Serial {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.tails.get(key) ?? Promise.resolve();
+    const run = previous.then(work, work);
+    const tail = run.catch(() => undefined);
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return run;
+  }
+}

@@ -6,6 +6,7 @@
  */
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Serial } from '../domain/concurrency.js';
 import { isValidId } from '../domain/ids.js';
 import { findOnMounts, type Found } from './find.js';
 import type { Layout } from './layout.js';
@@ -17,7 +18,7 @@ export type FoundSnapshot = Found<SnapshotRecord>;
 
 export class SnapshotStore {
   /** Ref changes and removals on one mount run one at a time, so a new dependent never races a removal. */
-  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly queues = new Serial();
 
   /**
    * Told when a hidden snapshot is left with one dependent: it can be merged
@@ -125,10 +126,6 @@ export class SnapshotStore {
   }
 
   private async serial<T>(layout: Layout, work: () => Promise<T>): Promise<T> {
-    const key = layout.root;
-    const previous = this.queues.get(key) ?? Promise.resolve();
-    const run = previous.then(work, work);
-    this.queues.set(key, run.catch(() => undefined));
-    return run;
+    return this.queues.run(layout.root, work);
   }
 }

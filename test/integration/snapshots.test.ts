@@ -241,6 +241,30 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
   });
 });
 
+
+describe.skipIf(!isRoot)('a snapshot on a full share', () => {
+  let small: Scratch;
+  let driver: Driver;
+  beforeAll(async () => {
+    rootOnlyReason();
+    small = makeScratch('tmpfs', 64);
+    driver = await startDriver({ mounts: { small: small.path } });
+  });
+  afterAll(async () => {
+    await driver?.stop();
+    small?.cleanup();
+  });
+
+  it('is RESOURCE_EXHAUSTED, not INTERNAL, and leaves nothing half-made', async () => {
+    await driver.client.controller('CreateVolume', createRequest('pvc-full', { parameters: { format: 'raw' }, capacity_range: { required_bytes: String(40n * MiB) } }));
+    qemuIo(join(small.path, 'filedriver/volumes/pvc-full/disk.raw'), 'raw', 'write -P 0x5a 0 40M');
+    const err = await driver.client.controller('CreateSnapshot', { name: 'snap-full', source_volume_id: 'pvc-full' }).catch((e: unknown) => e as { code: number; details: string });
+    expect(err).toMatchObject({ code: status.RESOURCE_EXHAUSTED, details: expect.stringMatching(/no room left for snapshot snap-full/) });
+    expect(readdirNames(join(small.path, 'filedriver/snapshots'))).toEqual([]);
+    expect(readdirNames(join(small.path, 'filedriver/tmp')).filter((n) => !n.startsWith('.probe'))).toEqual([]);
+  });
+});
+
 function readdirNames(dir: string): string[] {
   return existsSync(dir) ? (execFileSync('ls', ['-1', dir], { encoding: 'utf8' }).split('\n').filter(Boolean)) : [];
 }
