@@ -8,12 +8,13 @@
  * crash at any step is finished or undone by the next call on that volume.
  * Callers hold the volume's lock: no publish, expansion or move runs meanwhile.
  */
-import { rename, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { crashPoint } from '../domain/crash.js';
 import { busy, internal, precondition } from '../domain/errors.js';
 import { Layout } from '../storage/layout.js';
 import {
+  createOverlayWhole,
   linkImage,
   overlayBacking,
   overlayPath,
@@ -26,7 +27,7 @@ import {
   type LayerIntent,
 } from '../storage/layering.js';
 import type { LayerEvents } from '../metrics.js';
-import { uniqueSuffix, type SnapshotRecord } from '../storage/records.js';
+import type { SnapshotRecord } from '../storage/records.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -128,21 +129,16 @@ export class Layering {
     let phase = await phaseOf(layout, volumeId, intent);
     if (phase === 'intent' || (intent.error !== undefined && phase !== 'switched')) {
       await this.undo(found, intent, phase !== 'intent');
-      if (intent.error !== undefined) this.report('snapshot_layer', 'failed');
-      if (intent.error !== undefined) throw internal(`the node serving volume ${volumeId} could not switch it to a new layer: ${intent.error}`);
+      if (intent.error !== undefined) {
+        this.report('snapshot_layer', 'failed');
+        throw internal(`the node serving volume ${volumeId} could not switch it to a new layer: ${intent.error}`);
+      }
       return undefined;
     }
     if (phase === 'frozen') {
       const image = layout.imagePath(volumeId, 'qcow2');
       const size = (await this.qemuImg.info(image, 'qcow2')).virtualSize;
-      // Made under another name and renamed: the node acts as soon as the overlay's name exists.
-      const work = `${overlayPath(layout, volumeId, intent.snapshotId)}.${uniqueSuffix()}`;
-      try {
-        await this.qemuImg.createOverlay(work, overlayBacking(intent.snapshotId), 'qcow2', size, { unsafe: true });
-        await rename(work, overlayPath(layout, volumeId, intent.snapshotId));
-      } finally {
-        await rm(work, { force: true });
-      }
+      await createOverlayWhole(this.qemuImg, overlayPath(layout, volumeId, intent.snapshotId), overlayBacking(intent.snapshotId), size);
       phase = 'ready';
       crashPoint('layer:overlay');
     }

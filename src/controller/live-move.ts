@@ -15,6 +15,7 @@ import { crashPoint } from '../domain/crash.js';
 import { busy, internal } from '../domain/errors.js';
 import { Layout } from '../storage/layout.js';
 import type { Ledger } from '../storage/ledger.js';
+import { createOverlayWhole } from '../storage/layering.js';
 import { arrivalDir, arrivalImage, committed, readMove, removeMove, writeMove, type MoveIntent } from '../storage/moving.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, uniqueSuffix, writeJsonAtomic, type VolumeRecord } from '../storage/records.js';
@@ -107,9 +108,7 @@ export class LiveMover {
       if (e.code !== 'EEXIST') throw e;
     });
     const size = (await this.qemuImg.info(found.layout.imagePath(volumeId, 'qcow2'), 'qcow2')).virtualSize;
-    const work = join(arrivalDir(to, volumeId), `.${uniqueSuffix()}.qcow2`);
-    await this.qemuImg.createOverlay(work, Layout.backingRef(intent.base, 'qcow2'), 'qcow2', size, { unsafe: true });
-    await rename(work, arrivalImage(to, volumeId));
+    await createOverlayWhole(this.qemuImg, arrivalImage(to, volumeId), Layout.backingRef(intent.base, 'qcow2'), size);
   }
 
   /** The source chain, immutable since the switch, flattened into the hidden base on the target. */

@@ -21,7 +21,8 @@
 import { link, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Layout } from './layout.js';
-import { readJsonFile, readSnapshot, writeJsonAtomic, type SnapshotRecord } from './records.js';
+import type { QemuImg } from '../system/qemu-img.js';
+import { readJsonFile, readSnapshot, uniqueSuffix, writeJsonAtomic, type SnapshotRecord } from './records.js';
 
 export interface LayerIntent {
   /** The snapshot the volume's current image becomes. */
@@ -97,6 +98,21 @@ export async function promoteOverlay(layout: Layout, volumeId: string, intent: L
 
 /** The overlay's backing reference: relative, valid wherever the mount is mounted. */
 export const overlayBacking = (snapshotId: string): string => Layout.backingRef(snapshotId, 'qcow2');
+
+/**
+ * A qcow2 overlay at `path` reading through `backing` (`-u`: the backing may be locked by an
+ * export, or not made yet), made under a temporary name beside it and renamed in: a node acts
+ * as soon as the name exists, so it must never see a half-made image.
+ */
+export async function createOverlayWhole(qemuImg: Pick<QemuImg, 'createOverlay'>, path: string, backing: string, sizeBytes: bigint): Promise<void> {
+  const work = `${path}.${uniqueSuffix()}`;
+  try {
+    await qemuImg.createOverlay(work, backing, 'qcow2', sizeBytes, { unsafe: true });
+    await rename(work, path);
+  } finally {
+    await rm(work, { force: true });
+  }
+}
 
 /** The snapshots whose images lie under a volume's, nearest first, as their records say. */
 export async function chainOf(layout: Layout, backing: string | null): Promise<SnapshotRecord[]> {
