@@ -2,7 +2,8 @@
  * The Dockerfile, without a Docker engine (none runs here or in CI): checked
  * by dockerfile-utils' validator (the one behind VS Code's Dockerfile support),
  * read for its stages, and held against the code: every tool the driver runs
- * must come from a package the runtime stage installs.
+ * must come from a package the runtime stage installs, or, for qemu, from the
+ * private prefix scripts/install-qemu.sh builds in the qemu stage.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -80,6 +81,13 @@ function packageOf(tool: string): string {
   return owners[0];
 }
 
+/** The tools scripts/install-qemu.sh puts in its prefix (its TOOLS array). */
+function prefixTools(): string[] {
+  const script = readFileSync(join(ROOT, 'scripts/install-qemu.sh'), 'utf8');
+  return (/^TOOLS=\(([^)]*)\)$/m.exec(script)?.[1] ?? '').split(/\s+/).filter((w) => w !== '');
+}
+const QEMU_PREFIX = '/opt/filedriver/qemu';
+
 const essential = (pkg: string) => execFileSync('dpkg-query', ['-W', '-f=${Essential}', pkg], { encoding: 'utf8' }) === 'yes';
 
 describe('Dockerfile', () => {
@@ -95,25 +103,53 @@ describe('Dockerfile', () => {
   });
 
   it('builds in one stage and runs from a slim Node.js LTS on Debian 12', () => {
-    expect(all.map((s) => s.name)).toEqual(['build', 'deps', 'runtime']);
+    expect(all.map((s) => s.name)).toEqual(['build', 'deps', 'qemu', 'runtime']);
     expect(Number(args['NODE_MAJOR']) % 2).toBe(0); // even majors are the LTS lines
     expect(Number(args['NODE_MAJOR'])).toBeGreaterThanOrEqual(20);
-    expect(all.map((s) => s.from)).toEqual(['node:${NODE_MAJOR}-bookworm', 'node:${NODE_MAJOR}-bookworm', 'node:${NODE_MAJOR}-bookworm-slim']);
+    expect(all.map((s) => s.from)).toEqual([
+      'node:${NODE_MAJOR}-bookworm',
+      'node:${NODE_MAJOR}-bookworm',
+      'node:${NODE_MAJOR}-bookworm',
+      'node:${NODE_MAJOR}-bookworm-slim',
+    ]);
     const copies = runtime.body.filter((i) => i.op === 'COPY' && i.args.startsWith('--from'));
-    expect(copies.map((c) => c.args)).toEqual(['--from=deps /src/node_modules ./node_modules', '--from=build /src/dist/src ./dist/src']);
+    expect(copies.map((c) => c.args)).toEqual([
+      '--from=deps /src/node_modules ./node_modules',
+      '--from=build /src/dist/src ./dist/src',
+      `--from=qemu ${QEMU_PREFIX} ${QEMU_PREFIX}`,
+    ]);
     expect(all[1]?.body.some((i) => i.args.includes('npm ci --omit=dev'))).toBe(true);
   });
 
-  it('installs a package for every tool the driver runs', () => {
+  it('installs a package for every tool the driver runs, but qemu, which comes from the prefix', () => {
     const tools = toolsInSource();
     expect(tools).toEqual(expect.arrayContaining(['qemu-img', 'qemu-storage-daemon', 'losetup', 'mount', 'umount', 'blkid', 'wipefs', 'mkfs.ext4', 'mkfs.xfs', 'resize2fs', 'xfs_growfs']));
-    const missing = tools.map((t) => [t, packageOf(t)] as const).filter(([, pkg]) => !installed.includes(pkg) && !essential(pkg));
+    const fromPrefix = prefixTools();
+    expect(fromPrefix).toEqual(['qemu-img', 'qemu-storage-daemon']);
+    const missing = tools
+      .filter((t) => !fromPrefix.includes(t))
+      .map((t) => [t, packageOf(t)] as const)
+      .filter(([, pkg]) => !installed.includes(pkg) && !essential(pkg));
     expect(missing).toEqual([]);
     expect(installed).toEqual(expect.arrayContaining(['fuse3', 'tini']));
   });
 
+  it('takes qemu from the prefix install-qemu.sh builds, and tells the driver where it is', () => {
+    const qemu = all.find((s) => s.name === 'qemu');
+    const runs = (qemu?.body ?? []).filter((i) => i.op === 'RUN').map((i) => i.args);
+    expect(runs.some((r) => new RegExp(`install-qemu\\.sh ${QEMU_PREFIX}$`).test(r))).toBe(true);
+    expect(qemu?.body.some((i) => i.op === 'COPY' && i.args.startsWith('scripts/install-qemu.sh '))).toBe(true);
+    expect(runtime.body.some((i) => i.op === 'ENV' && i.args.split(/\s+/).includes(`FILEDRIVER_QEMU=${QEMU_PREFIX}`))).toBe(true);
+    // The system's qemu (Debian 12: 7.2) stays out of the image: one qemu, the prefix's.
+    expect(installed.filter((pkg) => pkg.startsWith('qemu'))).toEqual([]);
+    // The image build runs both tools through the prefix's loader, as the driver does.
+    for (const tool of prefixTools()) {
+      expect(runtime.body.some((i) => i.op === 'RUN' && i.args.includes(`${QEMU_PREFIX}/bin/$tool`) && i.args.includes(tool))).toBe(true);
+    }
+  });
+
   it('installs nothing that neither the driver nor the chart runs', () => {
-    const used = new Set(toolsInSource().map(packageOf));
+    const used = new Set(toolsInSource().filter((t) => !prefixTools().includes(t)).map(packageOf));
     // The chart's nfs share pods run sh, mkdir, mount, umount and mountpoint from the image.
     for (const tool of ['mount', 'umount', 'mountpoint']) used.add(packageOf(tool));
     const reasons: Record<string, string> = {
