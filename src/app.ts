@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
+import { ConfigError, type Config } from './config.js';
 import { Metrics } from './metrics.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
@@ -37,6 +37,8 @@ import { makeQemuImg } from './system/qemu-img.js';
 import { makeFilesystems } from './system/filesystems.js';
 import { makeLoopDevices } from './system/loop-devices.js';
 import { makeQemuExports } from './system/qemu-export.js';
+import { DataPlane } from './system/data-plane.js';
+import { findQemu, type QemuInstall } from './system/qemu-tools.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
 import { NodeHeartbeat } from './node/heartbeat.js';
@@ -68,20 +70,36 @@ export function stateDir(config: Config): string {
   return join(config.kubeletDir, 'plugins', config.driverName);
 }
 
+/** The qemu the driver runs; a named prefix without an install is a setting to fix. */
+export function qemuOf(config: Pick<Config, 'qemu'>): QemuInstall {
+  try {
+    return findQemu(config.qemu);
+  } catch (e) {
+    throw new ConfigError([(e as Error).message]);
+  }
+}
+
+/** The node's data plane: one qemu-storage-daemon for every qcow2 export of the node. */
+export function dataPlaneOf(config: Config, run: Runner, log: Logger): DataPlane {
+  return new DataPlane(new StageState(stateDir(config)).planeDir, config.dataPlane, run, log.child({ component: 'data-plane' }));
+}
+
 function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore, mounts: Mounts, locks: KeyedLocks) {
+  const plane = dataPlaneOf(config, run, log);
   const sys: NodeSystem = {
     loops: makeLoopDevices(run),
-    exports: makeQemuExports(run, log.child({ component: 'qemu-export' })),
+    exports: makeQemuExports(plane, run, log.child({ component: 'qemu-export' })),
     fs: makeFilesystems(run),
   };
   const state = new StageState(stateDir(config));
   const layers = new NodeLayering(mounts, state, sys.exports, locks, log.child({ component: 'layers' }));
-  return { stager: new Stager(store, state, sys, layers), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys), layers };
+  return { stager: new Stager(store, state, sys, layers), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys), layers, plane };
 }
 
 export function buildApp(config: Config, log: Logger): App {
   // Controller tools die with the controller; the node's keep running (see RunnerOptions).
-  const run = makeRunner(log.child({ component: 'command' }), { dieWithParent: config.mode !== 'node' });
+  const qemu = qemuOf(config);
+  const run = makeRunner(log.child({ component: 'command' }), { dieWithParent: config.mode !== 'node', qemu });
   const qemuImg = makeQemuImg(run);
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
@@ -111,7 +129,7 @@ export function buildApp(config: Config, log: Logger): App {
   const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
   const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
-  const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' })), store, mounts, locks);
+  const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' }), { qemu }), store, mounts, locks);
   nodeSide.layers.report = metrics.layerEvent;
   let stopLayers = async (): Promise<void> => undefined;
   let stopMerges = async (): Promise<void> => undefined;
@@ -148,6 +166,8 @@ export function buildApp(config: Config, log: Logger): App {
     async close() {
       heartbeat?.stop();
       await Promise.all([stopLayers(), stopMerges()]);
+      // A data plane this process started and that serves nothing goes with it; one serving volumes stays.
+      if (node) await nodeSide.plane.stopIfIdle().catch((e: unknown) => log.warn({ err: e }, 'could not stop the idle data plane'));
     },
     async prepare() {
       // The node serves the snapshot layers of the volumes it holds (node/layers.ts).

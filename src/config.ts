@@ -35,6 +35,10 @@ export interface Config {
   kubeletDir: string;
   /** Where to serve /metrics and /healthz; off when unset. An empty host means every interface. */
   metricsAddress: ListenAddress | undefined;
+  /** A private qemu install's directory, 'system', or unset (the default prefix if installed, else the system's). */
+  qemu: string | undefined;
+  /** Who runs the node's qemu-storage-daemon: the node plugin (managed) or the data-plane DaemonSet (external). */
+  dataPlane: 'managed' | 'external';
 }
 
 export interface ListenAddress {
@@ -67,6 +71,8 @@ export const SETTINGS = {
   healthCacheSeconds: { flag: 'health-cache-seconds', env: ['FILEDRIVER_HEALTH_CACHE_SECONDS'], help: 'mount health cache (default 2)' },
   kubeletDir: { flag: 'kubelet-dir', env: ['FILEDRIVER_KUBELET_DIR'], help: 'kubelet root (default /var/lib/kubelet)' },
   metricsAddress: { flag: 'metrics-address', env: ['FILEDRIVER_METRICS_ADDRESS'], help: 'HOST:PORT for /metrics and /healthz (off by default; :PORT = all interfaces)' },
+  qemu: { flag: 'qemu', env: ['FILEDRIVER_QEMU'], help: 'directory of a private qemu (scripts/install-qemu.sh), or system (default: /opt/filedriver/qemu if installed, else the system\'s)' },
+  dataPlane: { flag: 'data-plane', env: ['FILEDRIVER_DATA_PLANE'], help: 'managed | external: who runs the node\'s qemu-storage-daemon (default managed: this process starts it)' },
 } as const;
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -216,6 +222,11 @@ export function buildConfig(...layers: RawSettings[]): Config {
     problem('metricsAddress', `--metrics-address ${metricsText} must be HOST:PORT (e.g. 0.0.0.0:9810, [::1]:9810 or :9810), port 0-65535`);
   }
 
+  const qemu = str('qemu');
+  if (qemu !== undefined && qemu !== 'system' && !isAbsolute(qemu)) problem('qemu', `--qemu ${qemu} must be an absolute directory or system`);
+  const dataPlane = str('dataPlane') ?? 'managed';
+  if (dataPlane !== 'managed' && dataPlane !== 'external') problem('dataPlane', `--data-plane ${dataPlane} must be managed or external`);
+
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     endpoint,
@@ -232,6 +243,8 @@ export function buildConfig(...layers: RawSettings[]): Config {
     healthCacheSeconds,
     kubeletDir,
     metricsAddress,
+    qemu,
+    dataPlane: dataPlane as Config['dataPlane'],
   });
 }
 

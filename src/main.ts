@@ -2,6 +2,7 @@
 /** `filedriver`: one binary, the CSI server and the admin commands. */
 import { version } from './app.js';
 import { ConfigError } from './config.js';
+import { dataPlaneCommand } from './cli/data-plane.js';
 import { doctorCommand } from './cli/doctor.js';
 import { exportCommand } from './cli/export.js';
 import { importCommand } from './cli/import.js';
@@ -13,6 +14,7 @@ const USAGE = `Usage: filedriver <command> [options]
 
 Commands:
   serve       run the CSI server (see filedriver serve --help)
+  data-plane  run the node's qemu-storage-daemon in the foreground (the chart's data-plane pods)
 
 Admin commands (act on the mounts directly; each has --help):
   import      adopt an image on a mount as a volume and print a PersistentVolume for it
@@ -41,6 +43,8 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'serve':
       return serve(rest);
+    case 'data-plane':
+      return dataPlaneCommand(rest);
     case 'import':
       return importCommand(rest);
     case 'move':

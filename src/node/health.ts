@@ -37,7 +37,7 @@ export class NodeHealth {
     const bad = (message: string) => ({ abnormal: true, message });
     if ((await stat(rec.image).catch(() => undefined)) === undefined) return bad(`image ${rec.image} is gone`);
     if (rec.export !== undefined && !(await this.sys.exports.isAlive(rec.export))) {
-      return bad(`the qemu export of ${rec.image} (pid ${rec.export.pid}) is not running; unstage and stage the volume again`);
+      return bad(`the qemu export of ${rec.image} is not running (the node's data plane stopped or lost it); unstage and stage the volume again`);
     }
     const loops = rec.loopFile === undefined ? [] : await this.sys.loops.findByFile(rec.loopFile);
     const loop = loops.find((l) => l.device === rec.device);

@@ -22,7 +22,7 @@ import type { Mounts } from '../storage/mounts.js';
 import type { ChainLayer, ExportHandle, QemuExports } from '../system/qemu-export.js';
 import { arrivalImage, committed, readMove, writeMove } from '../storage/moving.js';
 import { hostname } from 'node:os';
-import type { StageRecord, StageState } from './state.js';
+import { volumeTag, type StageRecord, type StageState } from './state.js';
 
 /**
  * The lock key of a volume on the node (its RPCs and this poll). Its own key space: in one process
@@ -40,13 +40,17 @@ export const POLL_MS = 1_000;
  */
 export const BUSY_POLL_MS = 200;
 
-const hashed = (id: string): string => createHash('sha256').update(id).digest('hex').slice(0, 24);
-/** qemu node names (a letter first, at most 31 characters): the overlay that goes on after snapshot `id`. */
-export const layerNode = (snapshotId: string): string => `l${hashed(snapshotId)}`;
+const hashed = (id: string): string => createHash('sha256').update(id).digest('hex').slice(0, 12);
+/*
+ * qemu node names: a letter, the volume's tag (one data plane serves every volume of the node, and
+ * two volumes may read the same snapshot), 12 more hex digits; 30 characters with a file node's 'f'.
+ */
+/** The overlay that goes on after snapshot `id`. */
+export const layerNode = (volumeId: string, snapshotId: string): string => `l${volumeTag(volumeId)}${hashed(snapshotId)}`;
 /** The node of snapshot `id`'s image when a stage opens the chain. */
-export const baseNode = (snapshotId: string): string => `s${hashed(snapshotId)}`;
+export const baseNode = (volumeId: string, snapshotId: string): string => `s${volumeTag(volumeId)}${hashed(snapshotId)}`;
 /** The new top on the target mount of a live move (named by its base: each move has its own). */
-export const moveNode = (base: string): string => `v${hashed(base)}`;
+export const moveNode = (volumeId: string, base: string): string => `v${volumeTag(volumeId)}${hashed(base)}`;
 
 export class NodeLayering {
   /** Told of each step this node takes for the controller (metrics). */
@@ -83,7 +87,7 @@ export class NodeLayering {
     const layout = this.mounts.layout(mount);
     const volume = await readRecord(layout.metaPath(volumeId));
     const chain = await chainOf(layout, volume?.backing ?? null);
-    return chain.map((r) => ({ id: r.id, node: baseNode(r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
+    return chain.map((r) => ({ id: r.id, node: baseNode(volumeId, r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 
   /**
@@ -172,7 +176,7 @@ export class NodeLayering {
       return;
     }
     const to = this.mounts.layout(intent.to);
-    const top = moveNode(intent.base);
+    const top = moveNode(rec.volumeId, intent.base);
     if (intent.switched !== true) {
       // The controller writes the intent, then makes the new top: only once it exists is there anything to switch to.
       if ((await stat(arrivalImage(to, rec.volumeId)).catch(() => undefined)) === undefined) return;
@@ -194,9 +198,9 @@ export class NodeLayering {
       return;
     }
     if (intent.based === true && intent.repointed !== true) {
-      await this.exports.repoint(writer, top, { node: baseNode(intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
+      await this.exports.repoint(writer, top, { node: baseNode(rec.volumeId, intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
       // The record keeps its mount until the volume has arrived (follow() moves it then): the intent stays where a restart looks.
-      await this.state.write({ ...rec, layers: { [intent.base]: baseNode(intent.base) } });
+      await this.state.write({ ...rec, layers: { [intent.base]: baseNode(rec.volumeId, intent.base) } });
       crashPoint('node-move:repointed');
       await writeMove(layout, rec.volumeId, { ...intent, repointed: true });
       this.report('node_move', 'done');
@@ -215,11 +219,11 @@ export class NodeLayering {
       try {
         // Named before the switch: afterwards the old top is the snapshot's image, and merges address it.
         const top = await this.exports.top(writer);
-        if (top !== layerNode(intent.snapshotId)) {
+        if (top !== layerNode(rec.volumeId, intent.snapshotId)) {
           rec.layers = { ...rec.layers, [intent.snapshotId]: top };
           await this.state.write(rec);
         }
-        await this.exports.switchTo(writer, overlayPath(layout, rec.volumeId, intent.snapshotId), layerNode(intent.snapshotId));
+        await this.exports.switchTo(writer, overlayPath(layout, rec.volumeId, intent.snapshotId), layerNode(rec.volumeId, intent.snapshotId));
         crashPoint('node-layer:switched');
       } catch (e) {
         log.error({ err: describe(e) }, 'could not switch the export to the new layer; the controller will undo the snapshot');
@@ -258,7 +262,7 @@ export class NodeLayering {
       return fail(`this node's export has no node for ${device === undefined ? request.into : (request.backing ?? '')}`);
     }
     const below = request.backing === null ? undefined : await readSnapshot(layout.snapshotMeta(request.backing));
-    const id = `m${layerNode(request.layer).slice(1)}`;
+    const id = `m${layerNode(rec.volumeId, request.layer).slice(1)}`;
     const tries = this.attempts.get(key) ?? 0;
     try {
       if ((await this.exports.jobs(rec.export)).includes(id)) return;

@@ -14,7 +14,7 @@ import { stageMountFlags } from '../system/filesystems.js';
 import type { NodeLayering } from './layers.js';
 import type { NodeSystem } from './system.js';
 import type { SafePaths } from './safe-path.js';
-import type { StageRecord, StageState } from './state.js';
+import { volumeTag, type StageRecord, type StageState } from './state.js';
 
 export interface StageInput {
   volumeId: string;
@@ -99,6 +99,7 @@ export class Stager {
         format: 'qcow2',
         readOnly: rec.readOnly,
         stateDir: this.state.exportDir(rec.volumeId),
+        tag: volumeTag(rec.volumeId),
         chain,
       });
       rec.loopFile = rec.export.exportFile;
@@ -106,7 +107,9 @@ export class Stager {
       rec.loopFile = rec.image;
     }
     await this.state.write(rec);
-    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo: true }).catch((e: unknown) => {
+    // Over an export, direct I/O only where it does asynchronous direct I/O (qemu ≥ 11); a raw image always.
+    const directIo = rec.export === undefined || rec.export.loopDirectIo === true;
+    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo, overExport: rec.export !== undefined }).catch((e: unknown) => {
       // Refused: the file already has a device that is not ours to take (or to detach in the cleanup).
       if (isDriverError(e) && e.kind === 'precondition') rec.loopFile = undefined;
       throw e;
@@ -219,7 +222,7 @@ export class Stager {
     }
     // A crash between the export's start and the record's write leaves it unrecorded, in its deterministic dir.
     if (rec.export !== undefined) await this.sys.exports.stop(rec.export);
-    else if (rec.format === 'qcow2') await this.sys.exports.stopIn(this.state.exportDir(rec.volumeId));
+    else if (rec.format === 'qcow2') await this.sys.exports.stopIn(this.state.exportDir(rec.volumeId), volumeTag(rec.volumeId));
     await this.state.remove(rec.volumeId);
   }
 }

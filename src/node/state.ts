@@ -50,6 +50,9 @@ export interface PublishedTarget {
   mode: AccessMode;
 }
 
+/** A volume's tag: 16 hex digits, in its export's directory and id and in its qemu nodes' names. */
+export const volumeTag = (volumeId: string): string => createHash('sha256').update(volumeId).digest('hex').slice(0, 16);
+
 export class StageState {
   constructor(readonly dir: string) {}
 
@@ -62,7 +65,12 @@ export class StageState {
    * and hashed: a unix socket path may not exceed 107 bytes, and ids reach 128.
    */
   exportDir(volumeId: string): string {
-    return join(this.dir, 'x', createHash('sha256').update(volumeId).digest('hex').slice(0, 16));
+    return join(this.dir, 'x', volumeTag(volumeId));
+  }
+
+  /** The node's data plane (one qemu-storage-daemon): its QMP socket and pid file. */
+  get planeDir(): string {
+    return join(this.dir, 'dp');
   }
 
   async read(volumeId: string): Promise<StageRecord | undefined> {

@@ -7,6 +7,7 @@ import { execa } from 'execa';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { Logger } from 'pino';
+import { QEMU_TOOLS, systemQemu, type QemuInstall, type QemuTool } from './qemu-tools.js';
 
 export interface RunOptions {
   /** Milliseconds before the tool is killed (default 60 s). */
@@ -62,6 +63,8 @@ export interface RunnerOptions {
    * survive a fork), and an mkfs cut short would leave a half-made signature.
    */
   dieWithParent?: boolean;
+  /** Which qemu-img and qemu-storage-daemon to run (default: the system's). */
+  qemu?: QemuInstall;
 }
 
 /** Where `name` is on PATH, if it is. */
@@ -81,15 +84,19 @@ export function onPath(name: string): string | undefined {
 export function makeRunner(log: Logger, runnerOptions: RunnerOptions = {}): Runner {
   const setpriv = runnerOptions.dieWithParent === true ? onPath('setpriv') : undefined;
   if (runnerOptions.dieWithParent === true && setpriv === undefined) log.warn('setpriv (util-linux) is not installed: tools will outlive a killed controller');
+  const qemu = runnerOptions.qemu ?? systemQemu;
+  const isQemu = (name: string | undefined): name is QemuTool => QEMU_TOOLS.includes(name as QemuTool);
   return async (argv, options = {}) => {
-    // The logged and reported argv stays the tool's own; only the spawn goes through setpriv.
-    const [file, ...args] = setpriv === undefined ? argv : [setpriv, '--pdeathsig', 'KILL', '--', ...argv];
+    // The logged and reported argv stays the tool's own; only the spawn goes through setpriv and qemu's loader.
+    const tool = isQemu(argv[0]) ? qemu.argv(argv[0], argv.slice(1)) : argv;
+    const [file, ...args] = setpriv === undefined ? tool : [setpriv, '--pdeathsig', 'KILL', '--', ...tool];
     if (file === undefined) throw new Error('empty argv');
     const started = performance.now();
     const result = await execa(file, args, {
       reject: false,
       timeout: options.timeoutMs ?? 60_000,
       stripFinalNewline: true,
+      ...(isQemu(argv[0]) ? { env: qemu.env } : {}),
       ...(options.inheritOutput === true ? { stdout: 'inherit' as const } : {}),
       ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
     });

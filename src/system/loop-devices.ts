@@ -29,10 +29,12 @@ export interface LoopDevice {
 export interface AttachOptions {
   readOnly: boolean;
   /**
-   * Ask for direct I/O. attach() uses buffered I/O instead on FUSE (see FUSE_MAGIC) and
-   * where the file's filesystem has no O_DIRECT.
+   * Ask for direct I/O. attach() uses buffered I/O instead on FUSE (see FUSE_MAGIC), but
+   * for an export that vouches for it, and where the file's filesystem has no O_DIRECT.
    */
   directIo: boolean;
+  /** The file is a qemu export whose caller checked it does asynchronous direct I/O (qemu ≥ 11 with growable). */
+  overExport?: boolean;
 }
 
 /** 'deferred': the device was still open (mounted, or held by a pod); it goes at the last close. */
@@ -57,7 +59,8 @@ const DELETED = ' (deleted)';
  * statfs f_type of FUSE. A loop device in direct I/O mode over a file on FUSE (the qemu
  * export of a qcow2) lost and mangled writes on Linux 6.18 (mkfs.ext4 gave a corrupt
  * journal; a dd pattern read back different), while buffered mode and userspace O_DIRECT
- * on the same file were exact. So FUSE-backed files always get buffered loop I/O.
+ * on the same file were exact (qemu 7.2's export). So FUSE-backed files get buffered loop I/O,
+ * but for a qemu ≥ 11 export with asynchronous direct I/O, which was exact under fio's verify.
  */
 const FUSE_MAGIC = 0x65735546;
 
@@ -150,7 +153,7 @@ export function makeLoopDevices(run: Runner, { sysBlock = '/sys/block' }: LoopDe
     const path = await canonicalPath(file);
     const argv = ['losetup', '--find', '--show', '--nooverlap', ...(options.readOnly ? ['--read-only'] : [])];
     const onFuse = (await statfs(path)).type === FUSE_MAGIC;
-    if (!options.directIo || onFuse) return describe(lastLine((await run([...argv, path])).stdout));
+    if (!options.directIo || (onFuse && options.overExport !== true)) return describe(lastLine((await run([...argv, path])).stdout));
     const before = new Set((await findByFile(path)).map((d) => d.device));
     try {
       return await describe(lastLine((await run([...argv, '--direct-io=on', path])).stdout));

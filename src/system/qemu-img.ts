@@ -69,9 +69,29 @@ export interface QemuImg {
 }
 
 /** Integers from qemu-img JSON, read as text: sizes can exceed 2^53. */
-function jsonInteger(json: string, key: string): bigint | undefined {
-  const m = new RegExp(`"${key}"\\s*:\\s*(\\d+)`).exec(json);
-  return m?.[1] === undefined ? undefined : BigInt(m[1]);
+/**
+ * The integer value of a top-level key, exactly (JSON.parse would round sizes
+ * above 2^53). Top-level only: qemu ≥ 8 nests the protocol layer's own
+ * "virtual-size" (the file's length) under "children", before the image's.
+ */
+export function jsonInteger(json: string, key: string): bigint | undefined {
+  const wanted = JSON.stringify(key);
+  let depth = 0;
+  for (let i = 0; i < json.length; i++) {
+    const ch = json[i];
+    if (ch === '{' || ch === '[') depth++;
+    else if (ch === '}' || ch === ']') depth--;
+    else if (ch === '"') {
+      let end = i + 1;
+      while (end < json.length && json[end] !== '"') end += json[end] === '\\' ? 2 : 1;
+      if (depth === 1 && json.slice(i, end + 1) === wanted) {
+        const m = /^\s*:\s*(\d+)/.exec(json.slice(end + 1));
+        if (m?.[1] !== undefined) return BigInt(m[1]);
+      }
+      i = end;
+    }
+  }
+  return undefined;
 }
 
 export function parseInfo(json: string): ImageInfo {

@@ -1,6 +1,7 @@
 /** Node-side helpers: kubelet-like paths and checks that nothing was left behind. */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { StageState } from '../../src/node/state.js';
@@ -46,6 +47,16 @@ export function volumeMatcher(scope: NodeScope, id: string): (text: string) => b
   const images = scope.shares.map((s) => `${join(s, 'filedriver/volumes', id)}/`);
   return (text) =>
     (text.includes(`${scope.kubelet}/`) && text.includes(`/${id}/`)) || text.includes(`${exportDir}/`) || images.some((i) => text.includes(i));
+}
+
+/** The pid of the data plane (the node's one qemu-storage-daemon) of a driver under test, if it runs. */
+export function planePid(scope: Pick<NodeScope, 'kubelet' | 'driverName'>): number | undefined {
+  const dir = new StageState(join(scope.kubelet, 'plugins', scope.driverName ?? 'filedriver.dev')).planeDir;
+  try {
+    return Number.parseInt(readFileSync(join(dir, 'qsd.pid'), 'utf8'), 10);
+  } catch {
+    return undefined;
+  }
 }
 
 /** What still holds `id` (see volumeMatcher), one line each: empty when the volume is fully released. */

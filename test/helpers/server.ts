@@ -19,6 +19,8 @@ export interface Driver {
   stop(): Promise<number | null>;
   /** SIGKILL, as a crash. */
   kill(): Promise<void>;
+  /** SIGKILL to its whole process group (started with `group`), as a container's end. */
+  killGroup(): Promise<void>;
 }
 
 export interface DriverOptions {
@@ -27,6 +29,8 @@ export interface DriverOptions {
   env?: Record<string, string>;
   /** Reuse a socket directory (restart tests). */
   dir?: string;
+  /** Its own process group, so killGroup() takes it and every child still in the group. */
+  group?: boolean;
 }
 
 /** Drivers started in this test file and not yet exited. */
@@ -57,6 +61,7 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
   const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...options.env },
+    detached: options.group === true,
   });
   const log = createWriteStream(logFile);
   child.stdout?.pipe(log);
@@ -93,6 +98,12 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
     async kill() {
       client.close();
       child.kill('SIGKILL');
+      await exited;
+    },
+    async killGroup() {
+      client.close();
+      if (options.group !== true || child.pid === undefined) throw new Error('killGroup needs a driver started with group: true');
+      process.kill(-child.pid, 'SIGKILL');
       await exited;
     },
   };

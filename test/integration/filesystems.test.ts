@@ -12,6 +12,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { makeRunner } from '../../src/system/command.js';
 import { makeFilesystems } from '../../src/system/filesystems.js';
 import { makeLoopDevices } from '../../src/system/loop-devices.js';
+import { DataPlane } from '../../src/system/data-plane.js';
 import { makeQemuExports } from '../../src/system/qemu-export.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch } from '../helpers/scratch.js';
@@ -195,13 +196,15 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     const base = dir();
     const image = join(base, 'disk.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
-    const exportsA = makeQemuExports(run, silent);
-    const h = await exportsA.start(image, { format: 'qcow2', readOnly: false, stateDir: join(base, 'state') });
+    const plane = new DataPlane(join(base, 'dp'), 'managed', run, silent);
+    const exportsA = makeQemuExports(plane, run, silent);
+    const h = await exportsA.start(image, { format: 'qcow2', readOnly: false, stateDir: join(base, 'state'), tag: '00000000000000ff' });
     cleanups.push(() => exportsA.stop(h));
     const dev = await loops.attach(h.exportFile, { readOnly: false, directIo: false });
     cleanups.push(() => loops.detach(dev.device));
-    process.kill(h.pid, 'SIGKILL');
-    await untilExited(h.pid);
+    const pid = Number(readFileSync(join(base, 'dp', 'qsd.pid'), 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    await untilExited(pid);
     expect(await exportsA.isAlive(h)).toBe(false);
     expect(await fs.isMountPoint(h.exportFile)).toBe(true);
     await fs.unmount(h.exportFile); // busy (the loop) and stale (ENOTCONN): umount -l

@@ -12,7 +12,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
-import { kubeletPaths, releaseRig, useNodeCleanup, volumeLeftovers, volumeMatcher } from '../helpers/node.js';
+import { kubeletPaths, planePid, releaseRig, useNodeCleanup, volumeLeftovers, volumeMatcher } from '../helpers/node.js';
 import { holders, sweepHolders } from '../helpers/holders.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
@@ -160,10 +160,11 @@ describe.skipIf(!isRoot)('node service', () => {
     const { id, context } = await provision('pvc-dead-export', 'qcow2', cap);
     await stage(id, cap, context);
     await publish(id, cap, true);
-    const record = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes', id, 'stage.json'), 'utf8'));
-    process.kill(record.export.pid, 'SIGKILL');
+    // The node's data plane (one qemu-storage-daemon) dies with every export in it.
+    const pid = planePid({ kubelet }) ?? 0;
+    process.kill(pid, 'SIGKILL');
     // A killed process stays runnable until the scheduler lets it die: ask once it has.
-    await untilExited(record.export.pid);
+    await untilExited(pid);
     const stats = await driver.client.node('NodeGetVolumeStats', { volume_id: id, volume_path: target(id, true) });
     expect(stats.volume_condition.abnormal).toBe(true);
     expect(stats.volume_condition.message).toMatch(/not running/);

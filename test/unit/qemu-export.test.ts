@@ -1,107 +1,107 @@
-/** The daemon's command line and start()'s reading of qemu-storage-daemon 7.2 errors (captured). */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import { CommandFailed, type Runner } from '../../src/system/command.js';
-import { daemonArgs, makeQemuExports } from '../../src/system/qemu-export.js';
+/**
+ * The data plane's command line, the QMP steps of an export, how a qemu's
+ * schema is read, and which qemu the tools run as.
+ */
+import { describe, expect, it } from 'vitest';
+import { featuresOf, planeArgs, type DataPlaneFeatures } from '../../src/system/data-plane.js';
+import { exportSteps } from '../../src/system/qemu-export.js';
+import { findQemu, systemQemu, toolOf } from '../../src/system/qemu-tools.js';
 
-const paths = { exportFile: '/s/export.raw', qmpSocket: '/s/qmp.sock', pidFile: '/s/qsd.pid', intent: '/s/export.json' };
+const qemu11: DataPlaneFeatures = { version: '11.1.3', asyncDirectIo: true, multiThread: true, iothreads: ['io0', 'io1'] };
+const qemu72: DataPlaneFeatures = { version: '7.2.22', asyncDirectIo: false, multiThread: false, iothreads: ['io0', 'io1'] };
+const TAG = '0123456789abcdef';
 
-describe('daemon command line', () => {
-  it('exports a qcow2 for a writer with io_uring, O_DIRECT, locking and discard', () => {
-    expect(daemonArgs('/share/v,1/disk.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s' }, paths, 'io_uring', true)).toEqual([
+describe('data plane command line', () => {
+  it('starts iothreads and the QMP monitor, and exports nothing by itself', () => {
+    expect(planeArgs('/k/plugins/d/dp', 2, true)).toEqual([
       'qemu-storage-daemon',
-      '--blockdev', 'driver=file,node-name=file0,filename=/share/v,,1/disk.qcow2,aio=io_uring,cache.direct=on,locking=on,discard=unmap',
-      '--blockdev', 'driver=qcow2,node-name=fmt0,file=file0,discard=unmap',
-      '--chardev', 'socket,id=qmp0,path=/s/qmp.sock,server=on,wait=off',
+      '--object', 'iothread,id=io0',
+      '--object', 'iothread,id=io1',
+      '--chardev', 'socket,id=qmp0,path=/k/plugins/d/dp/qmp.sock,server=on,wait=off',
       '--monitor', 'chardev=qmp0',
-      '--export', 'type=fuse,id=export0,node-name=fmt0,mountpoint=/s/export.raw,writable=on',
-      '--pidfile', '/s/qsd.pid',
+      '--pidfile', '/k/plugins/d/dp/qsd.pid',
       '--daemonize',
     ]);
+    expect(planeArgs('/a,b', 1, false)).not.toContain('--daemonize');
+    expect(planeArgs('/a,b', 1, false)).toContain('socket,id=qmp0,path=/a,,b/qmp.sock,server=on,wait=off');
+  });
+});
+
+describe('export steps', () => {
+  it('exports a writable qcow2 on every iothread with growable (async direct I/O) on qemu 11', () => {
+    const steps = exportSteps('/share/v,1/disk.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG }, '/s/export.raw', 'io_uring', true, qemu11);
+    expect(steps).toEqual([
+      { command: 'blockdev-add', args: { driver: 'file', filename: '/share/v,1/disk.qcow2', aio: 'io_uring', cache: { direct: true }, locking: 'on', 'node-name': `t${TAG}f`, discard: 'unmap' } },
+      { command: 'blockdev-add', args: { driver: 'qcow2', 'node-name': `t${TAG}`, file: `t${TAG}f`, discard: 'unmap' } },
+      { command: 'block-export-add', args: { type: 'fuse', id: `e${TAG}`, 'node-name': `t${TAG}`, mountpoint: '/s/export.raw', writable: true, growable: true, iothread: ['io0', 'io1'] } },
+    ]);
+  });
+
+  it('on qemu 7.2: neither growable nor iothreads (its export corrupts data under a direct-io loop)', () => {
+    const steps = exportSteps('/i.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG }, '/s/export.raw', 'io_uring', true, qemu72);
+    expect(steps.at(-1)).toEqual({ command: 'block-export-add', args: { type: 'fuse', id: `e${TAG}`, 'node-name': `t${TAG}`, mountpoint: '/s/export.raw', writable: true } });
   });
 
   it('opens a backing chain as named read-only nodes, bottom first, under the image', () => {
     const chain = [
-      { node: 'sb', image: '/share/filedriver/snapshots/b/disk.qcow2', format: 'qcow2' as const },
-      { node: 'sa', image: '/share/filedriver/snapshots/a/disk.raw', format: 'raw' as const },
+      { node: `s${TAG}bbbb`, image: '/share/filedriver/snapshots/b/disk.qcow2', format: 'qcow2' as const },
+      { node: `s${TAG}aaaa`, image: '/share/filedriver/snapshots/a/disk.raw', format: 'raw' as const },
     ];
-    const argv = daemonArgs('/share/filedriver/volumes/v/disk.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s', chain }, paths, 'io_uring', true);
-    const devs = argv.flatMap((a, i) => (argv[i - 1] === '--blockdev' ? [a] : []));
-    expect(devs.slice(0, 2).map((d) => JSON.parse(d))).toEqual([
-      { driver: 'raw', 'node-name': 'sa', 'read-only': true, file: { driver: 'file', filename: '/share/filedriver/snapshots/a/disk.raw', aio: 'io_uring', cache: { direct: true }, locking: 'on' } },
-      { driver: 'qcow2', 'node-name': 'sb', 'read-only': true, backing: 'sa', file: { driver: 'file', filename: '/share/filedriver/snapshots/b/disk.qcow2', aio: 'io_uring', cache: { direct: true }, locking: 'on' } },
+    const steps = exportSteps('/share/filedriver/volumes/v/disk.qcow2', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG, chain }, '/s/export.raw', 'threads', false, qemu11);
+    const file = (filename: string) => ({ driver: 'file', filename, aio: 'threads', cache: { direct: false }, locking: 'on' });
+    expect(steps.slice(0, 2).map((s) => s.args)).toEqual([
+      { driver: 'raw', 'node-name': `s${TAG}aaaa`, 'read-only': true, file: file('/share/filedriver/snapshots/a/disk.raw') },
+      { driver: 'qcow2', 'node-name': `s${TAG}bbbb`, 'read-only': true, file: file('/share/filedriver/snapshots/b/disk.qcow2'), backing: `s${TAG}aaaa` },
     ]);
-    expect(devs[3]).toBe('driver=qcow2,node-name=fmt0,file=file0,backing=sb,discard=unmap');
+    expect(steps[3]?.args).toMatchObject({ 'node-name': `t${TAG}`, backing: `s${TAG}bbbb` });
   });
 
-  it('exports a raw image read-only straight from the file node', () => {
-    const argv = daemonArgs('/share/disk.raw', { format: 'raw', readOnly: true, stateDir: '/s' }, paths, 'threads', false);
-    expect(argv.filter((a) => a.startsWith('driver='))).toEqual([
-      'driver=file,node-name=file0,filename=/share/disk.raw,aio=threads,cache.direct=off,locking=on,read-only=on',
-    ]);
-    expect(argv).toContain('type=fuse,id=export0,node-name=file0,mountpoint=/s/export.raw,writable=off');
-    expect(argv.join(' ')).not.toMatch(/force-share/);
+  it('exports a raw image read-only straight from its file node, without growable', () => {
+    const steps = exportSteps('/share/disk.raw', { format: 'raw', readOnly: true, stateDir: '/s', tag: TAG }, '/s/export.raw', 'io_uring', true, qemu11);
+    expect(steps).toHaveLength(2);
+    expect(steps[0]?.args).toMatchObject({ 'node-name': `t${TAG}f`, 'read-only': true });
+    expect(steps[1]?.args).toEqual({ type: 'fuse', id: `e${TAG}`, 'node-name': `t${TAG}f`, mountpoint: '/s/export.raw', writable: false, iothread: ['io0', 'io1'] });
+    expect(JSON.stringify(steps)).not.toMatch(/force-share|discard/);
+  });
+
+  it('keeps every node name within qemu\'s 31 characters', () => {
+    const names = exportSteps('/i', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG }, '/s/e', 'io_uring', true, qemu11).map((s) => String(s.args['node-name']));
+    for (const n of names) expect(n.length).toBeLessThanOrEqual(31);
   });
 });
 
-// Captured from qemu-storage-daemon 7.2 (a ramfs image; a second writer; a reader beside a writer).
-const NO_O_DIRECT =
-  "qemu-storage-daemon: --blockdev driver=file,node-name=file0,filename=/tmp/fdtest-x/r/e.qcow2,aio=io_uring,cache.direct=on: Could not open '/tmp/fdtest-x/r/e.qcow2': filesystem does not support O_DIRECT";
-const WRITE_LOCK =
-  'qemu-storage-daemon: --blockdev driver=qcow2,node-name=fmt0,file=file0: Failed to get "write" lock\nIs another process using the image [/tmp/fdtest-x/x/d.qcow2]?';
-const SHARED_LOCK =
-  'qemu-storage-daemon: --blockdev driver=qcow2,node-name=fmt0,file=file0,read-only=on: Failed to get shared "write" lock\nIs another process using the image [/tmp/fdtest-x/x/d.qcow2]?';
-// Not reproducible here (io_uring works); the wording is qemu 7.2's file-posix.c + io_uring.c.
-const NO_IO_URING =
-  'qemu-storage-daemon: --blockdev driver=file,node-name=file0,filename=/x: Unable to use io_uring: failed to init linux io_uring ring: Operation not permitted';
+describe("reading a qemu's features from its QMP schema", () => {
+  // Shapes as query-qmp-schema gives them: type names masked, member names real.
+  const schema = (iothreadType: string, fuseMembers: string[]) => [
+    { name: 'block-export-add', 'meta-type': 'command', 'arg-type': '10' },
+    { name: '10', 'meta-type': 'object', members: [{ name: 'id', type: 'str' }, { name: 'iothread', type: iothreadType }], variants: [{ case: 'fuse', type: '11' }, { case: 'nbd', type: '12' }] },
+    { name: '11', 'meta-type': 'object', members: fuseMembers.map((name) => ({ name, type: 'str' })) },
+    { name: '20', 'meta-type': 'alternate', members: [{ type: 'str' }, { type: '[str]' }] },
+    { name: '[str]', 'meta-type': 'array' },
+  ];
 
-describe('start', () => {
-  const dirs: string[] = [];
-  afterEach(() => {
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  it('qemu 11: iothread takes a list, the FUSE export has growable', () => {
+    expect(featuresOf(schema('20', ['mountpoint', 'growable', 'allow-other']), '11.1.3', ['io0'])).toEqual({ version: '11.1.3', asyncDirectIo: true, multiThread: true, iothreads: ['io0'] });
   });
 
-  function failing(...stderrs: string[]): { run: Runner; calls: string[][] } {
-    const calls: string[][] = [];
-    return {
-      calls,
-      run: async (argv) => {
-        calls.push([...argv]);
-        throw new CommandFailed(argv, 1, stderrs[calls.length - 1] ?? 'unexpected call');
-      },
-    };
-  }
-
-  async function startWith(run: Runner, readOnly = false): Promise<{ error: unknown; stateDir: string }> {
-    const stateDir = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
-    dirs.push(stateDir);
-    const exportsA = makeQemuExports(run, pino({ level: 'silent' }));
-    const error = await exportsA.start(join(stateDir, 'disk.qcow2'), { format: 'qcow2', readOnly, stateDir }).catch((e: unknown) => e);
-    return { error, stateDir };
-  }
-
-  it('drops O_DIRECT, then io_uring, as qemu reports them unsupported; a lock conflict is a precondition', async () => {
-    const { run, calls } = failing(NO_O_DIRECT, NO_IO_URING, WRITE_LOCK);
-    const { error, stateDir } = await startWith(run);
-    const options = calls.map((c) => /aio=\w+,cache\.direct=\w+/.exec(c.join(' '))?.[0]);
-    expect(options).toEqual(['aio=io_uring,cache.direct=on', 'aio=io_uring,cache.direct=off', 'aio=threads,cache.direct=off']);
-    expect(error).toMatchObject({ kind: 'precondition', message: expect.stringMatching(/disk\.qcow2 is in use by another process/) });
-    expect((error as Error).message).toContain('Is another process using the image');
-    expect(readdirSync(stateDir)).toEqual([]); // a failed start leaves nothing behind
+  it('qemu 7.2: one iothread name, and growable does not mean async direct I/O there', () => {
+    expect(featuresOf(schema('str', ['mountpoint', 'growable']), '7.2.22', [])).toMatchObject({ asyncDirectIo: false, multiThread: false });
   });
 
-  it('reads a reader blocked by a writer as a precondition too', async () => {
-    const { error } = await startWith(failing(SHARED_LOCK).run, true);
-    expect(error).toMatchObject({ kind: 'precondition' });
+  it('an unexpected schema gives the safe answers', () => {
+    expect(featuresOf([], '12.0.0', [])).toMatchObject({ asyncDirectIo: false, multiThread: false });
+  });
+});
+
+describe('which qemu runs', () => {
+  it('the system qemu by default when no private one is installed at the named place', () => {
+    expect(systemQemu.argv('qemu-img', ['info', 'x'])).toEqual(['qemu-img', 'info', 'x']);
+    expect(findQemu('system')).toBe(systemQemu);
+    expect(() => findQemu('/nonexistent/qemu')).toThrow(/no filedriver-qemu\.json.*install-qemu\.sh/);
   });
 
-  it('passes any other failure on without retrying', async () => {
-    const { run, calls } = failing("qemu-storage-daemon: Could not open '/x/disk.qcow2': No such file or directory");
-    const { error } = await startWith(run);
-    expect(error).toBeInstanceOf(CommandFailed);
-    expect(calls).toHaveLength(1);
+  it('a tool through a prefix keeps its name for logs and process checks', () => {
+    expect(toolOf(['/p/bin/qemu-img', '--library-path', '/p/lib', '--argv0', 'qemu-img', '/p/usr/bin/qemu-img', 'info'])).toBe('qemu-img');
+    expect(toolOf(['/usr/bin/losetup', '-a'])).toBe('losetup');
   });
 });

@@ -37,6 +37,14 @@ describe('qemu-img info', () => {
   it('keeps sizes above 2^53 exact', () => {
     expect(parseInfo(INFO)).toEqual({ format: 'qcow2', virtualSize: 9007199255789568n, actualSize: 4202496n, backingFile: undefined });
   });
+
+  it("reads the image's sizes, not those of its file child that qemu 11 lists first", () => {
+    // qemu-img 11.1 info --output=json, shortened; a filename with brackets and a key's name in it.
+    const info = `{
+    "children": [ { "name": "file", "info": { "children": [ ], "virtual-size": 8716288, "filename": "a{\\"virtual-size\\": 1}[.qcow2", "format": "file", "actual-size": 8654848 } } ],
+    "virtual-size": 1073741824, "filename": "a{\\"virtual-size\\": 1}[.qcow2", "cluster-size": 65536, "format": "qcow2", "actual-size": 8654848 }`;
+    expect(parseInfo(info)).toEqual({ format: 'qcow2', virtualSize: 1073741824n, actualSize: 8654848n, backingFile: undefined });
+  });
 });
 
 describe('stderr summaries', () => {
