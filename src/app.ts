@@ -37,7 +37,7 @@ import { makeQemuImg } from './system/qemu-img.js';
 import { makeFilesystems } from './system/filesystems.js';
 import { makeLoopDevices } from './system/loop-devices.js';
 import { makeQemuExports } from './system/qemu-export.js';
-import { DataPlane } from './system/data-plane.js';
+import { DataPlane, pathOf } from './system/data-plane.js';
 import { findQemu, type QemuInstall } from './system/qemu-tools.js';
 import { nodeService } from './csi/node.js';
 import { NodeHealth } from './node/health.js';
@@ -131,6 +131,10 @@ export function buildApp(config: Config, log: Logger): App {
 
   const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' }), { qemu }), store, mounts, locks);
   nodeSide.layers.report = metrics.layerEvent;
+  if (node) metrics.watchDataPlane(async () => {
+    const f = await nodeSide.plane.look();
+    return f === undefined ? undefined : { qemu: f.version, path: pathOf(f) };
+  });
   let stopLayers = async (): Promise<void> => undefined;
   let stopMerges = async (): Promise<void> => undefined;
 
@@ -188,6 +192,11 @@ export function buildApp(config: Config, log: Logger): App {
       }
       // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
       await heartbeat?.start();
+      if (node) {
+        // Which qemu serves qcow2 volumes here, and how: a running data plane says; else what this process would start.
+        const f = await nodeSide.plane.look().catch(() => undefined);
+        log.info({ qemu: qemu.manifest?.version ?? 'system', qemuSource: qemu.source, dataPlane: config.dataPlane, running: f !== undefined, path: f === undefined ? undefined : pathOf(f) }, 'node data path');
+      }
     },
   };
 }

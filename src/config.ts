@@ -286,7 +286,7 @@ function isInside(parent: string, child: string): boolean {
 }
 
 /** What the admin commands (import, move, export, list, doctor) need: they act on the mounts, not on a socket. */
-export type AdminConfig = Pick<Config, 'driverName' | 'defaultFormat' | 'mounts' | 'overSubscription' | 'healthCacheSeconds'>;
+export type AdminConfig = Pick<Config, 'driverName' | 'defaultFormat' | 'mounts' | 'overSubscription' | 'healthCacheSeconds' | 'qemu' | 'kubeletDir'>;
 
 /**
  * The admin commands' settings, from the same layers as serve's so one config
@@ -295,6 +295,6 @@ export type AdminConfig = Pick<Config, 'driverName' | 'defaultFormat' | 'mounts'
  */
 export function buildAdminConfig(...layers: RawSettings[]): AdminConfig {
   const config = buildConfig(...layers, { endpoint: 'unix:///not-served-by-admin-commands' });
-  const { driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds } = config;
-  return Object.freeze({ driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds });
+  const { driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds, qemu, kubeletDir } = config;
+  return Object.freeze({ driverName, defaultFormat, mounts, overSubscription, healthCacheSeconds, qemu, kubeletDir });
 }

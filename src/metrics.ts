@@ -68,6 +68,19 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  private readonly dataPlane = new Gauge({
+    name: 'filedriver_data_plane_info',
+    help: "The node's data plane (one qemu-storage-daemon for the qcow2 volumes): 1 while it answers, with its qemu version and how volumes reach their pods",
+    labelNames: ['qemu', 'path'] as const,
+    registers: [this.registry],
+  });
+  private lookPlane: () => Promise<{ qemu: string; path: string } | undefined> = () => Promise.resolve(undefined);
+
+  /** The node's data plane, looked at (never started) at each scrape. */
+  watchDataPlane(look: () => Promise<{ qemu: string; path: string } | undefined>): void {
+    this.lookPlane = look;
+  }
+
   /**
    * `countNodes`: only the controller reports filedriver_nodes. On every node it would read every
    * node's record from every share at each scrape, which grows with the square of the cluster.
@@ -101,6 +114,9 @@ export class Metrics {
   async render(): Promise<string> {
     await this.readMounts();
     this.mergesWaiting.set(this.waitingMerges());
+    const plane = await this.lookPlane().catch(() => undefined);
+    this.dataPlane.reset();
+    if (plane !== undefined) this.dataPlane.set(plane, 1);
     return this.registry.metrics();
   }
 

@@ -25,6 +25,8 @@ const JOBS = [
 ] as const;
 
 const TARGETS = { raw: 0.9, qcow2: 0.7 } as const;
+/** qcow2 against raw on the same share in the same run (issue 13: qemu 11's export). */
+const QCOW2_VS_RAW: Partial<Record<(typeof JOBS)[number]['key'], number>> = { randwrite: 0.4, seqwrite: 0.6 };
 
 interface FioJob {
   read: { bw_bytes: number; iops: number };
@@ -91,6 +93,24 @@ export async function dataPath(ctx: Ctx, d: Driver, mount: string, share: string
           floor: direct,
           floorLabel: 'same job on a file on the share',
           target: { text: `ratio ≥ ${TARGETS[format].toFixed(2)}`, met: v / direct >= TARGETS[format] },
+          runs,
+          samples: runs,
+          detail: got[job.key],
+        });
+      }
+      const wanted = QCOW2_VS_RAW[job.key];
+      if (wanted !== undefined) {
+        const raw = median(got[job.key]?.['raw'] ?? []);
+        const v = median(got[job.key]?.['qcow2'] ?? []);
+        ctx.results.add({
+          item: 5,
+          key: `fio.${job.key}.qcow2-vs-raw`,
+          label: `${job.label}, qcow2 against raw (ext4 volumes, same share)`,
+          unit: job.unit,
+          value: v,
+          floor: raw,
+          floorLabel: 'same job on a raw volume',
+          target: { text: `ratio ≥ ${wanted.toFixed(2)}`, met: v / raw >= wanted },
           runs,
           samples: runs,
           detail: got[job.key],

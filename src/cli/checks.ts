@@ -7,7 +7,10 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { describe } from '../domain/errors.js';
+import { StageState } from '../node/state.js';
+import { DataPlane, pathOf } from '../system/data-plane.js';
 import { cleanTemp, leftover } from '../storage/whole.js';
 import { CommandFailed } from '../system/command.js';
 import type { Context } from './context.js';
@@ -16,7 +19,7 @@ import type { MountInventory, SnapshotEntry, VolumeEntry } from './inventory.js'
 export type Status = 'ok' | 'problem' | 'fixed' | 'note';
 
 export interface Finding {
-  check: 'tool' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref' | 'pending' | 'node';
+  check: 'tool' | 'qemu' | 'mount' | 'leftover' | 'duplicate' | 'chain' | 'hidden' | 'ref' | 'pending' | 'node';
   subject: string;
   status: Status;
   message: string;
@@ -46,6 +49,24 @@ export async function checkTools(ctx: Context): Promise<Finding[]> {
       }
     }),
   );
+}
+
+/**
+ * Which qemu the driver runs, and this host's data plane if it has one: its
+ * version and how qcow2 volumes reach their pods. Read only: never starts it.
+ */
+export async function checkQemu(ctx: Context): Promise<Finding[]> {
+  const source = ctx.qemu.manifest === undefined ? 'the system\'s (on PATH)' : `qemu ${ctx.qemu.manifest.version} in ${ctx.qemu.source}`;
+  const found: Finding[] = [{ check: 'qemu', subject: 'install', status: 'ok', message: source }];
+  const dir = new StageState(join(ctx.config.kubeletDir, 'plugins', ctx.config.driverName)).planeDir;
+  const plane = new DataPlane(dir, 'external', ctx.run, ctx.log);
+  const features = existsSync(plane.socket) ? await plane.look().catch(() => undefined) : undefined;
+  if (features !== undefined) {
+    found.push({ check: 'qemu', subject: 'data plane', status: features.asyncDirectIo ? 'ok' : 'note', message: `qemu ${features.version} at ${plane.socket}: ${pathOf(features)}` });
+  } else {
+    found.push({ check: 'qemu', subject: 'data plane', status: existsSync(plane.socket) ? 'problem' : 'note', message: existsSync(plane.socket) ? `${plane.socket} does not answer: qcow2 volumes staged on this host have no I/O` : `not running on this host (${dir}); the node plugin or the data-plane pod starts it for the first qcow2 volume` });
+  }
+  return found;
 }
 
 export function checkMounts(inventory: MountInventory[]): Finding[] {

@@ -5,6 +5,8 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { destination, pino, type Logger } from 'pino';
+import { qemuOf } from '../app.js';
+import type { QemuInstall } from '../system/qemu-tools.js';
 import { buildAdminConfig, ConfigError, envSettings, readConfigFile, type AdminConfig, type RawSettings } from '../config.js';
 import { Layering } from '../controller/layering.js';
 import { LiveMover } from '../controller/live-move.js';
@@ -48,6 +50,8 @@ export interface CommonValues {
 export interface Context {
   config: AdminConfig;
   log: Logger;
+  /** The qemu the tools run as: a private prefix or the system's. */
+  qemu: QemuInstall;
   run: Runner;
   qemuImg: QemuImg;
   files: Files;
@@ -89,7 +93,8 @@ export function buildContext(values: CommonValues): Context {
   }
   // stdout carries the command's output (YAML, tables, JSON); logs go to stderr, and only when asked.
   const log = pino({ level: values.verbose === true ? 'debug' : 'silent', base: { driver: config.driverName } }, destination(2));
-  const run = makeRunner(log.child({ component: 'command' }));
+  const qemu = qemuOf(config);
+  const run = makeRunner(log.child({ component: 'command' }), { qemu });
   const qemuImg = makeQemuImg(run);
   const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
   const store = new VolumeStore(mounts);
@@ -99,7 +104,7 @@ export function buildContext(values: CommonValues): Context {
   const mover = new LiveMover(mounts, store, snapshots, ledger, qemuImg);
   const settler = new Settler(store, new Layering(store, snapshots, qemuImg), mover);
   const relocator = new Relocator(mounts, store, snapshots, ledger, placer, qemuImg, mover, settler);
-  return { config, log, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
+  return { config, log, qemu, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
 }
 
 /** Long copies show qemu-img's progress bar, on a terminal only. */

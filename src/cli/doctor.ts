@@ -1,6 +1,6 @@
 /** `filedriver doctor`: is everything the driver needs present, and is every mount consistent? */
 import { invalid } from '../domain/errors.js';
-import { checkChains, checkDuplicates, checkHidden, checkLeftovers, checkMounts, checkPending, checkTools, type Finding } from './checks.js';
+import { checkQemu, checkChains, checkDuplicates, checkHidden, checkLeftovers, checkMounts, checkPending, checkTools, type Finding } from './checks.js';
 import { buildContext, COMMON_HELP, COMMON_OPTIONS, parseCommand, say } from './context.js';
 import { takeInventory } from './inventory.js';
 import { checkNodes } from './nodes.js';
@@ -8,7 +8,8 @@ import { checkNodes } from './nodes.js';
 const HELP = `Usage: filedriver doctor [--fix] [--json] [mount options]
 
 Checks that the tools run (qemu-img, qemu-storage-daemon, mkfs.ext4, mkfs.xfs, losetup,
-blkid), that each mount is usable, and each mount's contents: leftovers of interrupted work
+blkid), names the qemu in use and this host's data plane (its version, and how qcow2 volumes
+reach their pods), that each mount is usable, and each mount's contents: leftovers of interrupted work
 in filedriver/tmp/, volume or snapshot ids present on several mounts, broken backing chains
 (a backing snapshot missing, a dependent missing from its base's refs/, qemu-img check or
 qemu-img info --backing-chain failing), hidden snapshots nothing depends on any more, and
@@ -41,7 +42,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const ctx = buildContext(values);
   const inventory = await takeInventory(ctx);
 
-  const findings: Finding[] = [...(await checkTools(ctx)), ...checkMounts(inventory), ...checkDuplicates(inventory)];
+  const findings: Finding[] = [...(await checkTools(ctx)), ...(await checkQemu(ctx)), ...checkMounts(inventory), ...checkDuplicates(inventory)];
   for (const m of inventory) {
     if (!m.health.mounted) continue;
     findings.push(...(await checkLeftovers(m, fix)), ...(await checkChains(ctx, m)), ...(await checkHidden(ctx, m, fix)), ...checkPending(m), ...(await checkNodes(m, fix)));

@@ -75,6 +75,14 @@ export function featuresOf(schema: readonly SchemaEntry[], version: string, ioth
   return { version, asyncDirectIo, multiThread, iothreads };
 }
 
+/** How a qcow2 volume reaches its pod with these features, in words (doctor, logs, metrics). */
+export function pathOf(f: DataPlaneFeatures): string {
+  const threads = f.multiThread ? f.iothreads.length : 1;
+  return f.asyncDirectIo
+    ? `FUSE export on ${threads} iothread(s) with async direct I/O, direct-io loop`
+    : `FUSE export on one thread, buffered loop (qemu ${f.version}: slow; install qemu 11 with scripts/install-qemu.sh)`;
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export class DataPlane {

@@ -1,11 +1,10 @@
 /** Node-side helpers: kubelet-like paths and checks that nothing was left behind. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll } from 'vitest';
 import { StageState } from '../../src/node/state.js';
-import { describeHolder, holders, sweepHolders } from './holders.js';
+import { describeHolder, holders, sweepHolders, type Holder } from './holders.js';
 import { rootOnlyReason } from './root.js';
 import { makeScratch, type Scratch } from './scratch.js';
 import { startDriver, type Driver } from './server.js';
@@ -25,8 +24,15 @@ export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1'
  * driver, volumeLeftovers is exact.
  */
 export function leftovers(fragment: string): string[] {
-  return holders((text) => text.includes(fragment)).map(describeHolder);
+  return holders((text) => text.includes(fragment)).filter((h) => !isDataPlane(h)).map(describeHolder);
 }
+
+/**
+ * The node's data plane (one qemu-storage-daemon for all its qcow2 exports)
+ * outlives the volumes it served by design; what a volume left in it shows as
+ * its export's FUSE mount. It must be gone once its driver stopped (releaseRig).
+ */
+export const isDataPlane = (h: Holder): boolean => h.kind === 'process' && h.args.includes('/dp/qmp.sock');
 
 /** Where one driver under test keeps a node's volumes: its kubelet dir, and the shares their images are on. */
 export interface NodeScope {
@@ -61,7 +67,7 @@ export function planePid(scope: Pick<NodeScope, 'kubelet' | 'driverName'>): numb
 
 /** What still holds `id` (see volumeMatcher), one line each: empty when the volume is fully released. */
 export function volumeLeftovers(scope: NodeScope, id: string): string[] {
-  return holders(volumeMatcher(scope, id)).map(describeHolder);
+  return holders(volumeMatcher(scope, id)).filter((h) => !isDataPlane(h)).map(describeHolder);
 }
 
 export interface NodeCleanup {

@@ -11,19 +11,22 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, mountCap } from '../helpers/csi.js';
-import { createRequest } from '../conformance/fields.js';
+import { blockCap, createRequest, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, planePid, releaseRig, useNodeCleanup, volumeLeftovers } from '../helpers/node.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
 import { exited, until } from '../helpers/wait.js';
 
-/** fio writing with crc32c checksums in every block, then reading all back and checking them. */
+/**
+ * fio writing with crc32c checksums in every block, then reading all back and
+ * checking them: `jobs` writers, each on its own slice of `sizeMiB`.
+ */
 function fioArgs(file: string, sizeMiB: number, jobs: number): string[] {
-  return ['--name=verify', `--filename=${file}`, `--size=${sizeMiB}M`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio',
-    '--iodepth=16', `--numjobs=${jobs}`, '--offset_increment=' + `${Math.floor(sizeMiB / jobs)}M`, `--io_size=${Math.floor(sizeMiB / jobs)}M`,
-    '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--group_reporting', '--output-format=json'];
+  const slice = `${Math.floor(sizeMiB / jobs)}M`;
+  return ['--name=verify', `--filename=${file}`, `--size=${slice}`, `--offset_increment=${slice}`, '--rw=randwrite', '--bs=4k', '--direct=1',
+    '--ioengine=libaio', '--iodepth=16', `--numjobs=${jobs}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--group_reporting',
+    '--output-format=json'];
 }
 
 interface FioResult {
@@ -103,8 +106,8 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
   });
 
   it('fio crc32c verify through a qcow2 ext4 volume, 4 writers, then e2fsck: clean', async () => {
-    await provision('pvc-verify-fs', mountCap('ext4'));
-    const dir = await attach('pvc-verify-fs', mountCap('ext4'), false);
+    await provision('pvc-verify-fs', mountCap('SINGLE_NODE_WRITER', 'ext4'));
+    const dir = await attach('pvc-verify-fs', mountCap('SINGLE_NODE_WRITER', 'ext4'), false);
     const r = await startFio(fioArgs(join(dir, 'fio.dat'), 128, 4)).done;
     expect(r.code, r.err).toBe(0);
     expect(summary(r)).toMatchObject({ error: 0, written: 128 * 1024 * 1024, read: 128 * 1024 * 1024 });
