@@ -73,7 +73,11 @@ describe('PersistentVolume for an imported image', () => {
 describe('admin command settings', () => {
   it('need mounts but no endpoint', () => {
     const config = buildAdminConfig({ mounts: ['a=/srv/a', 'b=/srv/b/'] }, { driverName: 'files.example.com' });
-    expect(config).toEqual({ driverName: 'files.example.com', defaultFormat: 'qcow2', mounts: [{ name: 'a', path: '/srv/a' }, { name: 'b', path: '/srv/b' }], overSubscription: 1, healthCacheSeconds: 2 });
+    expect(config).toEqual({ driverName: 'files.example.com', defaultFormat: 'qcow2', mounts: [{ name: 'a', path: '/srv/a' }, { name: 'b', path: '/srv/b' }], overSubscription: 1, healthCacheSeconds: 2, qemu: undefined, kubeletDir: '/var/lib/kubelet' });
+  });
+  it('take the qemu and the kubelet dir (doctor looks at this host\'s data plane there)', () => {
+    expect(buildAdminConfig({ mounts: ['a=/x'], qemu: 'system', kubeletDir: '/k' })).toMatchObject({ qemu: 'system', kubeletDir: '/k' });
+    expect(() => buildAdminConfig({ mounts: ['a=/x'], qemu: 'relative/dir' })).toThrow(/--qemu relative\/dir must be an absolute directory or system/);
   });
   it('report bad settings as serve does', () => {
     expect(() => buildAdminConfig({})).toThrow(ConfigError);
