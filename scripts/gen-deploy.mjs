@@ -32,7 +32,7 @@ metadata:
   name: ${NAMESPACE}
   labels:
     app.kubernetes.io/name: filedriver
-    # The node plugin is privileged (loop devices, mounts, FUSE).
+    # The node plugin and the data plane are privileged (loop devices, mounts, FUSE).
     pod-security.kubernetes.io/enforce: privileged
     pod-security.kubernetes.io/audit: privileged
     pod-security.kubernetes.io/warn: privileged
@@ -72,7 +72,7 @@ export function generate() {
   const bare = byTemplate();
   const files = new Map([['namespace.yaml', HEADER + NAMESPACE_YAML]]);
   // Dependencies first.
-  const order = ['csidriver.yaml', 'rbac.yaml', 'nfs-volumes.yaml', 'controller.yaml', 'node.yaml', 'storageclasses.yaml'];
+  const order = ['csidriver.yaml', 'rbac.yaml', 'nfs-volumes.yaml', 'controller.yaml', 'data-plane.yaml', 'node.yaml', 'storageclasses.yaml'];
   const names = [...bare.keys()].sort((a, b) => rank(order, a) - rank(order, b) || a.localeCompare(b));
   for (const name of names) files.set(name, HEADER + bare.get(name).join('---\n'));
   const kustomization = [

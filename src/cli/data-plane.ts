@@ -8,7 +8,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import { qemuOf, stateDir } from '../app.js';
-import { buildConfig, envSettings, type RawSettings } from '../config.js';
+import { buildConfig, envSettings, type Config, type RawSettings } from '../config.js';
 import { invalid } from '../domain/errors.js';
 import { defaultThreads, MAX_THREADS, planeArgs } from '../system/data-plane.js';
 import { StageState } from '../node/state.js';
@@ -26,26 +26,41 @@ node: drain the node first.
   --qemu DIR|system   the qemu to run, as for serve; env FILEDRIVER_QEMU
   --threads N         iothreads the exports run on (default: the node's cores, at most ${MAX_THREADS})`;
 
-export async function dataPlaneCommand(argv: string[]): Promise<number> {
+/** What `filedriver data-plane` runs with: the driver's settings it uses, and the iothreads. */
+export interface DataPlaneSettings {
+  config: Config;
+  threads: number;
+  /** <kubelet-dir>/plugins/<driver-name>/dp: the QMP socket and pid file. */
+  dir: string;
+}
+
+/** The command line through the command's own options (the chart's tests use it on the pods' args). */
+export function parseDataPlane(argv: string[], env: NodeJS.ProcessEnv): DataPlaneSettings | 'help' {
   const { values, positionals } = parseCommand('data-plane', {
     args: argv,
     options: { 'kubelet-dir': { type: 'string' }, 'driver-name': { type: 'string' }, qemu: { type: 'string' }, threads: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
     allowPositionals: true,
   });
-  if (values.help === true) {
-    say(HELP);
-    return 0;
-  }
+  if (values.help === true) return 'help';
   if (positionals.length > 0) throw invalid(`data-plane takes no arguments, got ${positionals.join(' ')}`);
   const flags: RawSettings = { endpoint: 'unix:///not-served-by-data-plane', mounts: ['unused=/'] };
   if (values['kubelet-dir'] !== undefined) flags.kubeletDir = values['kubelet-dir'];
   if (values['driver-name'] !== undefined) flags.driverName = values['driver-name'];
   if (values.qemu !== undefined) flags.qemu = values.qemu;
-  const config = buildConfig(envSettings(process.env), flags);
+  const config = buildConfig(envSettings(env), flags);
   const threads = values.threads === undefined ? defaultThreads() : Number(values.threads);
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw invalid(`--threads ${values.threads ?? ''} must be a whole number from 1 to 64`);
-  const dir = new StageState(stateDir(config)).planeDir;
+  return { config, threads, dir: new StageState(stateDir(config)).planeDir };
+}
+
+export async function dataPlaneCommand(argv: string[]): Promise<number> {
+  const settings = parseDataPlane(argv, process.env);
+  if (settings === 'help') {
+    say(HELP);
+    return 0;
+  }
+  const { config, threads, dir } = settings;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await rm(`${dir}/qmp.sock`, { force: true });
   const qemu = qemuOf(config);

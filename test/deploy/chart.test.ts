@@ -3,12 +3,13 @@
  * every documented option set (ci/*-values.yaml) into a consistent install,
  * and refuse invalid values with a message that names the problem.
  */
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { checkInstall } from './install.js';
-import { all, apiArgs, CHART, chartFile, CI_VALUES, container, flag, helm, one, OPTIONAL_APIS, parseObjects, podSpec, render, tool, workload, type K8s } from './render.js';
+import { checkInstall, dataPlaneSettings } from './install.js';
+import { all, apiArgs, CHART, chartFile, CI_VALUES, container, flag, helm, one, OPTIONAL_APIS, parseObjects, podSpec, render, ROOT, tool, workload, type K8s } from './render.js';
 
 const defaults = parse(readFileSync(join(CHART, 'values.yaml'), 'utf8')) as K8s;
 
@@ -35,6 +36,7 @@ describe('helm template', () => {
     expect(kinds).toEqual(
       [
         'CSIDriver/filedriver.dev',
+        'DaemonSet/fd-filedriver-data-plane',
         'DaemonSet/fd-filedriver-node',
         'Deployment/fd-filedriver-controller',
         'ServiceAccount/fd-filedriver-controller',
@@ -294,6 +296,8 @@ describe('helm template', () => {
     expect(container(ctrl, 'filedriver')).toMatchObject({ image: 'registry.example.com/storage/filedriver:0.1.0-rc1', imagePullPolicy: 'Always' });
     expect(container(ctrl, 'filedriver')['resources']).toEqual({ requests: { cpu: '100m', memory: '128Mi' }, limits: { cpu: '1', memory: '1Gi' } });
     expect(container(node, 'filedriver')['resources']).toEqual({ requests: { cpu: '50m', memory: '256Mi' } });
+    const plane = container(one(objects, 'DaemonSet', 'fd-filedriver-data-plane')['spec'].template.spec, 'data-plane');
+    expect([plane['resources'], flag(plane, 'threads')]).toEqual([{ requests: { cpu: '50m', memory: '128Mi' } }, '2']);
     expect(ctrl['securityContext']).toMatchObject({ runAsUser: 2000, runAsGroup: 2000, runAsNonRoot: true });
     expect([ctrl['priorityClassName'], node['priorityClassName']]).toEqual(['storage-critical', 'storage-node-critical']);
     expect(ctrl['imagePullSecrets']).toEqual([{ name: 'registry-credentials' }]);
@@ -308,6 +312,104 @@ describe('helm template', () => {
     expect(all(objects, 'VolumeSnapshotClass')).toEqual([]);
     expect(all(objects, 'ClusterRole').map((r) => r['metadata'].name)).not.toContain('fd-filedriver-snapshotter');
     expect(container(node, 'filedriver')['readinessProbe']).toBeUndefined();
+  });
+});
+
+describe('data plane', () => {
+  const planeSet = (objects: K8s[]) => one(objects, 'DaemonSet', 'fd-filedriver-data-plane');
+  const planePod = (objects: K8s[]) => planeSet(objects)['spec'].template.spec as K8s;
+  const mountAt = (c: K8s, path: string) => (c['volumeMounts'] as K8s[]).find((m) => m['mountPath'] === path);
+  const volume = (pod: K8s, name: string) => (pod['volumes'] as K8s[]).find((v) => v['name'] === name);
+
+  it('runs the node\'s qemu-storage-daemon in a DaemonSet of its own that upgrades and probes never restart', () => {
+    const objects = render();
+    const install = checkInstall(objects);
+    expect(install.problems).toEqual([]);
+    expect(planeSet(objects)['spec'].updateStrategy).toEqual({ type: 'OnDelete' });
+    const pod = planePod(objects);
+    expect((pod['containers'] as K8s[]).map((c) => c['name'])).toEqual(['data-plane']);
+    const c = container(pod, 'data-plane');
+    expect(c['image']).toBe('ghcr.io/filedriver/filedriver:0.1.0');
+    expect(c['args']).toEqual(['data-plane', '--kubelet-dir=/var/lib/kubelet', '--driver-name=filedriver.dev']);
+    expect(c['securityContext']).toEqual({ privileged: true, runAsUser: 0 });
+    // Its FUSE exports reach the host, and the node plugin sees them through its kubelet dir.
+    expect(mountAt(c, '/var/lib/kubelet/plugins/filedriver.dev')).toEqual({ name: 'plugin-dir', mountPath: '/var/lib/kubelet/plugins/filedriver.dev', mountPropagation: 'Bidirectional' });
+    expect(volume(pod, 'plugin-dir')?.['hostPath']).toEqual({ path: '/var/lib/kubelet/plugins/filedriver.dev', type: 'DirectoryOrCreate' });
+    expect(volume(pod, mountAt(c, '/dev')?.['name'])?.['hostPath'].path).toBe('/dev');
+    const node = container(podSpec(objects, 'DaemonSet'), 'filedriver');
+    expect(mountAt(node, '/var/lib/kubelet')?.['mountPropagation']).toBe('Bidirectional');
+    expect(mountAt(node, '/csi')?.['mountPropagation']).toBe('HostToContainer');
+    // The images at the node plugin's paths.
+    expect(mountAt(c, '/filedriver/hosts/main')).toEqual({ name: 'mount-main', mountPath: '/filedriver/hosts/main', mountPropagation: 'HostToContainer' });
+    expect(c['livenessProbe']).toBeUndefined();
+    expect(c['readinessProbe'].exec.command).toEqual(['test', '-S', '/var/lib/kubelet/plugins/filedriver.dev/dp/qmp.sock']);
+    expect(pod['priorityClassName']).toBe('system-node-critical');
+    expect(pod['terminationGracePeriodSeconds']).toBeGreaterThanOrEqual(60);
+    expect(c['resources']).toEqual(defaults['dataPlane'].resources);
+    // Through the command's own parser: where the node plugin (external) looks for it.
+    expect(install.node.dataPlane).toBe('external');
+    expect(flag(node, 'data-plane')).toBe('external');
+    expect(install.dataPlane).toMatchObject({ dir: '/var/lib/kubelet/plugins/filedriver.dev/dp', config: { kubeletDir: '/var/lib/kubelet', driverName: 'filedriver.dev' } });
+  });
+
+  it('runs wherever the node plugin does, with its priority, image, pod labels and annotations', () => {
+    const objects = render({ ...chartFile('ci/custom-values.yaml'), node: { ...(chartFile('ci/custom-values.yaml') as K8s)['node'], podLabels: { team: 'nodes' }, podAnnotations: { 'example.com/owner': 'nodes' } } });
+    expect(checkInstall(objects).problems).toEqual([]);
+    const pod = planePod(objects);
+    const node = podSpec(objects, 'DaemonSet');
+    for (const key of ['nodeSelector', 'tolerations', 'affinity', 'priorityClassName', 'imagePullSecrets']) expect([key, pod[key]]).toEqual([key, node[key]]);
+    expect(pod['tolerations']).toEqual([{ key: 'dedicated', operator: 'Equal', value: 'storage', effect: 'NoSchedule' }]);
+    expect(container(pod, 'data-plane')).toMatchObject({ image: 'registry.example.com/storage/filedriver:0.1.0-rc1', imagePullPolicy: 'Always' });
+    expect(planeSet(objects)['spec'].template.metadata).toMatchObject({ annotations: { 'example.com/owner': 'nodes' }, labels: { team: 'nodes', 'app.kubernetes.io/component': 'data-plane' } });
+    // The node plugin's own update strategy (here RollingUpdate) is not the data plane's.
+    expect(planeSet(objects)['spec'].updateStrategy).toEqual({ type: 'OnDelete' });
+    // Its selector is its own: the node plugin's DaemonSet does not claim its pods, nor it theirs.
+    expect(planeSet(objects)['spec'].selector.matchLabels['app.kubernetes.io/component']).toBe('data-plane');
+  });
+
+  it('sees nfs shares where the node plugin does, and follows a moved kubelet dir and driver name', () => {
+    const objects = render({ ...chartFile('ci/nfs-values.yaml'), kubeletDir: '/var/lib/k0s/kubelet', driverName: 'files.example.com' });
+    const install = checkInstall(objects);
+    expect(install.problems).toEqual([]);
+    expect(install.dataPlane?.dir).toBe('/var/lib/k0s/kubelet/plugins/files.example.com/dp');
+    const c = container(planePod(objects), 'data-plane');
+    expect(mountAt(c, '/var/lib/k0s/kubelet/plugins/files.example.com')?.['mountPropagation']).toBe('Bidirectional');
+    expect((c['volumeMounts'] as K8s[]).filter((m) => m['name'].startsWith('mount-')).map((m) => m['mountPath'])).toEqual(
+      (container(podSpec(objects, 'DaemonSet'), 'filedriver')['volumeMounts'] as K8s[]).filter((m) => m['name'].startsWith('mount-')).map((m) => m['mountPath']),
+    );
+  });
+
+  it('takes its iothreads and resources from values', () => {
+    const resources = { requests: { cpu: '100m', memory: '256Mi' }, limits: { memory: '2Gi' } };
+    const objects = render({ dataPlane: { threads: 2, resources } });
+    expect(checkInstall(objects).problems).toEqual([]);
+    const c = container(planePod(objects), 'data-plane');
+    expect(flag(c, 'threads')).toBe('2');
+    expect(dataPlaneSettings(c).threads).toBe(2);
+    expect(c['resources']).toEqual(resources);
+  });
+
+  it.each<[string, object | undefined]>([
+    ['the defaults', undefined],
+    ['a moved kubelet dir, a driver name and threads', { kubeletDir: '/var/lib/k0s/kubelet', driverName: 'files.example.com', dataPlane: { threads: 3 } }],
+  ])('renders args that the built filedriver data-plane accepts, with %s', (_what, values) => {
+    const args = container(planePod(render(values)), 'data-plane')['args'] as string[];
+    // --help answers only after the flags parsed (strict: an unknown one fails).
+    const out = execFileSync(process.execPath, [join(ROOT, 'dist/src/main.js'), ...args, '--help'], { encoding: 'utf8' });
+    expect(out).toMatch(/^Usage: filedriver data-plane /);
+    expect(() => execFileSync(process.execPath, [join(ROOT, 'dist/src/main.js'), ...args, '--no-such-flag', '--help'], { stdio: 'pipe' })).toThrow(/Unknown option '--no-such-flag'/);
+  });
+
+  it('leaves the daemon to the node plugin when disabled (managed)', () => {
+    const objects = render('managed-data-plane-values.yaml');
+    const install = checkInstall(objects);
+    expect(install.problems).toEqual([]);
+    expect(all(objects, 'DaemonSet').map((d) => d['metadata'].name)).toEqual(['fd-filedriver-node']);
+    expect(install.dataPlane).toBeUndefined();
+    const node = container(podSpec(objects, 'DaemonSet'), 'filedriver');
+    expect(install.node.dataPlane).toBe('managed');
+    expect(flag(node, 'data-plane')).toBe('managed');
+    expect(node['args']).not.toContain('--data-plane=external');
   });
 });
 
@@ -343,6 +445,14 @@ describe('invalid values', () => {
     ['an unknown pull policy', { sidecars: { resizer: { image: { repository: 'x', tag: 'v1.0.0', pullPolicy: 'Sometimes' } } } }, /\/sidecars\/resizer\/image\/pullPolicy/],
     ['an unknown snapshot class mode', { snapshots: { class: { create: 'maybe' } } }, /\/snapshots\/class\/create/],
     ['two sidecars on one port', { sidecars: { resizer: { httpPort: 9811 } } }, /ports: sidecars\.provisioner\.httpPort and sidecars\.resizer\.httpPort are both 9811 in the controller pod/],
+    ['data plane threads beyond 64', { dataPlane: { threads: 65 } }, /\/dataPlane\/threads.*maximum/],
+    ['data plane threads as a string', { dataPlane: { threads: '2' } }, /\/dataPlane\/threads.*got string, want integer/],
+    ['a misspelt data plane key', { dataPlane: { enable: false } }, /additional properties 'enable' not allowed/],
+    [
+      'a QMP socket path too long for a unix socket',
+      { kubeletDir: `/var/lib/${'k'.repeat(40)}/kubelet`, driverName: `${'d'.repeat(40)}.example.com` },
+      /kubeletDir, driverName: the data plane's QMP socket \/var\/lib\/k+\/kubelet\/plugins\/d+\.example\.com\/dp\/qmp\.sock has 1\d\d bytes, more than a unix socket path takes \(107\)/,
+    ],
     ['metrics on the registrar\'s port', { metrics: { port: 9809 } }, /ports: sidecars\.nodeDriverRegistrar\.httpPort and metrics\.port are both 9809 in the node pod/],
   ])('fails to render with %s', (_what, values, message) => {
     const run = helm('template', values, apiArgs(OPTIONAL_APIS));

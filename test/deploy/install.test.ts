@@ -10,6 +10,8 @@ const fresh = (): K8s[] => render();
 const node = (o: K8s[]) => podSpec(o, 'DaemonSet');
 const ctrl = (o: K8s[]) => podSpec(o, 'Deployment');
 const mountOf = (c: K8s, path: string) => (c['volumeMounts'] as K8s[]).find((m) => m['mountPath'] === path) as K8s;
+const planeSet = (o: K8s[]) => one(o, 'DaemonSet', 'fd-filedriver-data-plane');
+const plane = (o: K8s[]) => container(planeSet(o)['spec'].template.spec, 'data-plane');
 
 describe('install checker', () => {
   it('finds nothing wrong with the defaults', () => {
@@ -64,6 +66,23 @@ describe('install checker', () => {
     ],
     ['a node plugin on any OS', (o) => delete node(o)['nodeSelector'], /DaemonSet fd-filedriver-node may run on a node that is not linux/],
     ['a controller placed anywhere', (o) => delete ctrl(o)['affinity'], /controller may land on a node without mount\(s\) main/],
+    ['a data plane replaced by upgrades', (o) => (planeSet(o)['spec'].updateStrategy = { type: 'RollingUpdate' }), /data plane is replaced by upgrades/],
+    [
+      'a data plane whose exports stay in its pod',
+      (o) => delete mountOf(plane(o), '/var/lib/kubelet/plugins/filedriver.dev')['mountPropagation'],
+      /data plane has \/var\/lib\/kubelet\/plugins\/filedriver\.dev\/dp at .* with None propagation, not the host's own with Bidirectional/,
+    ],
+    ['a data plane on another kubelet dir', (o) => (plane(o)['args'][1] = '--kubelet-dir=/var/lib/k0s/kubelet'), /data plane runs with kubelet dir \/var\/lib\/k0s\/kubelet/],
+    ['a node plugin running its own daemon beside the data plane', (o) => (container(node(o), 'filedriver')['args'] = container(node(o), 'filedriver')['args'].filter((a: string) => !a.startsWith('--data-plane'))), /node plugin runs --data-plane managed beside the data-plane DaemonSet/],
+    [
+      'a node plugin waiting for a data plane that is not there',
+      (o) => o.splice(o.indexOf(planeSet(o)), 1),
+      /node plugin runs --data-plane external, and no data-plane DaemonSet runs the daemon/,
+    ],
+    ['a data plane placed unlike the node plugin', (o) => (planeSet(o)['spec'].template.spec.tolerations = []), /data plane: tolerations differs from the node plugin's/],
+    ['a data plane that a probe restarts', (o) => (plane(o)['livenessProbe'] = { exec: { command: ['true'] } }), /data plane has a probe that restarts it/],
+    ['a data plane without the shares', (o) => (plane(o)['volumeMounts'] = plane(o)['volumeMounts'].filter((m: K8s) => m['name'] !== 'mount-main')), /data-plane: mount main at \/filedriver\/hosts\/main\/main is on no volume/],
+    ['a node plugin that cannot see the exports', (o) => (mountOf(container(node(o), 'filedriver'), '/var/lib/kubelet')['mountPropagation'] = 'None'), /node plugin does not see the data plane's \/var\/lib\/kubelet\/plugins\/filedriver\.dev\/x/],
   ])('reports %s', (_what, breakIt, message) => {
     const objects = fresh();
     breakIt(objects);
@@ -74,6 +93,12 @@ describe('install checker', () => {
     const objects = fresh();
     container(node(objects), 'filedriver')['args'].push('--mountt=x=/y');
     expect(() => checkInstall(objects)).toThrow(/Unknown option '--mountt'/);
+  });
+
+  it('runs the data plane\'s args through data-plane, which refuses an unknown flag', () => {
+    const objects = fresh();
+    plane(objects)['args'].push('--kubelet=/x');
+    expect(() => checkInstall(objects)).toThrow(/Unknown option '--kubelet'/);
   });
 });
 

@@ -5,9 +5,11 @@
  * followed from flag to volume to host path, and RBAC is evaluated rule by rule.
  */
 import { dirname, posix } from 'node:path';
+import { parseDataPlane, type DataPlaneSettings } from '../../src/cli/data-plane.js';
 import { parseServe } from '../../src/cli/serve.js';
 import type { Config } from '../../src/config.js';
 import { topologyKey } from '../../src/domain/topology.js';
+import { MAX_SOCKET_PATH } from '../../src/system/data-plane.js';
 import { all, container, flag, one, podSpec, workload, type K8s } from './render.js';
 import { rbacProblems, SIDECAR_NEEDS } from './sidecar-rbac.js';
 
@@ -21,10 +23,15 @@ function containerEnv(c: K8s): Record<string, string> {
   return env;
 }
 
+/** A container's args as Kubernetes passes them ($(VAR) expanded). */
+function expandedArgs(c: K8s, env: Record<string, string>): string[] {
+  return ((c['args'] ?? []) as string[]).map((a) => a.replace(/\$\(([A-Z_]+)\)/g, (_, v: string) => env[v] ?? `$(${v})`));
+}
+
 /** The driver container's args through `filedriver serve`'s own parser. */
 export function driverConfig(c: K8s): Config {
   const env = containerEnv(c);
-  const args = ((c['args'] ?? []) as string[]).map((a) => a.replace(/\$\(([A-Z_]+)\)/g, (_, v: string) => env[v] ?? `$(${v})`));
+  const args = expandedArgs(c, env);
   if (args[0] !== 'serve') throw new Error(`driver container args start with ${String(args[0])}, not serve`);
   const config = parseServe(args.slice(1), env);
   if (config === 'help') throw new Error('driver container asks for --help');
@@ -60,6 +67,29 @@ export function mountSources(pod: K8s, c: K8s, config: Config, problems: string[
     } else problems.push(`${c['name']}: mount ${m.name} is on volume ${vm['name']}, neither hostPath nor a claim`);
   }
   return out;
+}
+
+/** The data-plane container's args through `filedriver data-plane`'s own parser. */
+export function dataPlaneSettings(c: K8s): DataPlaneSettings {
+  const env = containerEnv(c);
+  const args = expandedArgs(c, env);
+  if (args[0] !== 'data-plane') throw new Error(`data-plane container args start with ${String(args[0])}, not data-plane`);
+  const settings = parseDataPlane(args.slice(1), env);
+  if (settings === 'help') throw new Error('data-plane container asks for --help');
+  return settings;
+}
+
+/**
+ * Where a path inside a container is on the host, and with which propagation:
+ * through the deepest hostPath volume mount that holds it.
+ */
+function hostView(pod: K8s, c: K8s, path: string): { host: string; propagation: string } | undefined {
+  const vm = mountsOf(c)
+    .filter((x) => inside(path, x['mountPath']))
+    .sort((a, b) => b['mountPath'].length - a['mountPath'].length)[0];
+  const host = vm === undefined ? undefined : (volumeOf(pod, vm['name'])?.['hostPath']?.path as string | undefined);
+  if (vm === undefined || host === undefined) return undefined;
+  return { host: posix.join(host, posix.relative(vm['mountPath'], path)), propagation: vm['mountPropagation'] ?? 'None' };
 }
 
 /** Checks one container's socket: the flag's path is on the volume the driver's socket is on. */
@@ -106,10 +136,69 @@ function nfsShareProblems(objects: K8s[], ctrlPod: K8s, nodePod: K8s, mounts: Re
   return problems;
 }
 
+/**
+ * The data plane: with its DaemonSet, the node plugin only connects
+ * (external), and the daemon runs where the plugin looks for it: the same
+ * kubelet and driver name, its socket and FUSE exports at the same paths on
+ * the host, reaching the host (Bidirectional) and the node plugin, the images
+ * at the paths the node plugin gives it, on every node the plugin runs on.
+ * Never replaced by an upgrade, never restarted by a probe. Without it, the
+ * node plugin runs the daemon itself (managed).
+ */
+function dataPlaneProblems(objects: K8s[], nodePod: K8s, node: K8s, nodeConfig: Config, fromNode: Record<string, string>): { problems: string[]; settings?: DataPlaneSettings } {
+  const problems: string[] = [];
+  const sets = all(objects, 'DaemonSet').filter((d) => d['spec'].template.metadata.labels['app.kubernetes.io/component'] === 'data-plane');
+  const ds = sets[0];
+  if (ds === undefined) {
+    if (nodeConfig.dataPlane !== 'managed') problems.push(`node plugin runs --data-plane ${nodeConfig.dataPlane}, and no data-plane DaemonSet runs the daemon`);
+    return { problems };
+  }
+  if (sets.length > 1) problems.push(`${sets.length} data-plane DaemonSets`);
+  if (nodeConfig.dataPlane !== 'external') problems.push(`node plugin runs --data-plane ${nodeConfig.dataPlane} beside the data-plane DaemonSet: two daemons on one socket`);
+  if (ds['spec'].updateStrategy?.type !== 'OnDelete') problems.push(`data plane is replaced by upgrades (updateStrategy ${JSON.stringify(ds['spec'].updateStrategy)}), ending the qcow2 volumes' I/O`);
+  const pod = ds['spec'].template.spec;
+  const containers = pod['containers'] as K8s[];
+  if (containers.length !== 1) problems.push(`data-plane pod has ${containers.length} containers`);
+  const c = containers[0] as K8s;
+  const settings = dataPlaneSettings(c);
+  const { kubeletDir, driverName, qemu } = settings.config;
+  if (kubeletDir !== nodeConfig.kubeletDir || driverName !== nodeConfig.driverName || qemu !== nodeConfig.qemu) {
+    problems.push(`data plane runs with kubelet dir ${kubeletDir}, driver ${driverName}, qemu ${String(qemu)}; the node plugin with ${nodeConfig.kubeletDir}, ${nodeConfig.driverName}, ${String(nodeConfig.qemu)}`);
+  }
+  const pluginDir = `${nodeConfig.kubeletDir}/plugins/${nodeConfig.driverName}`;
+  if (settings.dir !== `${pluginDir}/dp`) problems.push(`data plane's socket directory is ${settings.dir}, not ${pluginDir}/dp`);
+  if (Buffer.byteLength(`${settings.dir}/qmp.sock`) > MAX_SOCKET_PATH) problems.push(`data plane's socket ${settings.dir}/qmp.sock is longer than ${MAX_SOCKET_PATH} bytes`);
+  // The QMP socket and the exports: the same host path in both pods (paths go over QMP).
+  for (const path of [settings.dir, `${pluginDir}/x`]) {
+    const dp = hostView(pod, c, path);
+    if (dp?.host !== path || dp.propagation !== 'Bidirectional') problems.push(`data plane has ${path} ${dp === undefined ? 'on no hostPath' : `at ${dp.host} on the host with ${dp.propagation} propagation`}, not the host's own with Bidirectional`);
+    const seen = hostView(nodePod, node, path);
+    if (seen?.host !== path || !['HostToContainer', 'Bidirectional'].includes(seen.propagation)) problems.push(`node plugin does not see the data plane's ${path} (host ${String(seen?.host)}, ${String(seen?.propagation)} propagation)`);
+  }
+  if (hostView(pod, c, '/dev')?.host !== '/dev') problems.push('data plane lacks /dev (FUSE)');
+  const sec = c['securityContext'] ?? {};
+  if (sec.privileged !== true || sec.runAsUser !== 0) problems.push('data plane is not privileged root');
+  // The images, at the paths the node plugin gives the daemon.
+  const shares = mountSources(pod, c, nodeConfig, problems);
+  if (JSON.stringify(shares) !== JSON.stringify(fromNode)) problems.push(`data plane sees other mounts than the node plugin: ${JSON.stringify(shares)} vs ${JSON.stringify(fromNode)}`);
+  for (const key of ['nodeSelector', 'tolerations', 'affinity']) {
+    if (JSON.stringify(pod[key]) !== JSON.stringify(nodePod[key])) problems.push(`data plane: ${key} differs from the node plugin's`);
+  }
+  if (c['image'] !== node['image']) problems.push(`data plane runs ${c['image']}, the node plugin ${node['image']}`);
+  if (c['livenessProbe'] !== undefined || c['startupProbe'] !== undefined) problems.push('data plane has a probe that restarts it');
+  const ready = c['readinessProbe'];
+  if (ready !== undefined && JSON.stringify(ready.exec?.command) !== JSON.stringify(['test', '-S', `${settings.dir}/qmp.sock`])) problems.push(`data plane readiness ${JSON.stringify(ready)} is not its QMP socket`);
+  if (!((pod['terminationGracePeriodSeconds'] ?? 30) >= 60)) problems.push('data plane has less than 60 s to end its exports');
+  if (pod['automountServiceAccountToken'] !== false) problems.push('data plane mounts an API token it does not use');
+  return { problems, settings };
+}
+
 export interface Install {
   problems: string[];
   controller: Config;
   node: Config;
+  /** The data-plane DaemonSet's settings; undefined without it. */
+  dataPlane: DataPlaneSettings | undefined;
   /** mount name → its source, as both pods see it. */
   mounts: Record<string, string>;
 }
@@ -210,7 +299,8 @@ export function checkInstall(objects: K8s[]): Install {
   }
 
   // Images: pinned, by a release tag and optionally a digest.
-  for (const c of [...(ctrlPod['containers'] as K8s[]), ...(nodePod['containers'] as K8s[])]) {
+  const dpContainers = all(objects, 'DaemonSet').filter((d) => d['spec'].template.metadata.labels['app.kubernetes.io/component'] === 'data-plane').flatMap((d) => d['spec'].template.spec.containers as K8s[]);
+  for (const c of [...(ctrlPod['containers'] as K8s[]), ...(nodePod['containers'] as K8s[]), ...dpContainers]) {
     const m = /:([^:/@]+)(@sha256:[a-f0-9]{64})?$/.exec(c['image'] as string);
     const tag = m?.[1];
     if (tag === undefined || tag === 'latest') problems.push(`${c['name']}: image ${c['image']} is not pinned`);
@@ -247,6 +337,8 @@ export function checkInstall(objects: K8s[]): Install {
   if (unplaced.length > 0 && !placedByAdmin && terms.length === 0) problems.push(`controller may land on a node without mount(s) ${unplaced.join(', ')}`);
 
   problems.push(...nfsShareProblems(objects, ctrlPod, nodePod, fromNode, nodeConfig));
+  const dataPlane = dataPlaneProblems(objects, nodePod, node, nodeConfig, fromNode);
+  problems.push(...dataPlane.problems);
 
   // Service names are DNS labels.
   for (const svc of all(objects, 'Service')) if (svc['metadata'].name.length > 63) problems.push(`Service ${svc['metadata'].name} is longer than 63 characters`);
@@ -259,5 +351,5 @@ export function checkInstall(objects: K8s[]): Install {
   problems.push(...rbacProblems(objects, sa, ns, prefix, present));
   if (nodePod['automountServiceAccountToken'] !== false) problems.push('node plugin mounts an API token it does not use');
 
-  return { problems, controller, node: nodeConfig, mounts: fromNode };
+  return { problems, controller, node: nodeConfig, dataPlane: dataPlane.settings, mounts: fromNode };
 }

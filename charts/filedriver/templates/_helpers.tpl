@@ -216,6 +216,10 @@ Checks the schema cannot express; each fails the render with one clear line.
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- end -}}
+{{- $qmp := printf "%s/plugins/%s/dp/qmp.sock" .Values.kubeletDir .Values.driverName -}}
+{{- if gt (len $qmp) 107 -}}
+{{- fail (printf "kubeletDir, driverName: the data plane's QMP socket %s has %d bytes, more than a unix socket path takes (107); shorten one of them" $qmp (len $qmp)) -}}
+{{- end -}}
 {{- $defaults := 0 -}}
 {{- range .Values.storageClasses -}}
 {{- $sc := . -}}
