@@ -4,10 +4,10 @@
  * anything touches them (node/safe-path.ts).
  */
 import type { Logger } from 'pino';
-import { invalid, precondition } from '../domain/errors.js';
+import { invalid, notFound, precondition } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
 import { checkMountFlags } from '../domain/mount-flags.js';
-import { checkKubeletPath, overlaps } from '../domain/paths.js';
+import { checkKubeletPath, kubeletPath, overlaps } from '../domain/paths.js';
 import { topologyKey } from '../domain/topology.js';
 import type { NodeHealth } from '../node/health.js';
 import { nodeVolumeKey } from '../node/layers.js';
@@ -52,6 +52,14 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
   const volumeId = (r: NodeRequest) => checkId(requireString(r.volume_id, 'volume_id'), 'volume_id');
   const safe = new SafePaths(deps.kubeletDir);
   const path = (p: string | undefined, field: string) => safe.check(checkKubeletPath(p, field, deps.kubeletDir), field);
+  // Stats and expansion only look at volume_path: one the volume cannot be at (relative, or outside the kubelet
+  // directory) is NOT_FOUND untouched (CSI: "does not exist on specified volume_path"; csi-sanity sends "some/path").
+  // A path through a link stays INVALID_ARGUMENT (safe.check), and a missing one inside is NOT_FOUND (node/health.ts).
+  const volumePath = (r: NodeRequest, id: string) => {
+    const { clean, outside } = kubeletPath(r.volume_path, 'volume_path', deps.kubeletDir);
+    if (outside !== undefined) throw notFound(`volume ${id} is not staged or published at ${clean}: ${outside}`);
+    return safe.check(clean, 'volume_path');
+  };
   // Flags are checked before the volume is touched: mount(8) refusing one after mkfs is too late.
   const capability = (r: NodeRequest) => {
     const cap = parseCapability(r.volume_capability);
@@ -108,7 +116,8 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     }),
 
     NodeGetVolumeStats: handle('NodeGetVolumeStats', { ids }, async (r: NodeRequest) => {
-      const stats = await deps.health.stats(volumeId(r), await path(r.volume_path, 'volume_path'));
+      const id = volumeId(r);
+      const stats = await deps.health.stats(id, await volumePath(r, id));
       const u = stats.usage;
       const usage =
         'usedBytes' in u
@@ -121,7 +130,8 @@ export function nodeService(handle: Handle, deps: NodeDeps) {
     }),
 
     NodeExpandVolume: handle('NodeExpandVolume', { ids, locks: byVolume }, async (r: NodeRequest, log: Logger) => {
-      const size = await deps.health.expand(volumeId(r), await path(r.volume_path, 'volume_path'), parseRange(r.capacity_range), log);
+      const id = volumeId(r);
+      const size = await deps.health.expand(id, await volumePath(r, id), parseRange(r.capacity_range), log);
       return { capacity_bytes: size.toString() };
     }),
   };
