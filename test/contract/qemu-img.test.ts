@@ -6,7 +6,6 @@ import type { Format } from '../../src/domain/parameters.js';
 import { makeRunner, onPath } from '../../src/system/command.js';
 import { makeQemuImg } from '../../src/system/qemu-img.js';
 import { FakeQemuImg } from '../fakes/qemu-img.js';
-import { until } from '../helpers/wait.js';
 import { qemuImgContract } from './qemu-img.contract.js';
 
 const run = promisify(execFile);
@@ -30,11 +29,20 @@ if (haveQemu) {
     const img = makeQemuImg(makeRunner(pino({ level: 'silent' })));
     return {
       img,
-      /** qemu-io opens the image read-write and sleeps: qemu's write lock is held until it is killed. */
+      /**
+       * qemu-io opens the image read-write and sleeps: qemu's write lock is held until it is killed.
+       * It is ready once it prints the image's length (line-buffered by stdbuf). Polling inUse()
+       * instead would race it: a probe's own lock, taken while qemu-io opens, makes qemu-io fail.
+       */
       async hold(path: string, format: Format) {
-        const child = spawn('qemu-io', ['-f', format, '-c', 'sleep 60000', path], { stdio: 'ignore' });
+        const child = spawn('stdbuf', ['-oL', 'qemu-io', '-f', format, '-c', 'length', '-c', 'sleep 60000', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
         const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-        await until(`qemu-io holds ${path}`, () => img.inUse(path, format));
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.once('data', () => resolve());
+          void exited.then(() => reject(new Error(`qemu-io could not hold ${path}: ${stderr}`)));
+        });
         return async () => {
           child.kill('SIGKILL');
           await exited;
