@@ -8,7 +8,7 @@ import type { PublishService } from '../controller/publish.js';
 import { parseMutable, type Relocator } from '../controller/relocate.js';
 import type { SnapshotService } from '../controller/snapshots.js';
 import { snapshotHandlers } from './snapshots.js';
-import { condition, parseContentSource, toCsiVolume, type CsiContentSource } from './messages.js';
+import { condition, parseContentSource, toCsiVolume } from './messages.js';
 import type { VolumeService, VolumeView } from '../controller/volumes.js';
 import { view } from '../controller/volumes.js';
 import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
@@ -18,17 +18,8 @@ import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import type { Handle } from './handle.js';
-import {
-  parseCapabilities,
-  parseCapability,
-  parseRange,
-  parseTopology,
-  requireString,
-  type CsiCapability,
-  type CsiCapacityRange,
-  type CsiTopology,
-  type CsiTopologyRequirement,
-} from './requests.js';
+import { parseCapabilities, parseCapability, parseRange, parseTopology, requireString } from './requests.js';
+import type { ControllerService } from './server.js';
 
 export interface ControllerDeps {
   volumes: VolumeService;
@@ -60,23 +51,12 @@ export const CONTROLLER_CAPABILITIES = [
   'SINGLE_NODE_MULTI_WRITER',
 ] as const;
 
-interface VolumeRequest {
-  volume_id?: string;
-  secrets?: Record<string, string>;
-}
-interface CreateVolumeRequest {
-  name?: string;
-  capacity_range?: CsiCapacityRange | null;
-  volume_capabilities?: CsiCapability[];
-  parameters?: Record<string, string>;
-  accessibility_requirements?: CsiTopologyRequirement | null;
-  volume_content_source?: CsiContentSource | null;
-  mutable_parameters?: Record<string, string>;
-}
-const byVolume = (r: VolumeRequest): string[] => [`volume:${r.volume_id ?? ''}`];
-const volumeIds = (r: VolumeRequest): Record<string, string> => ({ volumeId: r.volume_id ?? '' });
+// Requests arrive with every field set (proto-loader `defaults`), as the generated __Output types say.
+const byVolume = (r: { volume_id: string }): string[] => [`volume:${r.volume_id}`];
+const volumeIds = (r: { volume_id: string }): Record<string, string> => ({ volumeId: r.volume_id });
+const nodeIds = (r: { volume_id: string; node_id: string }): Record<string, string> => ({ volumeId: r.volume_id, nodeId: r.node_id });
 
-export function controllerService(handle: Handle, deps: ControllerDeps) {
+export function controllerService(handle: Handle, deps: ControllerDeps): ControllerService {
   const { volumes } = deps;
   const csiVolume = (v: VolumeView) => toCsiVolume(v, volumes.keyOf);
   return {
@@ -87,30 +67,30 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
     CreateVolume: handle(
       'CreateVolume',
       {
-        ids: (r: CreateVolumeRequest) => ({ name: r.name ?? '' }),
+        ids: (r) => ({ name: r.name }),
         // A clone reads its source: a source volume is locked so it cannot be published (and written) mid-copy,
         // a source snapshot so a background merge does not rewrite its image under the copy.
-        locks: (r: CreateVolumeRequest) => {
+        locks: (r) => {
           const volume = r.volume_content_source?.volume?.volume_id;
           const snapshot = r.volume_content_source?.snapshot?.snapshot_id;
           return [
-            `volume:${idFromName(r.name ?? '')}`,
+            `volume:${idFromName(r.name)}`,
             ...(volume === undefined || volume === '' ? [] : [`volume:${volume}`]),
             ...(snapshot === undefined || snapshot === '' ? [] : [`snapshot:${snapshot}`]),
           ];
         },
       },
-      async (r: CreateVolumeRequest, log) => {
+      async (r, log) => {
         const name = requireString(r.name, 'name');
         const v = await volumes.create(
           {
             name,
             capacity: parseRange(r.capacity_range),
             capabilities: parseCapabilities(r.volume_capabilities, true),
-            parameters: r.parameters ?? {},
+            parameters: r.parameters,
             ...parseTopology(r.accessibility_requirements),
             contentSource: parseContentSource(r.volume_content_source),
-            mutable: parseMutable(r.mutable_parameters ?? {}, (m) => deps.mounts.has(m)),
+            mutable: parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m)),
           },
           log,
         );
@@ -118,7 +98,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
       },
     ),
 
-    DeleteVolume: handle('DeleteVolume', { ids: volumeIds, locks: byVolume }, async (r: VolumeRequest, log) => {
+    DeleteVolume: handle('DeleteVolume', { ids: volumeIds, locks: byVolume }, async (r, log) => {
       await volumes.delete(requireString(r.volume_id, 'volume_id'), log);
       return {};
     }),
@@ -126,24 +106,20 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
     ValidateVolumeCapabilities: handle(
       'ValidateVolumeCapabilities',
       { ids: volumeIds },
-      async (r: VolumeRequest & { volume_capabilities?: CsiCapability[]; volume_context?: Record<string, string>; parameters?: Record<string, string> }) => {
+      async (r) => {
         const id = requireString(r.volume_id, 'volume_id');
         const caps = parseCapabilities(r.volume_capabilities, true);
-        const problem = await volumes.validate(id, caps, r.parameters ?? {}, r.volume_context ?? {});
+        const problem = await volumes.validate(id, caps, r.parameters, r.volume_context);
         if (problem !== undefined) return { confirmed: null, message: problem };
         return {
-          confirmed: {
-            volume_context: r.volume_context ?? {},
-            volume_capabilities: r.volume_capabilities ?? [],
-            parameters: r.parameters ?? {},
-          },
+          confirmed: { volume_context: r.volume_context, volume_capabilities: r.volume_capabilities, parameters: r.parameters },
           message: '',
         };
       },
     ),
 
-    ListVolumes: handle('ListVolumes', {}, async (r: { max_entries?: number; starting_token?: string }) => {
-      const page = await listVolumes(r.max_entries ?? 0, r.starting_token ?? '', deps);
+    ListVolumes: handle('ListVolumes', {}, async (r) => {
+      const page = await listVolumes(r.max_entries, r.starting_token, deps);
       const entries = await mapLimit(page.entries, PARALLEL_READS, async (found) => ({
         volume: csiVolume(view(found)),
         status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'quick')) },
@@ -154,10 +130,10 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
     GetCapacity: handle(
       'GetCapacity',
       {},
-      async (r: { volume_capabilities?: CsiCapability[]; parameters?: Record<string, string>; accessible_topology?: CsiTopology | null }) => {
+      async (r) => {
         const input: CapacityInput = {
           capabilities: parseCapabilities(r.volume_capabilities, false),
-          parameters: r.parameters ?? {},
+          parameters: r.parameters,
           topology: r.accessible_topology?.segments ?? undefined,
         };
         const c = await capacity(input, deps);
@@ -172,7 +148,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
     ControllerExpandVolume: handle(
       'ControllerExpandVolume',
       { ids: volumeIds, locks: byVolume },
-      async (r: VolumeRequest & { capacity_range?: CsiCapacityRange | null; volume_capability?: CsiCapability | null }, log) => {
+      async (r, log) => {
         const v = await volumes.expand(requireString(r.volume_id, 'volume_id'), parseRange(r.capacity_range), log);
         // Block and filesystem volumes alike: the node must refresh the device it attached.
         return { capacity_bytes: v.sizeBytes.toString(), node_expansion_required: true };
@@ -181,14 +157,14 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
 
     ControllerPublishVolume: handle(
       'ControllerPublishVolume',
-      { ids: (r: VolumeRequest & { node_id?: string }) => ({ volumeId: r.volume_id ?? '', nodeId: r.node_id ?? '' }), locks: byVolume },
-      async (r: VolumeRequest & { node_id?: string; volume_capability?: CsiCapability | null; readonly?: boolean }, log) => {
+      { ids: nodeIds, locks: byVolume },
+      async (r, log) => {
         const publish_context = await deps.publishing.publish(
           {
             volumeId: requireString(r.volume_id, 'volume_id'),
             nodeId: requireString(r.node_id, 'node_id'),
             capability: parseCapability(r.volume_capability),
-            readonly: r.readonly ?? false,
+            readonly: r.readonly,
           },
           log,
         );
@@ -198,9 +174,9 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
 
     ControllerUnpublishVolume: handle(
       'ControllerUnpublishVolume',
-      { ids: (r: VolumeRequest & { node_id?: string }) => ({ volumeId: r.volume_id ?? '', nodeId: r.node_id ?? '' }), locks: byVolume },
-      async (r: VolumeRequest & { node_id?: string }, log) => {
-        await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id ?? '', log);
+      { ids: nodeIds, locks: byVolume },
+      async (r, log) => {
+        await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id, log);
         return {};
       },
     ),
@@ -210,15 +186,15 @@ export function controllerService(handle: Handle, deps: ControllerDeps) {
     ControllerModifyVolume: handle(
       'ControllerModifyVolume',
       { ids: volumeIds, locks: byVolume },
-      async (r: VolumeRequest & { mutable_parameters?: Record<string, string> }, log) => {
-        const target = parseMutable(r.mutable_parameters ?? {}, (m) => deps.mounts.has(m));
+      async (r, log) => {
+        const target = parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m));
         await deps.relocator.relocate(await volumes.require(requireString(r.volume_id, 'volume_id')), target, log);
         return {};
       },
     ),
 
     // Locked: its `qemu-img check` must not read an image a background merge is rewriting (ABORTED meanwhile).
-    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds, locks: byVolume }, async (r: VolumeRequest) => {
+    ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds, locks: byVolume }, async (r) => {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),

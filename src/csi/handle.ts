@@ -28,8 +28,11 @@ export type Translate = (e: unknown) => Promise<unknown>;
 export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined, translate: Translate = async (e) => e) {
   return function handle<Req, Res>(
     method: string,
-    options: RpcOptions<Req>,
-    fn: (req: Req, log: Logger) => Promise<Res>,
+    // Req and Res come from where the handler goes (the generated IdentityHandlers, NodeHandlers…):
+    // fn's request is the proto's message type, and a reply literal is checked against the proto's
+    // reply field by field. Options may take any part of the request (e.g. { volume_id: string }).
+    options: RpcOptions<NoInfer<Req>>,
+    fn: (req: Req, log: Logger) => Promise<NoInfer<Res>>,
   ): UnaryHandler<Req, Res> {
     return (call, callback) => {
       const started = performance.now();

@@ -1,4 +1,5 @@
 /** CSI Identity service: who we are, what we serve, that we answer. */
+import type { IdentityHandlers } from './generated/csi/v1/Identity.js';
 import type { Handle } from './handle.js';
 
 export interface IdentityDeps {
@@ -7,7 +8,7 @@ export interface IdentityDeps {
   controller: boolean;
 }
 
-export function identityService(handle: Handle, deps: IdentityDeps) {
+export function identityService(handle: Handle, deps: IdentityDeps): IdentityHandlers {
   return {
     GetPluginInfo: handle('GetPluginInfo', {}, async () => ({
       name: deps.driverName,
@@ -16,7 +17,7 @@ export function identityService(handle: Handle, deps: IdentityDeps) {
     })),
     GetPluginCapabilities: handle('GetPluginCapabilities', {}, async () => ({
       capabilities: [
-        ...(deps.controller ? [{ service: { type: 'CONTROLLER_SERVICE' } }] : []),
+        ...(deps.controller ? [{ service: { type: 'CONTROLLER_SERVICE' as const } }] : []),
         { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
         { volume_expansion: { type: 'ONLINE' } },
       ],

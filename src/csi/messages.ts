@@ -3,13 +3,10 @@ import type { SnapshotView } from '../controller/snapshots.js';
 import type { ContentSource } from '../controller/sources.js';
 import type { VolumeView } from '../controller/volumes.js';
 import { invalid } from '../domain/errors.js';
+import type { VolumeContentSource__Output as CsiContentSource } from './generated/csi/v1/VolumeContentSource.js';
 import { requireString } from './requests.js';
 
-export interface CsiContentSource {
-  snapshot?: { snapshot_id?: string } | null;
-  volume?: { volume_id?: string } | null;
-  type?: string;
-}
+export type { CsiContentSource };
 
 export function parseContentSource(s: CsiContentSource | null | undefined): ContentSource | undefined {
   if (s === null || s === undefined) return undefined;

@@ -2,10 +2,14 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadPackageDefinition, type GrpcObject, type ServiceClientConstructor } from '@grpc/grpc-js';
+import { loadPackageDefinition } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
+import type { ProtoGrpcType } from './generated/csi.js';
 
-/** longs as strings: int64 sizes above 2^53 stay exact (converted to bigint at the edge). */
+/**
+ * longs as strings: int64 sizes above 2^53 stay exact (converted to bigint at the edge).
+ * src/csi/generated is generated with the same options (npm run gen:proto).
+ */
 export const LOADER_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true } as const;
 
 /** The package root, found from this file whether it runs from src/ or dist/src/. */
@@ -19,15 +23,10 @@ export function packageRoot(): string {
   return dir;
 }
 
-export interface CsiPackage {
-  Identity: ServiceClientConstructor;
-  Controller: ServiceClientConstructor;
-  Node: ServiceClientConstructor;
-}
+export type CsiPackage = ProtoGrpcType['csi']['v1'];
 
 export function loadCsi(): CsiPackage {
   const definition = loadSync(join(packageRoot(), 'proto', 'csi.proto'), LOADER_OPTIONS);
-  const root = loadPackageDefinition(definition) as GrpcObject;
-  const v1 = (root['csi'] as GrpcObject)['v1'] as unknown as CsiPackage;
-  return v1;
+  // grpc-js types what it loads as a GrpcObject; the generated ProtoGrpcType says what this proto gives.
+  return (loadPackageDefinition(definition) as unknown as ProtoGrpcType).csi.v1;
 }

@@ -7,24 +7,12 @@ import { ACCESS_MODES, DEFAULT_FS_TYPE, type AccessMode, type Capability } from 
 import { invalid } from '../domain/errors.js';
 import type { Segment } from '../domain/placement.js';
 import { parseBytes, type CapacityRange } from '../domain/sizes.js';
+import type { CapacityRange__Output as CsiCapacityRange } from './generated/csi/v1/CapacityRange.js';
+import type { Topology__Output as CsiTopology } from './generated/csi/v1/Topology.js';
+import type { TopologyRequirement__Output as CsiTopologyRequirement } from './generated/csi/v1/TopologyRequirement.js';
+import type { VolumeCapability__Output as CsiCapability } from './generated/csi/v1/VolumeCapability.js';
 
-export interface CsiCapability {
-  block?: object | null;
-  mount?: { fs_type?: string; mount_flags?: string[]; volume_mount_group?: string } | null;
-  access_mode?: { mode?: string | number } | null;
-  access_type?: string;
-}
-export interface CsiCapacityRange {
-  required_bytes?: string | number;
-  limit_bytes?: string | number;
-}
-export interface CsiTopology {
-  segments?: Record<string, string>;
-}
-export interface CsiTopologyRequirement {
-  requisite?: CsiTopology[];
-  preferred?: CsiTopology[];
-}
+export type { CsiCapability, CsiCapacityRange, CsiTopology, CsiTopologyRequirement };
 
 export function parseCapability(c: CsiCapability | null | undefined): Capability {
   if (c === null || c === undefined) throw invalid('volume_capability is required');

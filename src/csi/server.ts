@@ -5,14 +5,23 @@
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
-import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import type { ControllerHandlers } from './generated/csi/v1/Controller.js';
+import type { IdentityHandlers } from './generated/csi/v1/Identity.js';
+import type { NodeHandlers } from './generated/csi/v1/Node.js';
 import { loadCsi } from './proto.js';
 
+/** The named methods of a generated service, without grpc-js's catch-all index signature. */
+type Methods<T> = { [K in keyof T as string extends K ? never : K]: T[K] };
+
+/** GetSnapshot (CSI 1.12, alpha) is not served: grpc-js answers UNIMPLEMENTED for a method without a handler. */
+export type ControllerService = Omit<Methods<ControllerHandlers>, 'GetSnapshot'>;
+
 export interface Services {
-  identity: UntypedServiceImplementation;
-  controller?: UntypedServiceImplementation;
-  node?: UntypedServiceImplementation;
+  identity: IdentityHandlers;
+  controller?: ControllerService;
+  node?: NodeHandlers;
 }
 
 export interface RunningServer {

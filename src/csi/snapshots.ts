@@ -4,42 +4,35 @@ import { idFromName } from '../domain/ids.js';
 import type { Handle } from './handle.js';
 import { toCsiSnapshot } from './messages.js';
 import { requireString } from './requests.js';
+import type { ControllerService } from './server.js';
 
-export function snapshotHandlers(handle: Handle, snapshots: SnapshotService) {
+export function snapshotHandlers(handle: Handle, snapshots: SnapshotService): Pick<ControllerService, 'CreateSnapshot' | 'DeleteSnapshot' | 'ListSnapshots'> {
   return {
     CreateSnapshot: handle(
       'CreateSnapshot',
       {
-        ids: (r: { name?: string; source_volume_id?: string }) => ({ name: r.name ?? '', volumeId: r.source_volume_id ?? '' }),
-        locks: (r: { name?: string; source_volume_id?: string }) => [`snapshot:${idFromName(r.name ?? '')}`, `volume:${r.source_volume_id ?? ''}`],
+        ids: (r) => ({ name: r.name, volumeId: r.source_volume_id }),
+        locks: (r) => [`snapshot:${idFromName(r.name)}`, `volume:${r.source_volume_id}`],
       },
-      async (r: { name?: string; source_volume_id?: string; parameters?: Record<string, string> }, log) => {
+      async (r, log) => {
         const name = requireString(r.name, 'name');
         const source = requireString(r.source_volume_id, 'source_volume_id');
-        return { snapshot: toCsiSnapshot(await snapshots.create(name, source, r.parameters ?? {}, log)) };
+        return { snapshot: toCsiSnapshot(await snapshots.create(name, source, r.parameters, log)) };
       },
     ),
 
     DeleteSnapshot: handle(
       'DeleteSnapshot',
-      { ids: (r: { snapshot_id?: string }) => ({ snapshotId: r.snapshot_id ?? '' }), locks: (r: { snapshot_id?: string }) => [`snapshot:${r.snapshot_id ?? ''}`] },
-      async (r: { snapshot_id?: string }, log) => {
+      { ids: (r) => ({ snapshotId: r.snapshot_id }), locks: (r) => [`snapshot:${r.snapshot_id}`] },
+      async (r, log) => {
         await snapshots.delete(requireString(r.snapshot_id, 'snapshot_id'), log);
         return {};
       },
     ),
 
-    ListSnapshots: handle(
-      'ListSnapshots',
-      {},
-      async (r: { max_entries?: number; starting_token?: string; snapshot_id?: string; source_volume_id?: string }) => {
-        const page = await snapshots.list(r.max_entries ?? 0, r.starting_token ?? '', {
-          snapshotId: r.snapshot_id ?? '',
-          sourceVolumeId: r.source_volume_id ?? '',
-        });
-        return { entries: page.entries.map((s) => ({ snapshot: toCsiSnapshot(s) })), next_token: page.nextToken };
-      },
-    ),
-
+    ListSnapshots: handle('ListSnapshots', {}, async (r) => {
+      const page = await snapshots.list(r.max_entries, r.starting_token, { snapshotId: r.snapshot_id, sourceVolumeId: r.source_volume_id });
+      return { entries: page.entries.map((s) => ({ snapshot: toCsiSnapshot(s) })), next_token: page.nextToken };
+    }),
   };
 }

@@ -2,17 +2,26 @@
 import { isAbsolute, normalize, sep } from 'node:path';
 import { invalid } from './errors.js';
 
-/** An absolute, normalised path strictly inside `root` (the kubelet directory). */
-export function checkKubeletPath(path: string | undefined, field: string, root: string): string {
+/**
+ * A path from kubelet, cleaned: `outside` says why it does not lie strictly
+ * inside `root` (the kubelet directory). Empty, NUL and `..` are malformed
+ * whatever the call, and throw INVALID_ARGUMENT.
+ */
+export function kubeletPath(path: string | undefined, field: string, root: string): { clean: string; outside?: string } {
   if (path === undefined || path === '') throw invalid(`${field} is required`);
   if (path.includes('\0')) throw invalid(`${field} contains a NUL byte`);
-  if (!isAbsolute(path)) throw invalid(`${field} ${path} must be an absolute path`);
   if (path.split('/').includes('..')) throw invalid(`${field} ${path} must not contain ..`);
+  if (!isAbsolute(path)) return { clean: path, outside: `${field} ${path} must be an absolute path` };
   const clean = normalize(path).replace(/\/+$/, '');
   const base = normalize(root).replace(/\/+$/, '');
-  if (!clean.startsWith(base + sep) || clean === base) {
-    throw invalid(`${field} ${path} is outside the kubelet directory ${base}`);
-  }
+  if (!clean.startsWith(base + sep) || clean === base) return { clean, outside: `${field} ${path} is outside the kubelet directory ${base}` };
+  return { clean };
+}
+
+/** An absolute, normalised path strictly inside `root` (the kubelet directory); INVALID_ARGUMENT otherwise. */
+export function checkKubeletPath(path: string | undefined, field: string, root: string): string {
+  const { clean, outside } = kubeletPath(path, field, root);
+  if (outside !== undefined) throw invalid(outside);
   return clean;
 }
 

@@ -61,6 +61,10 @@ export function nodePathRules(env: Env): void {
         expect(await codeName(env.unstage(fs.id, join(out, what)))).toBe('INVALID_ARGUMENT');
         expect(await codeName(env.node('NodeGetVolumeStats', { volume_id: fs.id, volume_path: join(out, what) }))).toBe('INVALID_ARGUMENT');
       }
+      // The link is refused before the path is looked for: a missing path beyond it is not NOT_FOUND.
+      const beyond = { volume_id: fs.id, volume_path: join(out, 'no-such-dir'), capacity_range: { required_bytes: '1' } };
+      expect(await codeName(env.node('NodeGetVolumeStats', beyond))).toBe('INVALID_ARGUMENT');
+      if (env.nodeCaps.has('EXPAND_VOLUME')) expect(await codeName(env.node('NodeExpandVolume', beyond))).toBe('INVALID_ARGUMENT');
       expect(look()).toBe(before);
       await env.unstage(fs.id);
       await env.unstage(blk.id);

@@ -1,6 +1,6 @@
 /**
  * NodeGetVolumeStats and NodeExpandVolume (CSI spec): usage and condition,
- * NOT_FOUND for a path the volume is not at, online growth that agrees with
+ * NOT_FOUND for a path the volume is not at (relative or missing ones too), online growth that agrees with
  * the controller, limits.
  */
 import { mkdirSync, statfsSync } from 'node:fs';
@@ -51,7 +51,7 @@ export function nodeStatsRules(env: Env): void {
       await env.unstage(v.id);
     });
 
-    it('answers NOT_FOUND for stats and expansion at a missing path, another volume\'s target, a foreign directory, or for an unknown volume', async ({ skip }) => {
+    it('answers NOT_FOUND for stats and expansion at a missing or relative path, another volume\'s target, a foreign directory, or for an unknown volume', async ({ skip }) => {
       needNode(skip, 'GET_VOLUME_STATS');
       const a = await published('node-notfound-a', 'raw');
       const b = await published('node-notfound-b', 'raw');
@@ -62,6 +62,10 @@ export function nodeStatsRules(env: Env): void {
         ['the target of another volume', a.id, env.paths(b.id).target],
         ['a directory the volume is not at', a.id, elsewhere],
         ['a volume that does not exist', env.name('node-nope'), env.paths(a.id).target],
+        // csi-sanity's paths: kubelet never sends them, and no volume is ever there.
+        ['a relative path', a.id, 'some/path'],
+        ['a relative path, for a volume that does not exist', env.name('node-nope'), 'some/path'],
+        ['a missing path outside the kubelet directory', a.id, '/path/does/not/exist'],
       ];
       for (const [what, id, path] of cases) {
         expect(await codeName(env.node('NodeGetVolumeStats', { volume_id: id, volume_path: path })), `stats at ${what}`).toBe('NOT_FOUND');

@@ -1,15 +1,29 @@
 import { describe, expect, it } from 'vitest';
 import { Layout } from '../../src/storage/layout.js';
 import { Ledger } from '../../src/storage/ledger.js';
+import { SCHEMA, type VolumeRecord } from '../../src/storage/records.js';
 import type { VolumeStore } from '../../src/storage/volume-store.js';
-import type { VolumeRecord } from '../../src/storage/records.js';
 
-/** A store of `n` volumes of 1 MiB each that counts its reads. */
+const rec = (id: string, size: bigint, format: 'qcow2' | 'raw' = 'qcow2'): VolumeRecord => ({
+  schema: SCHEMA,
+  id,
+  name: id,
+  format,
+  sizeBytes: size.toString(),
+  createdAt: '2025-01-01T00:00:00.000Z',
+  parameters: {},
+  contentSource: null,
+  backing: null,
+  pvc: null,
+  publications: [],
+});
+
+/** A store of `n` volumes of 1 MiB each that counts its reads (the part of VolumeStore the ledger uses). */
 function fakeStore(n: number) {
   const sizes = new Map(Array.from({ length: n }, (_, i) => [`v${String(i).padStart(5, '0')}`, 1n << 20n]));
   const counts = { ids: 0, reads: 0 };
   let gate: Promise<void> = Promise.resolve();
-  const store = {
+  const store: Pick<VolumeStore, 'ids' | 'read'> = {
     async ids() {
       counts.ids++;
       await gate;
@@ -18,14 +32,13 @@ function fakeStore(n: number) {
     async read(_layout: Layout, id: string) {
       counts.reads++;
       const size = sizes.get(id);
-      return size === undefined ? undefined : ({ id, sizeBytes: size.toString(), format: 'qcow2', parameters: {} } as unknown as VolumeRecord);
+      return size === undefined ? undefined : rec(id, size);
     },
-  } as unknown as VolumeStore;
+  };
   return { store, sizes, counts, hold: (p: Promise<void>) => (gate = p) };
 }
 
 const layout = new Layout('/nowhere');
-const rec = (id: string, size: bigint, format: 'qcow2' | 'raw' = 'qcow2') => ({ id, sizeBytes: size.toString(), format, parameters: {} });
 const all = async (l: Ledger) => (await l.committed('a', layout)).all;
 
 describe('committed-bytes ledger', () => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { checkMountFlags, checkReadOnlyFlags } from '../../src/domain/mount-flags.js';
-import { overlaps } from '../../src/domain/paths.js';
+import { checkKubeletPath, kubeletPath, overlaps } from '../../src/domain/paths.js';
 import { SafePaths } from '../../src/node/safe-path.js';
 
 describe('safe node paths', () => {
@@ -95,5 +95,32 @@ describe('overlapping paths', () => {
     ['/k/a', '/k/b', false],
   ] as const)('%s and %s overlap: %s', (a, b, expected) => {
     expect(overlaps(a, b)).toBe(expected);
+  });
+});
+
+describe('kubelet paths', () => {
+  it.each([
+    ['a path inside', '/k/pods/p1/mount', { clean: '/k/pods/p1/mount' }],
+    ['a trailing slash', '/k/pods/p1/', { clean: '/k/pods/p1' }],
+    ['a relative path', 'some/path', { clean: 'some/path', outside: 'volume_path some/path must be an absolute path' }],
+    ['a path elsewhere', '/path/does/not/exist', { clean: '/path/does/not/exist', outside: 'volume_path /path/does/not/exist is outside the kubelet directory /k' }],
+    ['the kubelet directory itself', '/k', { clean: '/k', outside: 'volume_path /k is outside the kubelet directory /k' }],
+    ['a sibling with the same prefix', '/kk/x', { clean: '/kk/x', outside: 'volume_path /kk/x is outside the kubelet directory /k' }],
+  ])('says where %s lies', (_what, path, expected) => {
+    expect(kubeletPath(path, 'volume_path', '/k/')).toEqual(expected);
+  });
+
+  it.each([
+    ['an empty path', '', /is required/],
+    ['a NUL byte', '/k/a\0b', /NUL/],
+    ['a traversal', '/k/pods/../../etc', /must not contain \.\./],
+    ['a relative traversal', '../etc', /must not contain \.\./],
+  ])('refuses %s as malformed (INVALID_ARGUMENT) wherever it points', (_what, path, message) => {
+    expect(() => kubeletPath(path, 'volume_path', '/k')).toThrow(expect.objectContaining({ kind: 'invalid', message: expect.stringMatching(message) }));
+  });
+
+  it('refuses a path outside with INVALID_ARGUMENT where the call would act on it', () => {
+    expect(() => checkKubeletPath('/etc/x', 'staging_target_path', '/k')).toThrow(expect.objectContaining({ kind: 'invalid' }));
+    expect(checkKubeletPath('/k/a', 'staging_target_path', '/k')).toBe('/k/a');
   });
 });
