@@ -9,8 +9,10 @@ import { mkdir, rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import { qemuOf, stateDir } from '../app.js';
 import { buildConfig, envSettings, type Config, type RawSettings } from '../config.js';
-import { invalid } from '../domain/errors.js';
-import { defaultThreads, MAX_THREADS, planeArgs } from '../system/data-plane.js';
+import { pino } from 'pino';
+import { invalid, precondition } from '../domain/errors.js';
+import { makeRunner } from '../system/command.js';
+import { DataPlane, defaultThreads, MAX_THREADS, planeArgs } from '../system/data-plane.js';
 import { StageState } from '../node/state.js';
 import { parseCommand, say } from './context.js';
 
@@ -54,6 +56,8 @@ export function parseDataPlane(argv: string[], env: NodeJS.ProcessEnv): DataPlan
   return { config, threads, dir: new StageState(stateDir(config)).planeDir };
 }
 
+const silentLog = pino({ level: 'silent' });
+
 export async function dataPlaneCommand(argv: string[]): Promise<number> {
   const settings = parseDataPlane(argv, process.env);
   if (settings === 'help') {
@@ -62,6 +66,11 @@ export async function dataPlaneCommand(argv: string[]): Promise<number> {
   }
   const { config, threads, dir } = settings;
   await mkdir(dir, { recursive: true, mode: 0o700 });
+  // A daemon that still answers there (an old pod shutting down, a plugin's managed one) keeps its
+  // socket and its exports: this one waits for the pod's restart instead of taking the socket over.
+  if ((await new DataPlane(dir, 'external', makeRunner(silentLog), silentLog).look()) !== undefined) {
+    throw precondition(`a data plane already answers at ${dir}/qmp.sock; not starting a second one`);
+  }
   await rm(`${dir}/qmp.sock`, { force: true });
   const qemu = qemuOf(config);
   const [file = '', ...args] = qemu.argv('qemu-storage-daemon', planeArgs(dir, threads, false).slice(1));

@@ -6,8 +6,8 @@
  * cleanly. The data plane (one qemu-storage-daemon per node) is not in the
  * plugin's process group, so the writes never see an error.
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import { blockCap, createRequest, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, planePid, releaseRig, useNodeCleanup, volumeLeftovers } from '../helpers/node.js';
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
-import { startDriver, type Driver } from '../helpers/server.js';
+import { MAIN, startDriver, type Driver } from '../helpers/server.js';
 import { exited, until } from '../helpers/wait.js';
 
 /**
@@ -144,5 +144,38 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     expect(record(id).export).toEqual(exportBefore);
     await detach(id, true);
     expect(planePid({ kubelet })).toBe(plane);
+  });
+});
+
+describe.skipIf(rootOnlyReason() !== undefined)('filedriver data-plane (the chart\'s DaemonSet) with a node plugin in external mode', () => {
+  it('serves the plugin\'s qcow2 volumes, refuses a second daemon on its socket, and ends on SIGTERM', async () => {
+    const share = makeScratch('xfs', 512);
+    const kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
+    const socket = join(kubelet, 'plugins/filedriver.dev/dp/qmp.sock');
+    const plane = spawn(process.execPath, [MAIN, 'data-plane', '--kubelet-dir', kubelet, '--threads', '2'], { stdio: 'ignore' });
+    let driver: Driver | undefined;
+    try {
+      await until('the data plane listens', () => existsSync(socket));
+      const second = spawnSync(process.execPath, [MAIN, 'data-plane', '--kubelet-dir', kubelet], { encoding: 'utf8', timeout: 30_000 });
+      expect(second.status).toBe(1);
+      expect(second.stderr).toMatch(/already answers at .*qmp\.sock/);
+
+      driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--data-plane', 'external'] });
+      const p = kubeletPaths(kubelet, 'pvc-external');
+      await driver.client.controller('CreateVolume', createRequest('pvc-external', { parameters: { format: 'qcow2' }, volume_capabilities: [blockCap()] }));
+      await driver.client.node('NodeStageVolume', { volume_id: 'pvc-external', staging_target_path: p.staging, volume_capability: blockCap() });
+      const stage = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes/pvc-external/stage.json'), 'utf8')) as { export: { qmpSocket: string } };
+      expect(stage.export.qmpSocket).toBe(socket);
+      await driver.client.node('NodeUnstageVolume', { volume_id: 'pvc-external', staging_target_path: p.staging });
+      expect(await driver.stop()).toBe(0);
+      driver = undefined;
+      expect(exited(plane.pid ?? 0)).toBe(false); // an external data plane is not the plugin's to stop
+    } finally {
+      await driver?.stop();
+      const gone = new Promise((r) => plane.once('exit', r));
+      plane.kill('SIGTERM');
+      await gone;
+      releaseRig(kubelet, share);
+    }
   });
 });
