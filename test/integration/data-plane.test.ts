@@ -25,7 +25,7 @@ import { exited, until } from '../helpers/wait.js';
 function fioArgs(file: string, sizeMiB: number, jobs: number): string[] {
   const slice = `${Math.floor(sizeMiB / jobs)}M`;
   return ['--name=verify', `--filename=${file}`, `--size=${slice}`, `--offset_increment=${slice}`, '--rw=randwrite', '--bs=4k', '--direct=1',
-    '--ioengine=libaio', '--iodepth=16', `--numjobs=${jobs}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--group_reporting',
+    '--ioengine=libaio', '--iodepth=16', `--numjobs=${jobs}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0', '--group_reporting',
     '--output-format=json'];
 }
 
