@@ -115,8 +115,8 @@ export class Merger {
       if (header === Layout.backingRef(id, layer.format)) {
         if (await this.busyLayering(layout, tops)) return 'waiting';
         // Served by a node: its qemu holds the chain (no rebase spawned just to hear so).
-        if (await this.served(layout, tops)) return this.handToNode(layout, tops, id, into, layer.backing, log);
-        if ((await this.qemuImg.rebase(dep.image, target)) === 'in use') return this.handToNode(layout, tops, id, into, layer.backing, log);
+        if (await this.served(layout, tops)) return await this.handToNode(layout, tops, id, into, layer.backing, log);
+        if ((await this.qemuImg.rebase(dep.image, target)) === 'in use') return await this.handToNode(layout, tops, id, into, layer.backing, log);
       } else if (header !== target?.ref) {
         throw internal(`image ${dep.image} reads through ${header ?? 'nothing'}, neither ${id} nor ${layer.backing ?? 'nothing'}; run filedriver doctor`);
       }
