@@ -135,8 +135,8 @@ export function buildApp(config: Config, log: Logger): App {
     const f = await nodeSide.plane.look();
     return f === undefined ? undefined : { qemu: f.version, path: pathOf(f) };
   });
-  let stopLayers = async (): Promise<void> => undefined;
-  let stopMerges = async (): Promise<void> => undefined;
+  let stopLayers = (): Promise<void> => Promise.resolve();
+  let stopMerges = (): Promise<void> => Promise.resolve();
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {

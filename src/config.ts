@@ -159,16 +159,16 @@ export function buildConfig(...layers: RawSettings[]): Config {
   const raw: RawSettings = Object.assign({}, ...layers) as RawSettings;
   const problems: string[] = layers.flatMap((layer) => layerProblems.get(layer) ?? []);
   // A problem with a value from a config file names the file and the file's key, not the flag.
-  const fileOf: Partial<Record<keyof typeof SETTINGS, string>> = {};
+  const fileOf = new Map<keyof typeof SETTINGS, string>();
   for (const layer of layers) {
     for (const k of Object.keys(layer) as (keyof typeof SETTINGS)[]) {
       const file = layerFiles.get(layer);
-      if (file === undefined) delete fileOf[k];
-      else fileOf[k] = file;
+      if (file === undefined) fileOf.delete(k);
+      else fileOf.set(k, file);
     }
   }
   const problem = (k: keyof typeof SETTINGS, text: string): void => {
-    const file = fileOf[k];
+    const file = fileOf.get(k);
     problems.push(file === undefined ? text : `${file}: ${text.replace(new RegExp(`--${SETTINGS[k].flag}\\b`, 'g'), k)}`);
   };
   const str = (k: keyof typeof SETTINGS): string | undefined => {

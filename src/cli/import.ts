@@ -119,7 +119,7 @@ async function linkInto(image: string, target: string): Promise<string> {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EXDEV' || code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
-      throw invalid(`${image} cannot be moved into the driver tree (${code ?? 'error'}: another filesystem, or no hard links there); use --copy`);
+      throw invalid(`${image} cannot be moved into the driver tree (${code}: another filesystem, or no hard links there); use --copy`);
     }
     throw e;
   }

@@ -15,7 +15,7 @@ const FLAG_OPTIONS = {
 } as Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
 export function serveHelp(): string {
-  const lines = Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.help}  [env ${s.env[0] ?? ''}]`);
+  const lines = Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.help}  [env ${s.env[0]}]`);
   return [
     'Usage: filedriver serve --endpoint unix:///path/csi.sock --mount NAME=PATH [--mount ...] [options]',
     '',

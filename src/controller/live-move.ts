@@ -104,8 +104,8 @@ export class LiveMover {
     const volumeId = found.record.id;
     if ((await stat(arrivalImage(to, volumeId)).catch(() => undefined)) !== undefined) return;
     // Not recursive: moving/ exists only on the real share (the health probe made it).
-    await mkdir(arrivalDir(to, volumeId)).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'EEXIST') throw e;
+    await mkdir(arrivalDir(to, volumeId)).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     });
     const size = (await this.qemuImg.info(found.layout.imagePath(volumeId, 'qcow2'), 'qcow2')).virtualSize;
     await createOverlayWhole(this.qemuImg, arrivalImage(to, volumeId), Layout.backingRef(intent.base, 'qcow2'), size);

@@ -228,6 +228,7 @@ export class Merger {
         }
         const due = [...this.waiting].filter(([key, w]) => w.at <= Date.now() && !this.queue.has(key));
         for (const [key, item] of [...this.queue, ...due]) {
+          // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the stop function while this loop awaits
           if (stopped) return;
           this.queue.delete(key);
           this.waiting.delete(key);

@@ -34,7 +34,7 @@ export function parseMutable(params: Record<string, string>, known: (mount: stri
   const { mount, format } = params;
   if (mount !== undefined && !known(mount)) throw invalid(`mount ${mount} is not configured`);
   if (format !== undefined && !isFormat(format)) throw invalid(`format ${format} must be qcow2 or raw`);
-  return { mount, format: format as Format | undefined };
+  return { mount, format };
 }
 
 export class Relocator {

@@ -161,6 +161,7 @@ export class SnapshotService {
       throw e;
     } finally {
       // Drop the ref taken in advance when it turned out not to be needed, or nothing was made.
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- `backing` is set inside the create callback, which TS does not follow
       if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
     }
     if (!created) throw busy(`snapshot ${record.id} appeared while being created; retry`);

@@ -60,7 +60,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
   const { volumes } = deps;
   const csiVolume = (v: VolumeView) => toCsiVolume(v, volumes.keyOf);
   return {
-    ControllerGetCapabilities: handle('ControllerGetCapabilities', {}, async () => ({
+    ControllerGetCapabilities: handle('ControllerGetCapabilities', {}, () => ({
       capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })),
     })),
 

@@ -57,7 +57,7 @@ export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
   };
 
   return {
-    NodeGetCapabilities: handle('NodeGetCapabilities', {}, async () => ({
+    NodeGetCapabilities: handle('NodeGetCapabilities', {}, () => ({
       capabilities: NODE_CAPABILITIES.map((type) => ({ rpc: { type } })),
     })),
 

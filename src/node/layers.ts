@@ -266,6 +266,7 @@ export class NodeLayering {
     const tries = this.attempts.get(key) ?? 0;
     try {
       if ((await this.exports.jobs(rec.export)).includes(id)) return;
+      // eslint-disable-next-line @typescript-eslint/return-await -- fail() is what the catch below does; if recording the failure fails, that goes to the poll's log, not round again
       if (tries >= 3) return fail(`block-stream did not finish after ${tries} starts`);
       this.attempts.set(key, tries + 1);
       await this.exports.stream(rec.export, { id, device, baseNode, backingFile: below === undefined ? undefined : Layout.backingRef(below.id, below.format) });

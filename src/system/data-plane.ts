@@ -162,7 +162,7 @@ export class DataPlane {
 
   private async answers(): Promise<boolean> {
     try {
-      await Qmp.session(this.socket, 2_000, async () => undefined);
+      await Qmp.session(this.socket, 2_000, () => Promise.resolve());
       return true;
     } catch {
       return false;

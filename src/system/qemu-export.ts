@@ -186,8 +186,9 @@ function exportArgs(o: StartOptions, exportFile: string, node: string, f: DataPl
 const loopDirect = (o: { readOnly: boolean }, f: DataPlaneFeatures): boolean => f.asyncDirectIo && !o.readOnly;
 
 const readText = (path: string): Promise<string | undefined> =>
-  readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT' || e.code === 'ESRCH') return undefined;
+  readFile(path, 'utf8').catch((e: unknown) => {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') return undefined;
     throw e;
   });
 
@@ -426,8 +427,8 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   }
 
   async function stopIn(stateDir: string, tag: string): Promise<void> {
-    const dir = await realpath(stateDir).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined; // never started: nothing to stop
+    const dir = await realpath(stateDir).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // never started: nothing to stop
       throw e;
     });
     let image = dir ?? stateDir;
