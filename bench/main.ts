@@ -205,6 +205,7 @@ async function main(): Promise<number> {
         await fn();
         log(`${name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       } catch (e) {
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the signal handler while fn ran
         if (aborted) return;
         const msg = `${name} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`;
         log(msg);
@@ -250,6 +251,7 @@ async function main(): Promise<number> {
     await step(7, 'item 7a: layer snapshots on ext4, time vs data written', () => snapshotTimeVsData(ctx), '7a');
     await step(7, 'item 7b: read latency vs chain depth', () => readLatencyVsDepth(ctx), '7b');
 
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the signal handler while the steps ran
     if (aborted) return 130;
     const m = await machine(base);
     m.load.start = loadAtStart;

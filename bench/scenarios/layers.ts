@@ -197,6 +197,7 @@ async function snapshotUntilReady(p: Pair, share: string, volumeId: string, name
   let switched = Number.NaN;
   let watching = true;
   const watcher = (async () => {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- cleared below once the snapshot is ready
     while (watching) {
       const now = await inode(image);
       if (now !== undefined && now !== frozen) {
@@ -478,7 +479,7 @@ async function makeRamExt4(ctx: Ctx, name: string, sizeMiB: number): Promise<str
 export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
   const share = await makeRamExt4(ctx, 'ramext4', 4 * 1024);
   const p = await startPair(ctx, 'item7b', { ramext4: share });
-  const c = (method: string, req: object) => retried(() => p.controller.client.controller(method, req)) as Promise<Record<string, any>>;
+  const c = (method: string, req: object) => retried(() => p.controller.client.controller(method, req));
   const params = { format: 'qcow2', mounts: 'ramext4' };
   const create = (id: string, source?: object) =>
     c('CreateVolume', { name: id, capacity_range: { required_bytes: String(DEPTH_VOLUME) }, volume_capabilities: [blockCap()], parameters: params, ...(source === undefined ? {} : { volume_content_source: source }) });
@@ -510,7 +511,10 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
     // One more is refused: the cap.
     const refused = await p.controller.client.controller('CreateSnapshot', { name: snapName(32), source_volume_id: src }).then(
       () => 'accepted',
-      (e: { code?: number }) => (e.code === status.FAILED_PRECONDITION ? 'refused' : `code ${String(e.code)}`),
+      (e: unknown) => {
+        const code = (e as { code?: number }).code;
+        return code === status.FAILED_PRECONDITION ? 'refused' : `code ${String(code)}`;
+      },
     );
     if (refused === 'accepted') snaps.push(snapName(32));
     ctx.results.note(`7: a 32nd snapshot of the 31-snapshot chain was ${refused === 'refused' ? 'refused (FAILED_PRECONDITION), as MAX_CHAIN = 32 says' : refused}`);
@@ -533,7 +537,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
     // The pod's path (the loop device, which reads its FUSE file through the page cache), and the
     // export file itself with O_DIRECT: one FUSE request per read, so qemu walks the chain every time.
     const jobs = [['qd1', devices, 1], ['qd32', devices, 32], ['export', exportFiles, 1]] as const;
-    const got: Record<string, Record<number, FioRead[]>> = { qd1: {}, qd32: {}, export: {} };
+    const got: Record<'qd1' | 'qd32' | 'export', Partial<Record<number, FioRead[]>>> = { qd1: {}, qd32: {}, export: {} };
     const runs = ctx.scale.runs;
     for (let r = 0; r < runs; r++) {
       // Depths in a different order each run: drift on the shared machine hits them alike.
@@ -541,15 +545,15 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
       for (const [key, files, qd] of jobs) {
         for (const n of order) {
           await dropCaches();
-          ((got[key] as Record<number, FioRead[]>)[n] ??= []).push(await fioRead(files[n] ?? '', qd, ctx.scale.fioSeconds));
+          (got[key][n] ??= []).push(await fioRead(files[n] ?? '', qd, ctx.scale.fioSeconds));
         }
       }
-      ctx.log(`  depth run ${r + 1}/${runs}: p50 µs, device qd1 ${DEPTHS.map((n) => `${n}:${got['qd1']?.[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}; export file ${DEPTHS.map((n) => `${n}:${got['export']?.[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}`);
+      ctx.log(`  depth run ${r + 1}/${runs}: p50 µs, device qd1 ${DEPTHS.map((n) => `${n}:${got.qd1[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}; export file ${DEPTHS.map((n) => `${n}:${got.export[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}`);
     }
     for (const n of DEPTHS) rss[n] = Math.max(rss[n] ?? 0, await qsdRssKiB(volumeOf(n)));
-    const med = (key: string, n: number, f: (x: FioRead) => number): number => median((got[key]?.[n] ?? []).map(f));
+    const med = (key: keyof typeof got, n: number, f: (x: FioRead) => number): number => median((got[key][n] ?? []).map(f));
     // On a loaded machine the p50 of a run is low or high with the CPU it got: the lowest is the stack's own cost.
-    const least = (key: string, n: number): number => Math.min(...(got[key]?.[n] ?? []).map((x) => x.p50Us));
+    const least = (key: keyof typeof got, n: number): number => Math.min(...(got[key][n] ?? []).map((x) => x.p50Us));
     const base1 = med('qd1', 0, (x) => x.p50Us);
     const base32 = med('qd32', 0, (x) => x.iops);
     for (const n of DEPTHS) {
@@ -564,7 +568,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `least disturbed run ${least('qd1', n).toFixed(0)} µs; mean ${med('qd1', n, (x) => x.meanUs).toFixed(0)} µs, p99 ${med('qd1', n, (x) => x.p99Us).toFixed(0)} µs, ${med('qd1', n, (x) => x.iops).toFixed(0)} IOPS`,
-        detail: got['qd1']?.[n],
+        detail: got.qd1[n],
       });
     }
     const baseExport = med('export', 0, (x) => x.p50Us);
@@ -580,7 +584,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `least disturbed run ${least('export', n).toFixed(0)} µs; mean ${med('export', n, (x) => x.meanUs).toFixed(0)} µs, p99 ${med('export', n, (x) => x.p99Us).toFixed(0)} µs, ${med('export', n, (x) => x.iops).toFixed(0)} IOPS`,
-        detail: got['export']?.[n],
+        detail: got.export[n],
       });
     }
     for (const n of DEPTHS) {
@@ -596,7 +600,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `p99 ${med('qd32', n, (x) => x.p99Us).toFixed(0)} µs`,
-        detail: got['qd32']?.[n],
+        detail: got.qd32[n],
       });
     }
     for (const n of DEPTHS) {
