@@ -144,7 +144,7 @@ function statusOf(endpoint: string, service: 'GroupController' | 'SnapshotMetada
   // Called by name: the method is the test's parameter.
   const fn = (client as unknown as Record<string, (...args: unknown[]) => unknown>)[method];
   if (fn === undefined) throw new Error(`${service} has no method ${method}`);
-  const name = (err: ServiceError | null) => (err === null ? 'OK' : (status[err.code] ?? String(err.code)));
+  const name = (err: ServiceError | null) => (err === null ? 'OK' : (err.code in status ? status[err.code] : String(err.code)));
   return new Promise((resolve) => {
     const done = (err: ServiceError | null) => {
       client.close();

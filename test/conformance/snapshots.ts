@@ -98,8 +98,8 @@ export function snapshotRules(env: Env): void {
       // ABORTED while the driver is busy with the volume (merging the deleted layer into it): asked again.
       let got: Record<string, any> | undefined;
       for (let i = 0; i < 100 && got === undefined; i++) {
-        got = await env.controller('ControllerGetVolume', { volume_id: v.volume_id }).catch(async (e: { code?: number }) => {
-          if (e.code !== 10) throw e;
+        got = await env.controller('ControllerGetVolume', { volume_id: v.volume_id }).catch(async (e: unknown) => {
+          if ((e as { code?: number }).code !== 10) throw e;
           await new Promise((r) => setTimeout(r, 100));
           return undefined;
         });

@@ -8,6 +8,7 @@ import { describeHolder, holders, sweepHolders, type Holder } from './holders.js
 import { rootOnlyReason } from './root.js';
 import { makeScratch, type Scratch } from './scratch.js';
 import { startDriver, type Driver } from './server.js';
+import { ifMade } from './teardown.js';
 
 export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1') {
   return {
@@ -133,7 +134,7 @@ export function useNodeRig(shareMiB: number): NodeRig {
     rig.driver = await startDriver({ mounts: { s: rig.share.path }, args: ['--kubelet-dir', rig.kubelet, '--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await rig.driver?.stop();
+    await ifMade(rig.driver)?.stop();
     releaseRig(rig.kubelet, rig.share);
   });
   return rig;

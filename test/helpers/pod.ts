@@ -83,14 +83,14 @@ export function podAttacher(calls: () => { controller: Call; node: Call }, paths
   const attached = new Set<string>();
   return {
     attached,
-    async attach(id: string): Promise<void> {
+    attach: async (id: string): Promise<void> => {
       const { controller, node: n } = calls();
       attached.add(id);
       await controller('ControllerPublishVolume', { volume_id: id, node_id: node, volume_capability: cap, readonly: false });
       await n('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
       await n('NodePublishVolume', { volume_id: id, staging_target_path: paths(id).staging, target_path: paths(id).target, volume_capability: cap });
     },
-    async detach(id: string): Promise<void> {
+    detach: async (id: string): Promise<void> => {
       const { controller, node: n } = calls();
       await n('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).target });
       await n('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });

@@ -64,8 +64,8 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
     detached: options.group === true,
   });
   const log = createWriteStream(logFile);
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
   running.add(child);
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
   child.once('exit', () => running.delete(child));

@@ -14,6 +14,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { untilExited } from '../helpers/wait.js';
 
 interface Result {
@@ -93,12 +94,12 @@ describe.skipIf(!isRoot)('admin commands', () => {
     plain = makeScratch('xfs-noreflink', 1024);
     ram = makeScratch('tmpfs', 512);
     out = makeScratch('dir');
-    env = { ...process.env, FILEDRIVER_MOUNTS: `fast=${fast.path},plain=${plain.path},ram=${ram.path}` } as Record<string, string>;
+    env = { ...process.env, FILEDRIVER_MOUNTS: `fast=${fast.path},plain=${plain.path},ram=${ram.path}` };
     driver = await startDriver({ mounts: { fast: fast.path, plain: plain.path, ram: ram.path }, args: ['--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    for (const s of [fast, plain, ram, out]) s?.cleanup();
+    await ifMade(driver)?.stop();
+    for (const s of [fast, plain, ram, out]) ifMade(s)?.cleanup();
   });
 
   it.each(['import', 'move', 'export', 'list', 'doctor'])('%s --help explains the command', async (command) => {

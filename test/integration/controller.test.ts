@@ -12,6 +12,7 @@ import { blockCap, createRequest, GiB, MiB, mountCap } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 const DRIVER = 'filedriver.dev';
 const key = (mount: string) => `${DRIVER}/mount-${mount}`;
@@ -34,9 +35,9 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     driver = await startDriver({ mounts: { big: big.path, small: small.path }, args: ['--health-cache-seconds', '0'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    big?.cleanup();
-    small?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(big)?.cleanup();
+    ifMade(small)?.cleanup();
   });
 
   it('reports plugin info, capabilities and readiness', async () => {
@@ -91,7 +92,7 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     const req = createRequest('pvc-race');
     const results = await Promise.allSettled(Array.from({ length: 50 }, () => driver.client.controller('CreateVolume', req)));
     const ok = results.filter((r) => r.status === 'fulfilled');
-    const aborted = results.filter((r) => r.status === 'rejected' && (r.reason as { code: number }).code === status.ABORTED);
+    const aborted = results.filter((r) => r.status === 'rejected' && (r.reason as { code: status }).code === status.ABORTED);
     expect(ok.length).toBeGreaterThanOrEqual(1);
     expect(ok.length + aborted.length).toBe(50);
     const again = await driver.client.controller('CreateVolume', req);
@@ -280,7 +281,7 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     await driver.client.controller('CreateVolume', createRequest(name, { capacity_range: { required_bytes: String(16n * MiB) }, parameters: { mounts: 'big', format, preallocation: 'falloc' } }));
     await driver.client.controller('ControllerExpandVolume', { volume_id: name, capacity_range: { required_bytes: String(48n * MiB) } });
     const image = join(vol(big, name), `disk.${format}`);
-    const allocated = BigInt(execFileSync('stat', ['-c', '%b*%B', image], { encoding: 'utf8' }).trim().split('*').map(BigInt).reduce((a, b) => a * b));
+    const allocated = execFileSync('stat', ['-c', '%b*%B', image], { encoding: 'utf8' }).trim().split('*').map(BigInt).reduce((a, b) => a * b);
     expect(allocated).toBeGreaterThanOrEqual(48n * MiB);
     await driver.client.controller('DeleteVolume', { volume_id: name });
   });
@@ -352,8 +353,10 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     const room = (sc: Scratch) => {
       const [free, total, bsize] = execFileSync('stat', ['-f', '-c', '%a %b %S', sc.path], { encoding: 'utf8' }).trim().split(' ').map(BigInt);
       const dir = join(sc.path, 'filedriver', 'volumes');
-      const records = readdirSync(dir).map((id) => JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')));
-      const thick = records.filter((r) => r.format === 'raw' || ['falloc', 'full'].includes(r.parameters?.preallocation));
+      const records = readdirSync(dir).map(
+        (id) => JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')) as { format: string; sizeBytes: string; parameters?: Record<string, string> },
+      );
+      const thick = records.filter((r) => r.format === 'raw' || ['falloc', 'full'].includes(r.parameters?.preallocation ?? ''));
       const committed = thick.reduce((sum, r) => sum + BigInt(r.sizeBytes), 0n);
       const byCommitment = total! * bsize! - committed;
       const byFree = free! * bsize!;

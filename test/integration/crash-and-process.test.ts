@@ -34,6 +34,7 @@ describe.skipIf(!isRoot)('crash safety', () => {
     const pending = names.map((n) => driver.client.controller('CreateVolume', req(n)).catch(() => undefined));
     let settled = false; // all answered (failures included): nothing left to interrupt
     void Promise.all(pending).then(() => (settled = true));
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the then() above while this loop waits
     while (!settled && readdirSync(join(tree, 'tmp')).length === 0 && readdirSync(join(tree, 'volumes')).length < names.length) {
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -16,6 +16,7 @@ import { kubeletPaths, planePid, releaseRig, useNodeCleanup, volumeLeftovers } f
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { exited, until } from '../helpers/wait.js';
 
 /**
@@ -68,7 +69,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     driver = await start();
   });
   afterAll(async () => {
-    await driver?.stop();
+    await ifMade(driver)?.stop();
     releaseRig(kubelet, share);
   });
 
@@ -129,7 +130,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     const fio = startFio(fioArgs(device, 128, 2));
     // Kill once fio has written something: the volume is busy when the plugin goes.
     const image = join(share.path, 'filedriver/volumes', id, 'disk.qcow2');
-    const allocated = () => Number((JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', image], { encoding: 'utf8' })) as { 'actual-size': number })['actual-size']);
+    const allocated = () => (JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', image], { encoding: 'utf8' })) as { 'actual-size': number })['actual-size'];
     const empty = allocated();
     await until('fio has written into the image', () => allocated() > empty + 4 * 1024 * 1024);
     await driver.killGroup();
@@ -171,7 +172,7 @@ describe.skipIf(rootOnlyReason() !== undefined)('filedriver data-plane (the char
       driver = undefined;
       expect(exited(plane.pid ?? 0)).toBe(false); // an external data plane is not the plugin's to stop
     } finally {
-      await driver?.stop();
+      await ifMade(driver)?.stop();
       const gone = new Promise((r) => plane.once('exit', r));
       plane.kill('SIGTERM');
       await gone;

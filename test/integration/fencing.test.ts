@@ -9,6 +9,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('attachment fencing', () => {
   let share: Scratch;
@@ -32,8 +33,8 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     );
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
   });
 
   it('records the node and returns what the node needs', async () => {

@@ -17,6 +17,7 @@ import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../h
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 function qemuIo(image: string, command: string): string {
   // Reads open read-only and share the image: a background merge may hold it, and never changes what it reads.
@@ -79,9 +80,9 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     await start();
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    for (const d of [kubelet, sockDir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
+    for (const d of [kubelet, sockDir]) if (ifMade(d) !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it('freezes a detached volume as its snapshot without copying, and the volume goes on in an overlay', async () => {
@@ -362,7 +363,7 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       // Answered "not ready", or not at all: the process dies while the controller waits for the switch.
       const answer = await driver.client.controller('CreateSnapshot', { name: 'snap-k-node', source_volume_id: id }).then(
         (r) => r.snapshot.ready_to_use as boolean,
-        (e: { code?: number }) => e.code,
+        (e: unknown) => (e as { code?: number }).code,
       );
       expect([false, status.UNAVAILABLE]).toContain(answer);
       await died; // the node's poll switched the export, then was killed

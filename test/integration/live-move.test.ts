@@ -17,6 +17,7 @@ import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../h
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('live moves', () => {
   let a: Scratch;
@@ -59,10 +60,10 @@ describe.skipIf(!isRoot)('live moves', () => {
     for (const id of [...attached]) await detach(id).catch(() => undefined);
   });
   afterAll(async () => {
-    await driver?.stop();
-    a?.cleanup();
-    b?.cleanup();
-    for (const d of [kubelet, sockDir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
+    await ifMade(driver)?.stop();
+    ifMade(a)?.cleanup();
+    ifMade(b)?.cleanup();
+    for (const d of [kubelet, sockDir]) if (ifMade(d) !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it('moves a published qcow2 volume, with a snapshot layer, while it is written: same data, no write error, old copy gone', async () => {
@@ -85,7 +86,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     expect((await c('ControllerGetVolume', { volume_id: id })).volume.volume_context.mount).toBe('b');
     // The pod keeps writing, now to mount b.
     sums['third'] = writeSynced(join(target, 'third.bin'), randomBytes(1024 * 1024));
-    expect(writer?.running).toBe(true);
+    expect(writer.running).toBe(true);
     expect(await stopWriter()).not.toBe(7);
     for (const [name, sum] of Object.entries(sums)) expect(sha(join(target, `${name}.bin`))).toBe(sum);
     // The snapshot stays where it was taken, no longer backing the volume.

@@ -14,6 +14,7 @@ import { kubeletPaths, useNodeCleanup } from '../helpers/node.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { until } from '../helpers/wait.js';
 
 /**
@@ -73,9 +74,9 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     base = await metricsBase(driver);
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    bare?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
+    ifMade(bare)?.cleanup();
     rmSync(kubelet, { recursive: true, force: true });
   });
   const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));

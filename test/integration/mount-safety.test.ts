@@ -11,6 +11,7 @@ import { createRequest } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('mount safety', () => {
   let good: Scratch;
@@ -27,8 +28,8 @@ describe.skipIf(!isRoot)('mount safety', () => {
     driver = await startDriver({ mounts: { good: good.path, bare: bare.path, ro: readOnly.path } });
   });
   afterAll(async () => {
-    await driver?.stop();
-    for (const s of [good, bare, readOnly]) s?.cleanup();
+    await ifMade(driver)?.stop();
+    for (const s of [good, bare, readOnly]) ifMade(s)?.cleanup();
   });
 
   it('never writes into a bare directory or a read-only mount', async () => {

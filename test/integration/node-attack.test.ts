@@ -14,6 +14,7 @@ import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
 import { isRoot } from '../helpers/root.js';
+import { ifMade } from '../helpers/teardown.js';
 
 const mounted = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
 const mountOptions = (path: string) =>
@@ -42,7 +43,7 @@ describe.skipIf(!isRoot)('node under attack', () => {
     before = snapshot();
   });
   afterAll(() => {
-    if (decoy === undefined) return;
+    if (ifMade(decoy) === undefined) return;
     if (mounted(foreign)) execFileSync('umount', [foreign]);
     rmSync(decoy, { recursive: true, force: true });
   });

@@ -17,6 +17,7 @@ import { holders, sweepHolders } from '../helpers/holders.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { untilExited } from '../helpers/wait.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -37,7 +38,7 @@ describe.skipIf(!isRoot)('node service', () => {
     driver = await start();
   });
   afterAll(async () => {
-    await driver?.stop();
+    await ifMade(driver)?.stop();
     releaseRig(kubelet, share);
   });
   // After each test, whatever happened: what it staged and published is undone, and checked gone.

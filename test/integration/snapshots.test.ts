@@ -12,6 +12,7 @@ import { createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 /** Writes or checks a byte pattern with qemu-io (exit 0 only when the read matches). */
 function qemuIo(image: string, format: string, command: string): string {
@@ -62,9 +63,9 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     driver = await startDriver({ mounts: { fast: fast.path, plain: plain.path }, args: ['--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    fast?.cleanup();
-    plain?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(fast)?.cleanup();
+    ifMade(plain)?.cleanup();
   });
 
   it('snapshots by reflink, immutably, and idempotently by name', async () => {
@@ -251,8 +252,8 @@ describe.skipIf(!isRoot)('a snapshot on a full share', () => {
     driver = await startDriver({ mounts: { small: small.path } });
   });
   afterAll(async () => {
-    await driver?.stop();
-    small?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(small)?.cleanup();
   });
 
   it('is RESOURCE_EXHAUSTED, not INTERNAL, and leaves nothing half-made', async () => {

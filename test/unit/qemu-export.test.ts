@@ -65,7 +65,7 @@ describe('export steps', () => {
   });
 
   it('keeps every node name within qemu\'s 31 characters', () => {
-    const names = exportSteps('/i', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG }, '/s/e', 'io_uring', true, qemu11).map((s) => String(s.args['node-name']));
+    const names = exportSteps('/i', { format: 'qcow2', readOnly: false, stateDir: '/s', tag: TAG }, '/s/e', 'io_uring', true, qemu11).map((s) => s.args['node-name'] as string);
     for (const n of names) expect(n.length).toBeLessThanOrEqual(31);
   });
 });

@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -115,7 +116,6 @@ describe('start-up clean-up of the temp area', () => {
   it('removes the probe file and the work of a killed process, and keeps live work and its own probes', async () => {
     const { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
     const { cleanTemp } = await import('../../src/storage/whole.js');
     const tmp = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
     try {
@@ -137,7 +137,6 @@ describe('building and removing whole while the share goes away', () => {
   it('answers UNAVAILABLE for a removal whose temp area is gone, and removes a half-built entry once it is back', async () => {
     const { mkdirSync, mkdtempSync, existsSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const { basename, join } = await import('node:path');
     const { buildWhole, removeWhole, sweepOrphans } = await import('../../src/storage/whole.js');
     const root = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
     const tmp = join(root, 'tmp');
