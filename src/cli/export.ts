@@ -58,7 +58,8 @@ export async function exportCommand(argv: string[]): Promise<number> {
   const source = found.layout.imagePath(id, r.format);
   try {
     await ctx.qemuImg.convert(source, r.format, partial, format, { progress: progress() });
-    if (!(await ctx.qemuImg.same(source, partial, { a: r.format, b: format }))) throw internal(`the copy ${partial} differs from volume ${id}'s image; removed it`);
+    if (!(await ctx.qemuImg.same(source, partial, { a: r.format, b: format })))
+      throw internal(`the copy ${partial} differs from volume ${id}'s image; removed it`);
     await nameWithoutClobbering(partial, path);
   } catch (e) {
     await rm(partial, { force: true });

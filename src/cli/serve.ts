@@ -7,9 +7,7 @@ import { startMetricsServer } from '../metrics.js';
 import { parseCommand } from './context.js';
 
 const FLAG_OPTIONS = {
-  ...Object.fromEntries(
-    Object.values(SETTINGS).map((s) => [s.flag, s.flag === 'mount' ? { type: 'string', multiple: true } : { type: 'string' }]),
-  ),
+  ...Object.fromEntries(Object.values(SETTINGS).map((s) => [s.flag, s.flag === 'mount' ? { type: 'string', multiple: true } : { type: 'string' }])),
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;

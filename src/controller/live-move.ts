@@ -137,11 +137,12 @@ export class LiveMover {
       async (dir) => {
         const copy = join(dir, Layout.imageName('qcow2'));
         await this.qemuImg.convert(source, 'qcow2', copy, 'qcow2');
-        if (!(await this.qemuImg.same(source, copy, { a: 'qcow2', b: 'qcow2' }))) throw internal(`the copy of ${source} on mount ${intent.to} differs; retrying the move copies again`);
+        if (!(await this.qemuImg.same(source, copy, { a: 'qcow2', b: 'qcow2' })))
+          throw internal(`the copy of ${source} on mount ${intent.to} differs; retrying the move copies again`);
       },
       [volumeId],
     );
-    log.info({ volumeId, to: intent.to, base: intent.base }, 'the volume\'s old layers are copied to the target');
+    log.info({ volumeId, to: intent.to, base: intent.base }, "the volume's old layers are copied to the target");
   }
 
   /** The volume appears on the target (naming its source until that is gone), then the source goes. */

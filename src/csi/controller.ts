@@ -103,102 +103,84 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
       return {};
     }),
 
-    ValidateVolumeCapabilities: handle(
-      'ValidateVolumeCapabilities',
-      { ids: volumeIds },
-      async (r) => {
-        const id = requireString(r.volume_id, 'volume_id');
-        const caps = parseCapabilities(r.volume_capabilities, true);
-        const problem = await volumes.validate(id, caps, r.parameters, r.volume_context);
-        if (problem !== undefined) return { confirmed: null, message: problem };
-        return {
-          confirmed: { volume_context: r.volume_context, volume_capabilities: r.volume_capabilities, parameters: r.parameters },
-          message: '',
-        };
-      },
-    ),
+    ValidateVolumeCapabilities: handle('ValidateVolumeCapabilities', { ids: volumeIds }, async (r) => {
+      const id = requireString(r.volume_id, 'volume_id');
+      const caps = parseCapabilities(r.volume_capabilities, true);
+      const problem = await volumes.validate(id, caps, r.parameters, r.volume_context);
+      if (problem !== undefined) return { confirmed: null, message: problem };
+      return {
+        confirmed: { volume_context: r.volume_context, volume_capabilities: r.volume_capabilities, parameters: r.parameters },
+        message: '',
+      };
+    }),
 
     ListVolumes: handle('ListVolumes', {}, async (r) => {
       const page = await listVolumes(r.max_entries, r.starting_token, deps);
       const entries = await mapLimit(page.entries, PARALLEL_READS, async (found) => ({
         volume: csiVolume(view(found)),
-        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'quick')) },
+        status: {
+          published_node_ids: found.record.publications.map((p) => p.node),
+          volume_condition: condition(await volumes.condition(found, 'quick')),
+        },
       }));
       return { entries, next_token: page.nextToken };
     }),
 
-    GetCapacity: handle(
-      'GetCapacity',
-      {},
-      async (r) => {
-        const input: CapacityInput = {
-          capabilities: parseCapabilities(r.volume_capabilities, false),
-          parameters: r.parameters,
-          topology: r.accessible_topology?.segments ?? undefined,
-        };
-        const c = await capacity(input, deps);
-        return {
-          available_capacity: c.availableBytes.toString(),
-          maximum_volume_size: { value: c.maximumVolumeBytes.toString() },
-          minimum_volume_size: { value: c.minimumVolumeBytes.toString() },
-        };
-      },
-    ),
+    GetCapacity: handle('GetCapacity', {}, async (r) => {
+      const input: CapacityInput = {
+        capabilities: parseCapabilities(r.volume_capabilities, false),
+        parameters: r.parameters,
+        topology: r.accessible_topology?.segments ?? undefined,
+      };
+      const c = await capacity(input, deps);
+      return {
+        available_capacity: c.availableBytes.toString(),
+        maximum_volume_size: { value: c.maximumVolumeBytes.toString() },
+        minimum_volume_size: { value: c.minimumVolumeBytes.toString() },
+      };
+    }),
 
-    ControllerExpandVolume: handle(
-      'ControllerExpandVolume',
-      { ids: volumeIds, locks: byVolume },
-      async (r, log) => {
-        const v = await volumes.expand(requireString(r.volume_id, 'volume_id'), parseRange(r.capacity_range), log);
-        // Block and filesystem volumes alike: the node must refresh the device it attached.
-        return { capacity_bytes: v.sizeBytes.toString(), node_expansion_required: true };
-      },
-    ),
+    ControllerExpandVolume: handle('ControllerExpandVolume', { ids: volumeIds, locks: byVolume }, async (r, log) => {
+      const v = await volumes.expand(requireString(r.volume_id, 'volume_id'), parseRange(r.capacity_range), log);
+      // Block and filesystem volumes alike: the node must refresh the device it attached.
+      return { capacity_bytes: v.sizeBytes.toString(), node_expansion_required: true };
+    }),
 
-    ControllerPublishVolume: handle(
-      'ControllerPublishVolume',
-      { ids: nodeIds, locks: byVolume },
-      async (r, log) => {
-        const publish_context = await deps.publishing.publish(
-          {
-            volumeId: requireString(r.volume_id, 'volume_id'),
-            nodeId: requireString(r.node_id, 'node_id'),
-            capability: parseCapability(r.volume_capability),
-            readonly: r.readonly,
-          },
-          log,
-        );
-        return { publish_context };
-      },
-    ),
+    ControllerPublishVolume: handle('ControllerPublishVolume', { ids: nodeIds, locks: byVolume }, async (r, log) => {
+      const publish_context = await deps.publishing.publish(
+        {
+          volumeId: requireString(r.volume_id, 'volume_id'),
+          nodeId: requireString(r.node_id, 'node_id'),
+          capability: parseCapability(r.volume_capability),
+          readonly: r.readonly,
+        },
+        log,
+      );
+      return { publish_context };
+    }),
 
-    ControllerUnpublishVolume: handle(
-      'ControllerUnpublishVolume',
-      { ids: nodeIds, locks: byVolume },
-      async (r, log) => {
-        await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id, log);
-        return {};
-      },
-    ),
+    ControllerUnpublishVolume: handle('ControllerUnpublishVolume', { ids: nodeIds, locks: byVolume }, async (r, log) => {
+      await deps.publishing.unpublish(checkId(requireString(r.volume_id, 'volume_id'), 'volume_id'), r.node_id, log);
+      return {};
+    }),
 
     ...snapshotHandlers(handle, deps.snapshots),
 
-    ControllerModifyVolume: handle(
-      'ControllerModifyVolume',
-      { ids: volumeIds, locks: byVolume },
-      async (r, log) => {
-        const target = parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m));
-        await deps.relocator.relocate(await volumes.require(requireString(r.volume_id, 'volume_id')), target, log);
-        return {};
-      },
-    ),
+    ControllerModifyVolume: handle('ControllerModifyVolume', { ids: volumeIds, locks: byVolume }, async (r, log) => {
+      const target = parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m));
+      await deps.relocator.relocate(await volumes.require(requireString(r.volume_id, 'volume_id')), target, log);
+      return {};
+    }),
 
     // Locked: its `qemu-img check` must not read an image a background merge is rewriting (ABORTED meanwhile).
     ControllerGetVolume: handle('ControllerGetVolume', { ids: volumeIds, locks: byVolume }, async (r) => {
       const found = await volumes.require(requireString(r.volume_id, 'volume_id'));
       return {
         volume: csiVolume(view(found)),
-        status: { published_node_ids: found.record.publications.map((p) => p.node), volume_condition: condition(await volumes.condition(found, 'full')) },
+        status: {
+          published_node_ids: found.record.publications.map((p) => p.node),
+          volume_condition: condition(await volumes.condition(found, 'full')),
+        },
       };
     }),
   };

@@ -25,7 +25,12 @@ export type RpcObserver = (method: string, code: string, seconds: number) => voi
 /** Gives a failure its meaning before it is mapped (e.g. storage/gone.ts: a vanished share is UNAVAILABLE). */
 export type Translate = (e: unknown) => Promise<unknown>;
 
-export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined, translate: Translate = (e) => Promise.resolve(e)) {
+export function makeHandle(
+  root: Logger,
+  locks: KeyedLocks,
+  observe: RpcObserver = () => undefined,
+  translate: Translate = (e) => Promise.resolve(e),
+) {
   return function handle<Req, Res>(
     method: string,
     // Req and Res come from where the handler goes (the generated IdentityHandlers, NodeHandlers…):

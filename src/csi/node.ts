@@ -35,7 +35,13 @@ export interface NodeDeps {
 const ids = (r: { volume_id: string }): Record<string, string> => ({ volumeId: r.volume_id });
 const byVolume = (r: { volume_id: string }): string[] => [nodeVolumeKey(r.volume_id)];
 
-export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'] as const;
+export const NODE_CAPABILITIES = [
+  'STAGE_UNSTAGE_VOLUME',
+  'GET_VOLUME_STATS',
+  'EXPAND_VOLUME',
+  'VOLUME_CONDITION',
+  'SINGLE_NODE_MULTI_WRITER',
+] as const;
 
 export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
   const volumeId = (r: { volume_id: string }) => checkId(requireString(r.volume_id, 'volume_id'), 'volume_id');
@@ -93,7 +99,8 @@ export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
       if (r.staging_target_path === '') throw precondition('staging_target_path is not set; NodeStageVolume must come first');
       const stagingPath = await path(r.staging_target_path, 'staging_target_path');
       // Publishing onto (or into) the staging mount would hide it and block the unstage.
-      if (overlaps(targetPath, stagingPath)) throw invalid(`target_path ${targetPath} and staging_target_path ${stagingPath} must be distinct, neither inside the other`);
+      if (overlaps(targetPath, stagingPath))
+        throw invalid(`target_path ${targetPath} and staging_target_path ${stagingPath} must be distinct, neither inside the other`);
       const staged = await deps.stager.requireStaged(id, stagingPath);
       await deps.publisher.publish({ volumeId: id, stagingPath, targetPath, capability: cap, readonly: r.readonly, paths: safe }, staged, log);
       return {};

@@ -252,7 +252,11 @@ export class Env {
     if (file === undefined) return undefined;
     const marker = this.name(`log-marker-${randomBytes(3).toString('hex')}`);
     await failure(this.identity('Probe'));
-    await failure(this.servesController ? this.controller('ControllerGetVolume', { volume_id: marker }) : this.node('NodeGetVolumeStats', { volume_id: marker, volume_path: '/' }));
+    await failure(
+      this.servesController
+        ? this.controller('ControllerGetVolume', { volume_id: marker })
+        : this.node('NodeGetVolumeStats', { volume_id: marker, volume_path: '/' }),
+    );
     let text = '';
     await until(`the driver's log ${file} shows the marker call`, () => (text = readFileSync(file, 'utf8')).includes(marker));
     return text;

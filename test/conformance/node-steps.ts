@@ -37,7 +37,11 @@ export function nodeSteps(env: Env) {
 
     /** A volume made and attached to this node as the sidecars would, with its publish_context. */
     provision: async (what: string, format: 'raw' | 'qcow2', cap: object, readonly = false, size = SIZE): Promise<Provisioned> => {
-      const v = await env.createVolume(env.name(what), { parameters: { format }, volume_capabilities: [cap], capacity_range: { required_bytes: String(size) } });
+      const v = await env.createVolume(env.name(what), {
+        parameters: { format },
+        volume_capabilities: [cap],
+        capacity_range: { required_bytes: String(size) },
+      });
       let publish_context: Record<string, string> = {};
       if (env.controllerCaps.has('PUBLISH_UNPUBLISH_VOLUME')) {
         env.trackControllerPublish(v.volume_id, env.nodeId);

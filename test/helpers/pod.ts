@@ -38,9 +38,13 @@ export class Writer {
   private readonly child: ChildProcess;
 
   constructor(dir: string) {
-    this.child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`], {
-      detached: true,
-    });
+    this.child = spawn(
+      'sh',
+      ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`],
+      {
+        detached: true,
+      },
+    );
   }
 
   /** Still writing: it never failed. */
@@ -79,7 +83,12 @@ type Call = (method: string, request: object) => Promise<Record<string, any>>;
  * record of what is attached so a test's cleanup can take back whatever its
  * failure left.
  */
-export function podAttacher(calls: () => { controller: Call; node: Call }, paths: (id: string) => { staging: string; target: string }, cap: object, node = 'node-a') {
+export function podAttacher(
+  calls: () => { controller: Call; node: Call },
+  paths: (id: string) => { staging: string; target: string },
+  cap: object,
+  node = 'node-a',
+) {
   const attached = new Set<string>();
   return {
     attached,

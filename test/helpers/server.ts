@@ -73,8 +73,12 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
   const client = connect(endpoint);
   let up = false;
   // Start-up takes as long as a busy machine makes it; the bound (below vitest's hook timeout) only stops a hang.
-  for (const end = Date.now() + 45_000; !up && child.exitCode === null && Date.now() < end; ) {
-    if (existsSync(socket)) up = await client.identity('Probe').then(() => true, () => false);
+  for (const end = Date.now() + 45_000; !up && child.exitCode === null && Date.now() < end;) {
+    if (existsSync(socket))
+      up = await client.identity('Probe').then(
+        () => true,
+        () => false,
+      );
     if (!up) await new Promise((r) => setTimeout(r, 50));
   }
   if (!up) {

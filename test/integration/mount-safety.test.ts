@@ -34,7 +34,9 @@ describe.skipIf(!isRoot)('mount safety', () => {
 
   it('never writes into a bare directory or a read-only mount', async () => {
     const fail = (params: Record<string, string>) =>
-      driver.client.controller('CreateVolume', createRequest('pvc-x', { parameters: params })).catch((e: unknown) => e as { code: number; details: string });
+      driver.client
+        .controller('CreateVolume', createRequest('pvc-x', { parameters: params }))
+        .catch((e: unknown) => e as { code: number; details: string });
     const ro = await fail({ mounts: 'ro' });
     expect(ro.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(ro.details).toMatch(/ro: unusable .*cannot write/);
@@ -104,7 +106,9 @@ describe.skipIf(!isRoot)('readiness without usable mounts', () => {
     try {
       await d.client.controller('CreateVolume', createRequest('pvc-before', { parameters: { mounts: 'cached' } }));
       execFileSync('umount', [share.path]);
-      const err = await d.client.controller('CreateVolume', createRequest('pvc-after', { parameters: { mounts: 'cached' } })).catch((e: unknown) => e as { code: number; details: string });
+      const err = await d.client
+        .controller('CreateVolume', createRequest('pvc-after', { parameters: { mounts: 'cached' } }))
+        .catch((e: unknown) => e as { code: number; details: string });
       // Found out by the fresh check behind "not found", or by the build's non-recursive mkdir.
       expect(err).toMatchObject({ code: status.UNAVAILABLE, details: expect.stringMatching(/no longer mounted|not a mount point/) });
       expect(readdirSync(share.path)).toEqual([]);

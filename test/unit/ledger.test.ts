@@ -35,7 +35,11 @@ function fakeStore(n: number) {
       return size === undefined ? undefined : rec(id, size);
     },
   };
-  return { store, sizes, counts, hold: (p: Promise<void>): void => {
+  return {
+    store,
+    sizes,
+    counts,
+    hold: (p: Promise<void>): void => {
       gate = p;
     },
   };

@@ -42,7 +42,10 @@ describe('a stale view of a share', () => {
     const { state, mounts } = share();
     expect((await mounts.health('a')).mounted).toBe(true);
     state.mounted = false; // the cache still says mounted; the read sees the bare mountpoint
-    await expect(findOnMounts(mounts, 'volume v', async () => undefined)).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/not a mount point/) });
+    await expect(findOnMounts(mounts, 'volume v', async () => undefined)).rejects.toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/not a mount point/),
+    });
   });
 
   it('answers "not found" after a fresh check that finds the share still there', async () => {
@@ -73,8 +76,15 @@ describe('errors that mean the share went away', () => {
     const e = errno('ENOENT', '/srv/a/filedriver/tmp/h_1_x/volume.json');
     expect(await whenShareGone(e, mounts)).toBe(e);
     state.mounted = false;
-    expect(await whenShareGone(e, mounts)).toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/mount a .* went away during the call/) });
-    const tool = new CommandFailed(['qemu-img', 'create', '-f', 'raw', '/srv/a/filedriver/tmp/h_1_x/disk.raw', '1G'], 1, 'Could not create: No such file or directory');
+    expect(await whenShareGone(e, mounts)).toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/mount a .* went away during the call/),
+    });
+    const tool = new CommandFailed(
+      ['qemu-img', 'create', '-f', 'raw', '/srv/a/filedriver/tmp/h_1_x/disk.raw', '1G'],
+      1,
+      'Could not create: No such file or directory',
+    );
     expect(await whenShareGone(tool, mounts)).toMatchObject({ kind: 'unavailable' });
   });
 
