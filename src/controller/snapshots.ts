@@ -15,7 +15,7 @@ import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
 import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { Layering, LayerOutcome } from './layering.js';
-import { noSpace } from './volumes.js';
+import { noSpace } from './no-space.js';
 import { readMove } from '../storage/moving.js';
 import type { Files } from '../system/files.js';
 import type { QemuImg } from '../system/qemu-img.js';

@@ -6,13 +6,12 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { checkCapabilities, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, exhausted, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
+import { alreadyExists, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import { isThin, parseParameters, type VolumeParameters } from '../domain/parameters.js';
 import type { Segment } from '../domain/placement.js';
 import { fitsRange, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
 import { topologyKey } from '../domain/topology.js';
-import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
@@ -25,6 +24,7 @@ import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, type VolumeRecord } from '../storage/records.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
+import { noSpace } from './no-space.js';
 import type { Placer } from './placer.js';
 
 export interface ControllerSettings {
@@ -63,17 +63,6 @@ function defining(params: Record<string, string>): string {
     .filter((k) => !k.startsWith(K8S_PREFIX))
     .sort();
   return JSON.stringify(keys.map((k) => [k, params[k]]));
-}
-
-/**
- * Running out of space — a tool saying so, or a write failing with ENOSPC or EDQUOT — is
- * RESOURCE_EXHAUSTED, not an internal failure. `what` names the object being built.
- */
-export function noSpace(e: unknown, what: string): unknown {
-  const full =
-    (e instanceof CommandFailed && /No space left on device|Disk quota exceeded/.test(e.stderr)) ||
-    ['ENOSPC', 'EDQUOT'].includes((e as NodeJS.ErrnoException | undefined)?.code ?? '');
-  return full ? exhausted(`no room left for ${what} while building it: ${e instanceof Error ? e.message : String(e)}`) : e;
 }
 
 export function view(found: Pick<FoundVolume, 'mount' | 'record'>): VolumeView {
