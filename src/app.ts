@@ -22,7 +22,7 @@ import { makeFiles } from './system/files.js';
 import { controllerService } from './csi/controller.js';
 import { makeHandle } from './csi/handle.js';
 import { identityService } from './csi/identity.js';
-import { KeyedLocks } from './csi/locks.js';
+import { KeyedLocks } from './domain/locks.js';
 import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';

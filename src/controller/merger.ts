@@ -34,7 +34,7 @@ import type { LayerEvents } from '../metrics.js';
 
 export type MergeOutcome = 'merged' | 'waiting' | 'idle';
 
-/** Takes every key or none, throwing when one is busy (csi/locks.ts KeyedLocks). */
+/** Takes every key or none, throwing when one is busy (domain/locks.ts KeyedLocks). */
 export interface Locks {
   acquire(keys: readonly string[]): () => void;
 }

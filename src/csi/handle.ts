@@ -5,7 +5,7 @@
  */
 import { status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { KeyedLocks } from './locks.js';
+import type { KeyedLocks } from '../domain/locks.js';
 import { codeName, toStatus } from './status.js';
 
 export interface RpcOptions<Req> {

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import type { KeyedLocks } from '../csi/locks.js';
+import type { KeyedLocks } from '../domain/locks.js';
 import type { LayerEvents } from '../metrics.js';
 import { crashPoint } from '../domain/crash.js';
 import { busy, describe } from '../domain/errors.js';
