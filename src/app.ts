@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConfigError, type Config } from './config.js';
 import { Metrics } from './metrics.js';
+import { capacity } from './controller/capacity.js';
+import { listVolumes } from './controller/listing.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
 import { Layering } from './controller/layering.js';
@@ -166,9 +168,19 @@ export function buildApp(config: Config, log: Logger): App {
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller }),
       ...(controller
-        ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) }
+        ? {
+            controller: controllerService(handle, {
+              ...config,
+              volumes,
+              publishing,
+              snapshots,
+              relocator,
+              listVolumes: (maxEntries, startingToken) => listVolumes(maxEntries, startingToken, { mounts, store }),
+              capacity: (input) => capacity(input, { ...config, mounts, ledger }),
+            }),
+          }
         : {}),
-      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide }) } : {}),
     },
     async close() {
       heartbeat?.stop();

@@ -2,8 +2,9 @@
  * CSI Controller service: parse → act → reply. Business rules live in
  * src/controller; this file only translates messages.
  */
-import { capacity, type CapacityInput } from '../controller/capacity.js';
-import { listVolumes } from '../controller/listing.js';
+import type { MountConfig } from '../config.js';
+import type { CapacityInput, CapacityView } from '../controller/capacity.js';
+import type { Page } from '../controller/listing.js';
 import type { PublishService } from '../controller/publish.js';
 import { parseMutable, type Relocator } from '../controller/relocate.js';
 import type { SnapshotService } from '../controller/snapshots.js';
@@ -14,9 +15,6 @@ import { view } from '../controller/volumes.js';
 import { mapLimit, PARALLEL_READS } from '../domain/concurrency.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import type { Format } from '../domain/parameters.js';
-import type { Ledger } from '../storage/ledger.js';
-import type { Mounts } from '../storage/mounts.js';
-import type { VolumeStore } from '../storage/volume-store.js';
 import type { Handle } from './handle.js';
 import { parseCapabilities, parseCapability, parseRange, parseTopology, requireString } from './requests.js';
 import type { ControllerService } from './server.js';
@@ -26,9 +24,11 @@ export interface ControllerDeps {
   publishing: PublishService;
   snapshots: SnapshotService;
   relocator: Relocator;
-  mounts: Mounts;
-  store: VolumeStore;
-  ledger: Ledger;
+  /** controller/listing.ts and controller/capacity.ts, bound to the stores in app.ts. */
+  listVolumes: (maxEntries: number, startingToken: string) => Promise<Page>;
+  capacity: (input: CapacityInput) => Promise<CapacityView>;
+  /** The configured mounts: ModifyVolume may name only these. */
+  mounts: readonly MountConfig[];
   driverName: string;
   defaultFormat: Format;
   overSubscription: number;
@@ -59,6 +59,7 @@ const nodeIds = (r: { volume_id: string; node_id: string }): Record<string, stri
 export function controllerService(handle: Handle, deps: ControllerDeps): ControllerService {
   const { volumes } = deps;
   const csiVolume = (v: VolumeView) => toCsiVolume(v, volumes.keyOf);
+  const isMount = (name: string): boolean => deps.mounts.some((m) => m.name === name);
   return {
     ControllerGetCapabilities: handle('ControllerGetCapabilities', {}, () => ({
       capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })),
@@ -90,7 +91,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
             parameters: r.parameters,
             ...parseTopology(r.accessibility_requirements),
             contentSource: parseContentSource(r.volume_content_source),
-            mutable: parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m)),
+            mutable: parseMutable(r.mutable_parameters, isMount),
           },
           log,
         );
@@ -115,7 +116,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
     }),
 
     ListVolumes: handle('ListVolumes', {}, async (r) => {
-      const page = await listVolumes(r.max_entries, r.starting_token, deps);
+      const page = await deps.listVolumes(r.max_entries, r.starting_token);
       const entries = await mapLimit(page.entries, PARALLEL_READS, async (found) => ({
         volume: csiVolume(view(found)),
         status: {
@@ -132,7 +133,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
         parameters: r.parameters,
         topology: r.accessible_topology?.segments ?? undefined,
       };
-      const c = await capacity(input, deps);
+      const c = await deps.capacity(input);
       return {
         available_capacity: c.availableBytes.toString(),
         maximum_volume_size: { value: c.maximumVolumeBytes.toString() },
@@ -167,7 +168,7 @@ export function controllerService(handle: Handle, deps: ControllerDeps): Control
     ...snapshotHandlers(handle, deps.snapshots),
 
     ControllerModifyVolume: handle('ControllerModifyVolume', { ids: volumeIds, locks: byVolume }, async (r, log) => {
-      const target = parseMutable(r.mutable_parameters, (m) => deps.mounts.has(m));
+      const target = parseMutable(r.mutable_parameters, isMount);
       await deps.relocator.relocate(await volumes.require(requireString(r.volume_id, 'volume_id')), target, log);
       return {};
     }),

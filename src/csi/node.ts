@@ -3,6 +3,7 @@
  * inside the kubelet directory, and to reach it through no symlink, before
  * anything touches them (node/safe-path.ts).
  */
+import type { MountConfig } from '../config.js';
 import { invalid, notFound, precondition } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
 import { checkMountFlags } from '../domain/mount-flags.js';
@@ -14,7 +15,6 @@ import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
 import { SafePaths } from '../node/safe-path.js';
 import type { Stager } from '../node/stage.js';
-import type { Mounts } from '../storage/mounts.js';
 import type { NodeHandlers } from './generated/csi/v1/Node.js';
 import type { VolumeUsage } from './generated/csi/v1/VolumeUsage.js';
 import type { Handle } from './handle.js';
@@ -24,7 +24,8 @@ export interface NodeDeps {
   stager: Stager;
   publisher: Publisher;
   health: NodeHealth;
-  mounts: Mounts;
+  /** The configured mounts (NodeGetInfo offers those whose directory exists here). */
+  mounts: readonly MountConfig[];
   nodeId: string;
   driverName: string;
   maxVolumesPerNode: number;
@@ -70,7 +71,7 @@ export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
     // The shares this node is configured with, healthy or not (node/topology.ts says why).
     NodeGetInfo: handle('NodeGetInfo', {}, async () => {
       const segments: Record<string, string> = {};
-      for (const name of await configuredMounts(deps.mounts.configs)) segments[topologyKey(deps.driverName, name)] = 'true';
+      for (const name of await configuredMounts(deps.mounts)) segments[topologyKey(deps.driverName, name)] = 'true';
       return { node_id: deps.nodeId, max_volumes_per_node: String(deps.maxVolumesPerNode), accessible_topology: { segments } };
     }),
 
