@@ -60,7 +60,11 @@ async function preflight(): Promise<void> {
 }
 
 /** Data sizes: 1 GiB and 8 GiB when the host has room, else 256 MiB and 2 GiB. */
-function chooseScale(quick: boolean, fullList: boolean, freeBytes: number): { scale: Scale; xfsMiB: number; ext4MiB: number; note: string | undefined } {
+function chooseScale(
+  quick: boolean,
+  fullList: boolean,
+  freeBytes: number,
+): { scale: Scale; xfsMiB: number; ext4MiB: number; note: string | undefined } {
   const fullRoom = freeBytes >= 40 * GiB;
   const big = !quick && fullRoom;
   const dataSmall = big ? GiB : 256 * MiB;
@@ -116,7 +120,15 @@ async function mergeReport(out: string, report: Report, items: ReadonlySet<numbe
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
-    options: { quick: { type: 'boolean' }, 'full-list': { type: 'boolean' }, driver: { type: 'string' }, out: { type: 'string' }, only: { type: 'string' }, runs: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      quick: { type: 'boolean' },
+      'full-list': { type: 'boolean' },
+      driver: { type: 'string' },
+      out: { type: 'string' },
+      only: { type: 'string' },
+      runs: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help === true) {
@@ -174,7 +186,8 @@ async function main(): Promise<number> {
 
   const started = Date.now();
   const loadAtStart = loadavg()[0] ?? 0;
-  if (loadAtStart > 0.5) log(`load average is ${loadAtStart.toFixed(2)}: something else runs on this machine; ratios hold better than absolutes, but expect noise`);
+  if (loadAtStart > 0.5)
+    log(`load average is ${loadAtStart.toFixed(2)}: something else runs on this machine; ratios hold better than absolutes, but expect noise`);
   const failures: string[] = [];
   try {
     const s = await statfs(base);
@@ -205,8 +218,9 @@ async function main(): Promise<number> {
         await fn();
         log(`${name}: ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       } catch (e) {
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the signal handler while fn ran
         if (aborted) return;
-        const msg = `${name} failed: ${e instanceof Error ? e.stack ?? e.message : String(e)}`;
+        const msg = `${name} failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`;
         log(msg);
         failures.push(msg);
       }
@@ -250,6 +264,7 @@ async function main(): Promise<number> {
     await step(7, 'item 7a: layer snapshots on ext4, time vs data written', () => snapshotTimeVsData(ctx), '7a');
     await step(7, 'item 7b: read latency vs chain depth', () => readLatencyVsDepth(ctx), '7b');
 
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the signal handler while the steps ran
     if (aborted) return 130;
     const m = await machine(base);
     m.load.start = loadAtStart;
@@ -257,7 +272,10 @@ async function main(): Promise<number> {
     if (halves.size > 0) m.shares += '; item 7: its own ext4 share (no reflink) on the host disk, and an ext4 share on an image in tmpfs';
     const seconds = Math.round((Date.now() - started) / 1000);
     const args = process.argv.slice(2).join(' ');
-    const command = process.env['npm_lifecycle_event'] === 'bench' ? `npm run bench${args ? ` -- ${args}` : ''}` : `node dist/bench/main.js${args ? ` ${args}` : ''}`;
+    const command =
+      process.env['npm_lifecycle_event'] === 'bench'
+        ? `npm run bench${args ? ` -- ${args}` : ''}`
+        : `node dist/bench/main.js${args ? ` ${args}` : ''}`;
     const driverBuild = await describeBuild(driverRoot);
     const report = {
       date: new Date().toISOString(),

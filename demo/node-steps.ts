@@ -54,7 +54,9 @@ export async function nodeSteps(ctx: DemoContext, volume: { volume_id: string })
     await new Promise((r) => setTimeout(r, 500));
     snap = (await ctx.controller('CreateSnapshot', { name: 'snap-demo', source_volume_id: id }))['snapshot'];
   }
-  ctx.say(`CreateSnapshot while published: ${snap.snapshot_id} ready_to_use=${String(snap.ready_to_use)} after ${Date.now() - started} ms (a qcow2 layer, switched online by the node)`);
+  ctx.say(
+    `CreateSnapshot while published: ${snap.snapshot_id} ready_to_use=${String(snap.ready_to_use)} after ${Date.now() - started} ms (a qcow2 layer, switched online by the node)`,
+  );
   await writeFile(join(target, 'after.bin'), randomBytes(1 << 16));
   ctx.say('  the "pod" goes on writing, now into the new layer');
   await ctx.node('NodeUnpublishVolume', { volume_id: id, target_path: target });

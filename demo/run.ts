@@ -17,7 +17,6 @@ import { nodeSteps } from './node-steps.js';
 
 const say = (text: string): boolean => process.stdout.write(`${text}\n`);
 
-
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the demo mounts a scratch filesystem: run it as root');
   const log = pino({ level: process.env['FILEDRIVER_LOG_LEVEL'] ?? 'warn' });
@@ -64,12 +63,20 @@ async function main(): Promise<void> {
     say(`CreateVolume pvc-demo: id=${volume.volume_id} size=${volume.capacity_bytes} context=${JSON.stringify(volume.volume_context)}`);
     say(`  topology: ${JSON.stringify(volume.accessible_topology[0].segments)}`);
     say(`  image: ${join(share.path, 'filedriver/volumes', volume.volume_id, 'disk.qcow2')}`);
-    const again = await controller('CreateVolume', { name: 'pvc-demo', capacity_range: { required_bytes: String(256 * 1024 * 1024) }, volume_capabilities: [{ mount: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' } }], parameters: { format: 'qcow2' } });
+    const again = await controller('CreateVolume', {
+      name: 'pvc-demo',
+      capacity_range: { required_bytes: String(256 * 1024 * 1024) },
+      volume_capabilities: [{ mount: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' } }],
+      parameters: { format: 'qcow2' },
+    });
     say(`CreateVolume again (a retry): same volume ${again['volume'].volume_id}`);
 
     await nodeSteps({ controller, node, identity, say, workDir }, volume);
 
-    const grown = await controller('ControllerExpandVolume', { volume_id: volume.volume_id, capacity_range: { required_bytes: String(512 * 1024 * 1024) } });
+    const grown = await controller('ControllerExpandVolume', {
+      volume_id: volume.volume_id,
+      capacity_range: { required_bytes: String(512 * 1024 * 1024) },
+    });
     say(`ControllerExpandVolume to 512 MiB: capacity=${grown['capacity_bytes']} node_expansion_required=${String(grown['node_expansion_required'])}`);
     const got = await controller('ControllerGetVolume', { volume_id: volume.volume_id });
     say(`ControllerGetVolume: condition=${JSON.stringify(got['status'].volume_condition)}`);

@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConfigError, type Config } from './config.js';
 import { Metrics } from './metrics.js';
+import { capacity } from './controller/capacity.js';
+import { listVolumes } from './controller/listing.js';
 import { PublishService } from './controller/publish.js';
 import { ImageBuilder } from './controller/images.js';
 import { Layering } from './controller/layering.js';
@@ -22,7 +24,7 @@ import { makeFiles } from './system/files.js';
 import { controllerService } from './csi/controller.js';
 import { makeHandle } from './csi/handle.js';
 import { identityService } from './csi/identity.js';
-import { KeyedLocks } from './csi/locks.js';
+import { KeyedLocks } from './domain/locks.js';
 import { packageRoot } from './csi/proto.js';
 import type { Services } from './csi/server.js';
 import { topologyKey } from './domain/topology.js';
@@ -131,12 +133,13 @@ export function buildApp(config: Config, log: Logger): App {
 
   const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' }), { qemu }), store, mounts, locks);
   nodeSide.layers.report = metrics.layerEvent;
-  if (node) metrics.watchDataPlane(async () => {
-    const f = await nodeSide.plane.look();
-    return f === undefined ? undefined : { qemu: f.version, path: pathOf(f) };
-  });
-  let stopLayers = async (): Promise<void> => undefined;
-  let stopMerges = async (): Promise<void> => undefined;
+  if (node)
+    metrics.watchDataPlane(async () => {
+      const f = await nodeSide.plane.look();
+      return f === undefined ? undefined : { qemu: f.version, path: pathOf(f) };
+    });
+  let stopLayers = (): Promise<void> => Promise.resolve();
+  let stopMerges = (): Promise<void> => Promise.resolve();
 
   let toolsOkAt = 0;
   const ready = async (rpcLog: Logger): Promise<boolean> => {
@@ -164,8 +167,20 @@ export function buildApp(config: Config, log: Logger): App {
     ready,
     services: {
       identity: identityService(handle, { driverName: config.driverName, version: version(), controller }),
-      ...(controller ? { controller: controllerService(handle, { ...config, volumes, publishing, snapshots, relocator, mounts, store, ledger }) } : {}),
-      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide, mounts }) } : {}),
+      ...(controller
+        ? {
+            controller: controllerService(handle, {
+              ...config,
+              volumes,
+              publishing,
+              snapshots,
+              relocator,
+              listVolumes: (maxEntries, startingToken) => listVolumes(maxEntries, startingToken, { mounts, store }),
+              capacity: (input) => capacity(input, { ...config, mounts, ledger }),
+            }),
+          }
+        : {}),
+      ...(node ? { node: nodeService(handle, { ...config, ...nodeSide }) } : {}),
     },
     async close() {
       heartbeat?.stop();
@@ -188,14 +203,25 @@ export function buildApp(config: Config, log: Logger): App {
         if (removed > 0) log.info({ mount: h.name, removed }, 'removed leftovers of interrupted work');
         if (removed > 0) mounts.invalidate(h.name); // their space is free: a retried create must see it
         // Sum the volumes' sizes now, in the background, so the first CreateVolume does not wait for it.
-        ledger.warm(h.name, mounts.layout(h.name)).catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
+        ledger
+          .warm(h.name, mounts.layout(h.name))
+          .catch((e: unknown) => log.warn({ mount: h.name, err: e }, 'could not read the sizes of the volumes on this mount'));
       }
       // Registered before the socket serves: kubelet's NodeGetInfo → ControllerPublishVolume never meets an unknown node.
       await heartbeat?.start();
       if (node) {
         // Which qemu serves qcow2 volumes here, and how: a running data plane says; else what this process would start.
         const f = await nodeSide.plane.look().catch(() => undefined);
-        log.info({ qemu: qemu.manifest?.version ?? 'system', qemuSource: qemu.source, dataPlane: config.dataPlane, running: f !== undefined, path: f === undefined ? undefined : pathOf(f) }, 'node data path');
+        log.info(
+          {
+            qemu: qemu.manifest?.version ?? 'system',
+            qemuSource: qemu.source,
+            dataPlane: config.dataPlane,
+            running: f !== undefined,
+            path: f === undefined ? undefined : pathOf(f),
+          },
+          'node data path',
+        );
       }
     },
   };

@@ -59,7 +59,7 @@ export type RawSettings = Partial<Record<keyof typeof SETTINGS, string | string[
 /** Each setting's flag (also its file key, camel-cased) and environment variable. */
 export const SETTINGS = {
   endpoint: { flag: 'endpoint', env: ['FILEDRIVER_ENDPOINT', 'CSI_ENDPOINT'], help: 'unix:///abs/path/csi.sock' },
-  nodeId: { flag: 'node-id', env: ['FILEDRIVER_NODE_ID', 'KUBE_NODE_NAME'], help: 'this node\'s name (default: hostname)' },
+  nodeId: { flag: 'node-id', env: ['FILEDRIVER_NODE_ID', 'KUBE_NODE_NAME'], help: "this node's name (default: hostname)" },
   mounts: { flag: 'mount', env: ['FILEDRIVER_MOUNTS'], help: 'NAME=PATH of a pre-mounted share; repeat (env: comma-separated)' },
   mode: { flag: 'mode', env: ['FILEDRIVER_MODE'], help: 'all | controller | node (default all)' },
   driverName: { flag: 'driver-name', env: ['FILEDRIVER_DRIVER_NAME'], help: 'CSI driver name (default filedriver.dev)' },
@@ -70,9 +70,21 @@ export const SETTINGS = {
   maxVolumesPerNode: { flag: 'max-volumes-per-node', env: ['FILEDRIVER_MAX_VOLUMES_PER_NODE'], help: '0 = unlimited (default)' },
   healthCacheSeconds: { flag: 'health-cache-seconds', env: ['FILEDRIVER_HEALTH_CACHE_SECONDS'], help: 'mount health cache (default 2)' },
   kubeletDir: { flag: 'kubelet-dir', env: ['FILEDRIVER_KUBELET_DIR'], help: 'kubelet root (default /var/lib/kubelet)' },
-  metricsAddress: { flag: 'metrics-address', env: ['FILEDRIVER_METRICS_ADDRESS'], help: 'HOST:PORT for /metrics and /healthz (off by default; :PORT = all interfaces)' },
-  qemu: { flag: 'qemu', env: ['FILEDRIVER_QEMU'], help: 'directory of a private qemu (scripts/install-qemu.sh), or system (default: /opt/filedriver/qemu if installed, else the system\'s)' },
-  dataPlane: { flag: 'data-plane', env: ['FILEDRIVER_DATA_PLANE'], help: 'managed | external: who runs the node\'s qemu-storage-daemon (default managed: this process starts it)' },
+  metricsAddress: {
+    flag: 'metrics-address',
+    env: ['FILEDRIVER_METRICS_ADDRESS'],
+    help: 'HOST:PORT for /metrics and /healthz (off by default; :PORT = all interfaces)',
+  },
+  qemu: {
+    flag: 'qemu',
+    env: ['FILEDRIVER_QEMU'],
+    help: "directory of a private qemu (scripts/install-qemu.sh), or system (default: /opt/filedriver/qemu if installed, else the system's)",
+  },
+  dataPlane: {
+    flag: 'data-plane',
+    env: ['FILEDRIVER_DATA_PLANE'],
+    help: "managed | external: who runs the node's qemu-storage-daemon (default managed: this process starts it)",
+  },
 } as const;
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
@@ -101,7 +113,8 @@ export function readConfigFile(file: string): RawSettings {
     throw new ConfigError([`${file}: cannot read the config file: ${why}`]);
   }
   const doc = parseDocument(text);
-  if (doc.errors.length > 0) throw new ConfigError(doc.errors.map((e) => `${file}: not YAML or JSON: ${(e.message.split('\n')[0] ?? '').replace(/:$/, '')}`));
+  if (doc.errors.length > 0)
+    throw new ConfigError(doc.errors.map((e) => `${file}: not YAML or JSON: ${(e.message.split('\n')[0] ?? '').replace(/:$/, '')}`));
   const data: unknown = doc.toJS();
   const raw: RawSettings = {};
   layerFiles.set(raw, file);
@@ -159,16 +172,16 @@ export function buildConfig(...layers: RawSettings[]): Config {
   const raw: RawSettings = Object.assign({}, ...layers) as RawSettings;
   const problems: string[] = layers.flatMap((layer) => layerProblems.get(layer) ?? []);
   // A problem with a value from a config file names the file and the file's key, not the flag.
-  const fileOf: Partial<Record<keyof typeof SETTINGS, string>> = {};
+  const fileOf = new Map<keyof typeof SETTINGS, string>();
   for (const layer of layers) {
     for (const k of Object.keys(layer) as (keyof typeof SETTINGS)[]) {
       const file = layerFiles.get(layer);
-      if (file === undefined) delete fileOf[k];
-      else fileOf[k] = file;
+      if (file === undefined) fileOf.delete(k);
+      else fileOf.set(k, file);
     }
   }
   const problem = (k: keyof typeof SETTINGS, text: string): void => {
-    const file = fileOf[k];
+    const file = fileOf.get(k);
     problems.push(file === undefined ? text : `${file}: ${text.replace(new RegExp(`--${SETTINGS[k].flag}\\b`, 'g'), k)}`);
   };
   const str = (k: keyof typeof SETTINGS): string | undefined => {
@@ -199,7 +212,8 @@ export function buildConfig(...layers: RawSettings[]): Config {
 
   const defaultSizeText = str('defaultSize') ?? '1Gi';
   const defaultSizeBytes = parseSize(defaultSizeText);
-  if (defaultSizeBytes === undefined || defaultSizeBytes < MiB) problem('defaultSize', `--default-size ${defaultSizeText} must be at least 1Mi (e.g. 1Gi)`);
+  if (defaultSizeBytes === undefined || defaultSizeBytes < MiB)
+    problem('defaultSize', `--default-size ${defaultSizeText} must be at least 1Mi (e.g. 1Gi)`);
 
   const number = (k: keyof typeof SETTINGS, def: number, ok: (n: number) => boolean, rule: string): number => {
     const text = str(k);
@@ -266,7 +280,8 @@ function parseMounts(value: string | string[] | undefined, problem: (text: strin
     const name = eq < 0 ? '' : item.slice(0, eq);
     const path = eq < 0 ? '' : item.slice(eq + 1);
     if (eq < 0) problem(`--mount ${item} must be NAME=PATH`);
-    else if (!isValidMountName(name)) problem(`--mount ${item}: name ${JSON.stringify(name)} must be 1-40 of a-z 0-9 - (not starting or ending with -)`);
+    else if (!isValidMountName(name))
+      problem(`--mount ${item}: name ${JSON.stringify(name)} must be 1-40 of a-z 0-9 - (not starting or ending with -)`);
     else if (!isAbsolute(path)) problem(`--mount ${item}: path must be absolute`);
     else if (mounts.some((m) => m.name === name)) problem(`--mount ${name} is given twice`);
     else {

@@ -134,7 +134,9 @@ export class Metrics {
         if (!h.mounted) return undefined;
         const layout = this.mounts.layout(h.name);
         const now = Date.now();
-        const nodes = this.countNodes ? (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length : undefined;
+        const nodes = this.countNodes
+          ? (await readNodes(layout)).filter((e) => e.record !== undefined && sighting(h.name, e.record, now).fresh).length
+          : undefined;
         return { volumes: await countEntries(layout.volumes), snapshots: await countEntries(layout.snapshots), nodes };
       }),
     );

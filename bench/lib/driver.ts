@@ -69,7 +69,11 @@ export async function startDriver(o: DriverOptions, cleanup: Cleanup): Promise<D
   });
   let up = false;
   for (let i = 0; i < 300 && !up && child.exitCode === null; i++) {
-    if (existsSync(socket)) up = await client.identity('Probe').then((r: { ready?: { value?: boolean } }) => r.ready?.value === true, () => false);
+    if (existsSync(socket))
+      up = await client.identity('Probe').then(
+        (r: { ready?: { value?: boolean } }) => r.ready?.value === true,
+        () => false,
+      );
     if (!up) await sleep(50);
   }
   if (!up || child.pid === undefined) {

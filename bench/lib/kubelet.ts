@@ -19,7 +19,13 @@ export async function controllerPublish(d: Driver, id: string): Promise<Record<s
 export async function stageAndPublish(d: Driver, kubelet: string, id: string, context: Record<string, string>): Promise<void> {
   const p = podPaths(kubelet, id);
   await d.client.node('NodeStageVolume', { volume_id: id, staging_target_path: p.staging, volume_capability: mountCap(), publish_context: context });
-  await d.client.node('NodePublishVolume', { volume_id: id, staging_target_path: p.staging, target_path: p.target, volume_capability: mountCap(), readonly: false });
+  await d.client.node('NodePublishVolume', {
+    volume_id: id,
+    staging_target_path: p.staging,
+    target_path: p.target,
+    volume_capability: mountCap(),
+    readonly: false,
+  });
 }
 
 export async function unpublishAndUnstage(d: Driver, kubelet: string, id: string): Promise<void> {

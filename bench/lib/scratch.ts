@@ -11,7 +11,14 @@ import { sh } from './sh.js';
 
 export type ShareKind = 'xfs' | 'ext4';
 
-export async function makeShare(base: string, name: string, kind: ShareKind, sizeMiB: number, cleanup: Cleanup, imageDir = join(base, 'img')): Promise<string> {
+export async function makeShare(
+  base: string,
+  name: string,
+  kind: ShareKind,
+  sizeMiB: number,
+  cleanup: Cleanup,
+  imageDir = join(base, 'img'),
+): Promise<string> {
   const image = join(imageDir, `${name}.img`);
   const path = join(base, 'mnt', name);
   await mkdir(imageDir, { recursive: true });

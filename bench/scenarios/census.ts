@@ -58,7 +58,12 @@ export async function census(ctx: Ctx): Promise<void> {
       if (format === 'qcow2') {
         await mark('CreateSnapshot (reflink)', () => call('controller', 'CreateSnapshot', { name: 'bench-census-snap', source_volume_id: id }));
         await mark('CreateVolume from snapshot, linked', () =>
-          call('controller', 'CreateVolume', createRequest('bench-census-clone', 10 * GiB, { format: 'qcow2', mounts: 'xfs' }, { snapshot: { snapshot_id: 'bench-census-snap' } })));
+          call(
+            'controller',
+            'CreateVolume',
+            createRequest('bench-census-clone', 10 * GiB, { format: 'qcow2', mounts: 'xfs' }, { snapshot: { snapshot_id: 'bench-census-snap' } }),
+          ),
+        );
         await mark('ListVolumes (3 volumes, one page)', () => call('controller', 'ListVolumes', { max_entries: 100 }));
         await mark('GetCapacity', () => call('controller', 'GetCapacity', { volume_capabilities: [], parameters: { format: 'qcow2' } }));
         await call('controller', 'DeleteVolume', { volume_id: 'bench-census-clone' });
@@ -113,7 +118,11 @@ export async function census(ctx: Ctx): Promise<void> {
     const [tool, ...rest] = argv;
     const sub = rest.find((a) => !a.startsWith('-')) ?? '';
     const base = (tool ?? '').split('/').pop() ?? '';
-    return base === 'qemu-img' || base === 'mount' ? `${base} ${base === 'mount' && rest.includes('--bind') ? '--bind' : sub.startsWith('/') ? '' : sub}`.trim() : base === 'losetup' ? `losetup ${rest.find((a) => a.startsWith('--')) ?? ''}` : base;
+    return base === 'qemu-img' || base === 'mount'
+      ? `${base} ${base === 'mount' && rest.includes('--bind') ? '--bind' : sub.startsWith('/') ? '' : sub}`.trim()
+      : base === 'losetup'
+        ? `losetup ${rest.find((a) => a.startsWith('--')) ?? ''}`
+        : base;
   };
   for (const r of results) {
     const [floor, floorLabel] = FLOORS[r.label] ?? [0, ''];

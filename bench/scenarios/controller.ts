@@ -64,7 +64,15 @@ export async function createAndDelete(ctx: Ctx, d: Driver): Promise<void> {
       const file = (tag: string, i: number) => join(floorDir, `${tag}-${r}-${i}.${format}`);
       const name = (tag: string, i: number) => `bench-cv-${format}-${tag}-${r}-${i}`;
       const floorSide = async () =>
-        record(flr[format], await oneSide(samples, concOps, (tag, i) => sh(['qemu-img', 'create', '-q', '-f', format, file(tag, i), String(VOLUME_BYTES)]), (tag, i) => rm(file(tag, i))));
+        record(
+          flr[format],
+          await oneSide(
+            samples,
+            concOps,
+            (tag, i) => sh(['qemu-img', 'create', '-q', '-f', format, file(tag, i), String(VOLUME_BYTES)]),
+            (tag, i) => rm(file(tag, i)),
+          ),
+        );
       const driverSide = async () =>
         record(
           drv[format],
@@ -84,7 +92,10 @@ export async function createAndDelete(ctx: Ctx, d: Driver): Promise<void> {
   for (const format of FORMATS) {
     const D = drv[format];
     const F = flr[format];
-    for (const [kind, label] of [['seq', 'sequential'], ['conc', `×${CONCURRENCY} concurrent`]] as const) {
+    for (const [kind, label] of [
+      ['seq', 'sequential'],
+      ['conc', `×${CONCURRENCY} concurrent`],
+    ] as const) {
       const dm = medianOfRuns(D[kind]);
       const fm = medianOfRuns(F[kind]);
       for (const p of ['p50', 'p95'] as const) {
@@ -188,7 +199,10 @@ export async function getCapacity(ctx: Ctx, d: Driver, tag: '' | 'many', seconds
       ...(p === 'p50' ? { target: { text: 'p50 < 2 ms', met: c.p50 < 2 } } : {}),
       runs,
       samples: calls,
-      note: p === 'p50' ? `statfs of the 8 mounts in-process: p50 ${f.p50.toFixed(3)} ms` : `max ${c.max.toFixed(1)} ms (no-op RPC max ${n.max.toFixed(1)} ms)`,
+      note:
+        p === 'p50'
+          ? `statfs of the 8 mounts in-process: p50 ${f.p50.toFixed(3)} ms`
+          : `max ${c.max.toFixed(1)} ms (no-op RPC max ${n.max.toFixed(1)} ms)`,
       ...(p === 'p50' ? { detail: { getCapacity: cap, noop, statfs: fsFloor } } : {}),
     });
   }

@@ -39,8 +39,20 @@ async function dropCaches(): Promise<void> {
 }
 
 async function fio(file: string, rw: string, bs: string, depth: number, seconds: number | undefined): Promise<FioJob> {
-  const args = ['fio', '--name=bench', `--filename=${file}`, `--size=${SIZE}`, '--direct=1', '--ioengine=libaio', `--rw=${rw}`,
-    `--bs=${bs}`, `--iodepth=${depth}`, '--numjobs=1', '--output-format=json', '--randrepeat=0'];
+  const args = [
+    'fio',
+    '--name=bench',
+    `--filename=${file}`,
+    `--size=${SIZE}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    `--rw=${rw}`,
+    `--bs=${bs}`,
+    `--iodepth=${depth}`,
+    '--numjobs=1',
+    '--output-format=json',
+    '--randrepeat=0',
+  ];
   if (seconds !== undefined) args.push(`--runtime=${seconds}`, '--time_based');
   const { stdout } = await sh(args, { timeoutMs: 600_000 });
   const job = (JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: FioJob[] }).jobs[0];

@@ -106,7 +106,10 @@ async function attach(p: Pair, ctx: Ctx, id: string, access: Access): Promise<st
   const paths = podPaths(ctx.kubelet, id);
   // A driver with a node registry answers NOT_FOUND until the node plugin has recorded itself on the
   // share (within a second of its start); the external-attacher retries, and so does this.
-  const publish = () => retried(() => p.controller.client.controller('ControllerPublishVolume', { volume_id: id, node_id: 'bench-node', volume_capability: cap, readonly: false }));
+  const publish = () =>
+    retried(() =>
+      p.controller.client.controller('ControllerPublishVolume', { volume_id: id, node_id: 'bench-node', volume_capability: cap, readonly: false }),
+    );
   let res: unknown;
   for (let i = 0; ; i++) {
     try {
@@ -118,9 +121,18 @@ async function attach(p: Pair, ctx: Ctx, id: string, access: Access): Promise<st
     }
   }
   const context = (res as { publish_context?: Record<string, string> }).publish_context ?? {};
-  await retried(() => p.node.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths.staging, volume_capability: cap, publish_context: context }));
   await retried(() =>
-    p.node.client.node('NodePublishVolume', { volume_id: id, staging_target_path: paths.staging, target_path: paths.target, volume_capability: cap, readonly: false, publish_context: context }),
+    p.node.client.node('NodeStageVolume', { volume_id: id, staging_target_path: paths.staging, volume_capability: cap, publish_context: context }),
+  );
+  await retried(() =>
+    p.node.client.node('NodePublishVolume', {
+      volume_id: id,
+      staging_target_path: paths.staging,
+      target_path: paths.target,
+      volume_capability: cap,
+      readonly: false,
+      publish_context: context,
+    }),
   );
   return paths.target;
 }
@@ -197,6 +209,7 @@ async function snapshotUntilReady(p: Pair, share: string, volumeId: string, name
   let switched = Number.NaN;
   let watching = true;
   const watcher = (async () => {
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- cleared below once the snapshot is ready
     while (watching) {
       const now = await inode(image);
       if (now !== undefined && now !== frozen) {
@@ -206,7 +219,10 @@ async function snapshotUntilReady(p: Pair, share: string, volumeId: string, name
       await sleep(10);
     }
   })();
-  const call = () => retried(() => p.controller.client.controller('CreateSnapshot', { name, source_volume_id: volumeId })) as Promise<{ snapshot: { ready_to_use?: boolean } }>;
+  const call = () =>
+    retried(() => p.controller.client.controller('CreateSnapshot', { name, source_volume_id: volumeId })) as Promise<{
+      snapshot: { ready_to_use?: boolean };
+    }>;
   try {
     let calls = 1;
     let res = await call();
@@ -230,15 +246,44 @@ async function snapshotUntilReady(p: Pair, share: string, volumeId: string, name
 
 /** Fills `bytes` of a file in a mounted filesystem: 1 MiB writes, O_DIRECT, synced at the end. */
 async function fillFile(file: string, bytes: number): Promise<number> {
-  const args = ['fio', '--name=fill', `--filename=${file}`, `--size=${bytes}`, '--rw=write', '--bs=1M', '--direct=1', '--ioengine=libaio',
-    '--iodepth=8', '--end_fsync=1', '--output-format=json'];
+  const args = [
+    'fio',
+    '--name=fill',
+    `--filename=${file}`,
+    `--size=${bytes}`,
+    '--rw=write',
+    '--bs=1M',
+    '--direct=1',
+    '--ioengine=libaio',
+    '--iodepth=8',
+    '--end_fsync=1',
+    '--output-format=json',
+  ];
   const ms = await timed(() => sh(args, { timeoutMs: 1_800_000 }));
   return bytes / MiB / (ms / 1000);
 }
 
 /** Fills the first `bytes` of a detached qcow2 image: 1 MiB O_DIRECT writes, 16 in flight. */
 async function fillImage(image: string, bytes: number): Promise<void> {
-  const args = ['qemu-img', 'bench', '-w', '-c', String(Math.ceil(bytes / MiB)), '-d', '16', '-s', '1M', '-S', '1M', '--pattern=90', '-t', 'none', '-f', 'qcow2', image];
+  const args = [
+    'qemu-img',
+    'bench',
+    '-w',
+    '-c',
+    String(Math.ceil(bytes / MiB)),
+    '-d',
+    '16',
+    '-s',
+    '1M',
+    '-S',
+    '1M',
+    '--pattern=90',
+    '-t',
+    'none',
+    '-f',
+    'qcow2',
+    image,
+  ];
   await sh(args, { timeoutMs: 1_800_000 });
 }
 
@@ -259,7 +304,15 @@ interface SizeResult {
  * detached one (likewise), and one `qemu-img convert` of the same data. Filling the volumes is most
  * of the time; every snapshot after the first costs a second or two.
  */
-async function measureSize(ctx: Ctx, p: Pair, share: string, bytes: number, online: number, offline: number, convertFirst: boolean): Promise<SizeResult> {
+async function measureSize(
+  ctx: Ctx,
+  p: Pair,
+  share: string,
+  bytes: number,
+  online: number,
+  offline: number,
+  convertFirst: boolean,
+): Promise<SizeResult> {
   const label = short(bytes);
   const volumeBytes = Math.ceil((bytes * 1.25) / GiB) * GiB + GiB;
   const params = { format: 'qcow2', mounts: 'ext4l' };
@@ -286,12 +339,15 @@ async function measureSize(ctx: Ctx, p: Pair, share: string, bytes: number, onli
       const run = await snapshotUntilReady(p, share, vol, snap);
       const writerOk = writer.running;
       out.online.push({ ...run, writerOk, writeMiBs });
-      ctx.log(`  ${sizeLabel(bytes)} online ${r + 1}/${online}: ready ${run.ready.toFixed(0)} ms (${run.calls} calls), node switched at ${run.switched.toFixed(0)} ms, first call ${run.firstCall.toFixed(0)} ms`);
+      ctx.log(
+        `  ${sizeLabel(bytes)} online ${r + 1}/${online}: ready ${run.ready.toFixed(0)} ms (${run.calls} calls), node switched at ${run.switched.toFixed(0)} ms, first call ${run.firstCall.toFixed(0)} ms`,
+      );
       await sleep(300);
     }
     const code = await writer.stop();
     writer = undefined;
-    if (code !== null || out.online.some((o) => !o.writerOk)) ctx.results.note(`7: the writer in ${vol} stopped during the snapshots (exit ${String(code)})`);
+    if (code !== null || out.online.some((o) => !o.writerOk))
+      ctx.results.note(`7: the writer in ${vol} stopped during the snapshots (exit ${String(code)})`);
   } finally {
     await writer?.stop();
     if (attached) await detach(p, ctx, vol);
@@ -321,11 +377,15 @@ async function measureSize(ctx: Ctx, p: Pair, share: string, bytes: number, onli
         }
       },
       async () => {
-        out.convert.push(await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })));
+        out.convert.push(
+          await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })),
+        );
         await rm(copy, { force: true });
       },
     );
-    ctx.log(`  ${sizeLabel(bytes)} detached: snapshots ${out.detached.map((x) => x.toFixed(0)).join(', ')} ms; qemu-img convert ${out.convert.at(-1)?.toFixed(0)} ms`);
+    ctx.log(
+      `  ${sizeLabel(bytes)} detached: snapshots ${out.detached.map((x) => x.toFixed(0)).join(', ')} ms; qemu-img convert ${out.convert.at(-1)?.toFixed(0)} ms`,
+    );
   } finally {
     await c('DeleteVolume', { volume_id: dvol });
     for (const snap of dsnaps.reverse()) await c('DeleteSnapshot', { snapshot_id: snap });
@@ -354,7 +414,10 @@ export async function snapshotTimeVsData(ctx: Ctx): Promise<void> {
     await stopPair(p);
   }
   const [ls, lb] = [sizeLabel(dataSmall), sizeLabel(dataBig)];
-  for (const [res, l] of [[small, ls], [big, lb]] as const) {
+  for (const [res, l] of [
+    [small, ls],
+    [big, lb],
+  ] as const) {
     const ready = median(res.online.map((o) => o.ready));
     const conv = median(res.convert);
     ctx.results.add({
@@ -436,14 +499,33 @@ async function dropCaches(): Promise<void> {
 }
 
 async function fioRead(device: string, depth: number, seconds: number): Promise<FioRead> {
-  const args = ['fio', '--name=depth', `--filename=${device}`, `--size=${DEPTH_DATA}`, '--direct=1', '--ioengine=libaio', '--rw=randread', '--bs=4k',
-    `--iodepth=${depth}`, '--numjobs=1', `--runtime=${seconds}`, '--time_based', '--randrepeat=0', '--output-format=json'];
+  const args = [
+    'fio',
+    '--name=depth',
+    `--filename=${device}`,
+    `--size=${DEPTH_DATA}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    '--rw=randread',
+    '--bs=4k',
+    `--iodepth=${depth}`,
+    '--numjobs=1',
+    `--runtime=${seconds}`,
+    '--time_based',
+    '--randrepeat=0',
+    '--output-format=json',
+  ];
   const { stdout } = await sh(args, { timeoutMs: 300_000 });
   type Job = { read: { iops: number; clat_ns: { percentile?: Record<string, number> }; lat_ns: { mean: number } } };
   const job = (JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Job[] }).jobs[0];
   if (job === undefined) throw new Error(`fio printed no job for ${device}`);
   const pct = job.read.clat_ns.percentile ?? {};
-  return { iops: job.read.iops, meanUs: job.read.lat_ns.mean / 1000, p50Us: (pct['50.000000'] ?? Number.NaN) / 1000, p99Us: (pct['99.000000'] ?? Number.NaN) / 1000 };
+  return {
+    iops: job.read.iops,
+    meanUs: job.read.lat_ns.mean / 1000,
+    p50Us: (pct['50.000000'] ?? Number.NaN) / 1000,
+    p99Us: (pct['99.000000'] ?? Number.NaN) / 1000,
+  };
 }
 
 /** Two clusters of layer `i`'s own, one in each 512 MiB (one L2 table) half of the data. */
@@ -478,10 +560,16 @@ async function makeRamExt4(ctx: Ctx, name: string, sizeMiB: number): Promise<str
 export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
   const share = await makeRamExt4(ctx, 'ramext4', 4 * 1024);
   const p = await startPair(ctx, 'item7b', { ramext4: share });
-  const c = (method: string, req: object) => retried(() => p.controller.client.controller(method, req)) as Promise<Record<string, any>>;
+  const c = (method: string, req: object) => retried(() => p.controller.client.controller(method, req));
   const params = { format: 'qcow2', mounts: 'ramext4' };
   const create = (id: string, source?: object) =>
-    c('CreateVolume', { name: id, capacity_range: { required_bytes: String(DEPTH_VOLUME) }, volume_capabilities: [blockCap()], parameters: params, ...(source === undefined ? {} : { volume_content_source: source }) });
+    c('CreateVolume', {
+      name: id,
+      capacity_range: { required_bytes: String(DEPTH_VOLUME) },
+      volume_capabilities: [blockCap()],
+      parameters: params,
+      ...(source === undefined ? {} : { volume_content_source: source }),
+    });
   const src = 'bench-depth-chain';
   const volumeOf = (n: number): string => (n === 0 ? 'bench-depth-0' : n === 31 ? src : `bench-depth-${n}`);
   const snapName = (k: number): string => `bench-depth-snap-${String(k).padStart(2, '0')}`;
@@ -510,10 +598,15 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
     // One more is refused: the cap.
     const refused = await p.controller.client.controller('CreateSnapshot', { name: snapName(32), source_volume_id: src }).then(
       () => 'accepted',
-      (e: { code?: number }) => (e.code === status.FAILED_PRECONDITION ? 'refused' : `code ${String(e.code)}`),
+      (e: unknown) => {
+        const code = (e as { code?: number }).code;
+        return code === status.FAILED_PRECONDITION ? 'refused' : `code ${String(code)}`;
+      },
     );
     if (refused === 'accepted') snaps.push(snapName(32));
-    ctx.results.note(`7: a 32nd snapshot of the 31-snapshot chain was ${refused === 'refused' ? 'refused (FAILED_PRECONDITION), as MAX_CHAIN = 32 says' : refused}`);
+    ctx.results.note(
+      `7: a 32nd snapshot of the 31-snapshot chain was ${refused === 'refused' ? 'refused (FAILED_PRECONDITION), as MAX_CHAIN = 32 says' : refused}`,
+    );
     for (const n of DEPTHS.filter((d) => d !== 0 && d !== 31)) {
       await create(volumeOf(n), { snapshot: { snapshot_id: snapName(n) } });
       made.push(volumeOf(n));
@@ -532,8 +625,12 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
     }
     // The pod's path (the loop device, which reads its FUSE file through the page cache), and the
     // export file itself with O_DIRECT: one FUSE request per read, so qemu walks the chain every time.
-    const jobs = [['qd1', devices, 1], ['qd32', devices, 32], ['export', exportFiles, 1]] as const;
-    const got: Record<string, Record<number, FioRead[]>> = { qd1: {}, qd32: {}, export: {} };
+    const jobs = [
+      ['qd1', devices, 1],
+      ['qd32', devices, 32],
+      ['export', exportFiles, 1],
+    ] as const;
+    const got: Record<'qd1' | 'qd32' | 'export', Partial<Record<number, FioRead[]>>> = { qd1: {}, qd32: {}, export: {} };
     const runs = ctx.scale.runs;
     for (let r = 0; r < runs; r++) {
       // Depths in a different order each run: drift on the shared machine hits them alike.
@@ -541,15 +638,17 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
       for (const [key, files, qd] of jobs) {
         for (const n of order) {
           await dropCaches();
-          ((got[key] as Record<number, FioRead[]>)[n] ??= []).push(await fioRead(files[n] ?? '', qd, ctx.scale.fioSeconds));
+          (got[key][n] ??= []).push(await fioRead(files[n] ?? '', qd, ctx.scale.fioSeconds));
         }
       }
-      ctx.log(`  depth run ${r + 1}/${runs}: p50 µs, device qd1 ${DEPTHS.map((n) => `${n}:${got['qd1']?.[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}; export file ${DEPTHS.map((n) => `${n}:${got['export']?.[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}`);
+      ctx.log(
+        `  depth run ${r + 1}/${runs}: p50 µs, device qd1 ${DEPTHS.map((n) => `${n}:${got.qd1[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}; export file ${DEPTHS.map((n) => `${n}:${got.export[n]?.at(-1)?.p50Us.toFixed(0)}`).join(' ')}`,
+      );
     }
     for (const n of DEPTHS) rss[n] = Math.max(rss[n] ?? 0, await qsdRssKiB(volumeOf(n)));
-    const med = (key: string, n: number, f: (x: FioRead) => number): number => median((got[key]?.[n] ?? []).map(f));
+    const med = (key: keyof typeof got, n: number, f: (x: FioRead) => number): number => median((got[key][n] ?? []).map(f));
     // On a loaded machine the p50 of a run is low or high with the CPU it got: the lowest is the stack's own cost.
-    const least = (key: string, n: number): number => Math.min(...(got[key]?.[n] ?? []).map((x) => x.p50Us));
+    const least = (key: keyof typeof got, n: number): number => Math.min(...(got[key][n] ?? []).map((x) => x.p50Us));
     const base1 = med('qd1', 0, (x) => x.p50Us);
     const base32 = med('qd32', 0, (x) => x.iops);
     for (const n of DEPTHS) {
@@ -564,7 +663,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `least disturbed run ${least('qd1', n).toFixed(0)} µs; mean ${med('qd1', n, (x) => x.meanUs).toFixed(0)} µs, p99 ${med('qd1', n, (x) => x.p99Us).toFixed(0)} µs, ${med('qd1', n, (x) => x.iops).toFixed(0)} IOPS`,
-        detail: got['qd1']?.[n],
+        detail: got.qd1[n],
       });
     }
     const baseExport = med('export', 0, (x) => x.p50Us);
@@ -580,7 +679,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `least disturbed run ${least('export', n).toFixed(0)} µs; mean ${med('export', n, (x) => x.meanUs).toFixed(0)} µs, p99 ${med('export', n, (x) => x.p99Us).toFixed(0)} µs, ${med('export', n, (x) => x.iops).toFixed(0)} IOPS`,
-        detail: got['export']?.[n],
+        detail: got.export[n],
       });
     }
     for (const n of DEPTHS) {
@@ -596,7 +695,7 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
         runs,
         samples: runs,
         note: `p99 ${med('qd32', n, (x) => x.p99Us).toFixed(0)} µs`,
-        detail: got['qd32']?.[n],
+        detail: got.qd32[n],
       });
     }
     for (const n of DEPTHS) {
@@ -633,4 +732,3 @@ export async function readLatencyVsDepth(ctx: Ctx): Promise<void> {
     await stopPair(p);
   }
 }
-

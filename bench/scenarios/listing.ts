@@ -24,7 +24,11 @@ const make = (d: Driver, name: string) => d.client.controller('CreateVolume', cr
  * Two servers at once, alike but for their "ext4" mount: one holds the volumes, the other none.
  * Their CreateVolume series are interleaved, so drift on a shared machine hits both alike.
  */
-async function createSeries(ctx: Ctx, none: Driver, many: Driver): Promise<{ cold: Record<'none' | 'many', number>; runs: Record<'none' | 'many', RunStats[]> }> {
+async function createSeries(
+  ctx: Ctx,
+  none: Driver,
+  many: Driver,
+): Promise<{ cold: Record<'none' | 'many', number>; runs: Record<'none' | 'many', RunStats[]> }> {
   // The first placement of a fresh process builds the committed-bytes ledger.
   const cold = { none: await timed(() => make(none, 'bench-ev-none-cold')), many: await timed(() => make(many, 'bench-ev-many-cold')) };
   const runs = { none: [] as RunStats[], many: [] as RunStats[] };
@@ -59,8 +63,19 @@ async function populate(ctx: Ctx, share: string, count: number): Promise<string[
     const dir = join(root, id);
     await mkdir(dir, { recursive: true });
     await writeFile(join(dir, 'disk.qcow2'), image);
-    const record = { schema: 1, id, name: id, format: 'qcow2', sizeBytes: String(1 << 20), createdAt, parameters: { format: 'qcow2' },
-      contentSource: null, backing: null, pvc: { name: `claim-${i}`, namespace: 'bench' }, publications: [] };
+    const record = {
+      schema: 1,
+      id,
+      name: id,
+      format: 'qcow2',
+      sizeBytes: String(1 << 20),
+      createdAt,
+      parameters: { format: 'qcow2' },
+      contentSource: null,
+      backing: null,
+      pvc: { name: `claim-${i}`, namespace: 'bench' },
+      publications: [],
+    };
     await writeFile(join(dir, 'volume.json'), `${JSON.stringify(record, null, 2)}\n`);
   });
   return ids;
@@ -87,12 +102,17 @@ export async function manyVolumes(ctx: Ctx): Promise<void> {
 
   const populateMs = await timed(() => populate(ctx, ext4, count));
   ctx.log(`  wrote ${many} volumes into the layout in ${(populateMs / 1000).toFixed(1)} s`);
-  ctx.results.note(`${many} volumes were written straight into ext4's filedriver/volumes/ (volume.json + a 1.8 KiB qcow2 with 512-byte clusters) in ${(populateMs / 1000).toFixed(1)} s.`);
+  ctx.results.note(
+    `${many} volumes were written straight into ext4's filedriver/volumes/ (volume.json + a 1.8 KiB qcow2 with 512-byte clusters) in ${(populateMs / 1000).toFixed(1)} s.`,
+  );
   // The twin of "ext4" without volumes, for the server that has none.
   const empty = await makeShare(ctx.base, 'ext4-empty', 'ext4', 8 * 1024, ctx.cleanup);
   // What was just written must not be in the next fsync's journal commit.
   await sh(['sync']);
-  const none = await startDriver({ base: ctx.base, mounts: { ...ctx.shares, ext4: empty }, kubeletDir: ctx.kubelet, tag: 'none', args: SERVER_ARGS }, ctx.cleanup);
+  const none = await startDriver(
+    { base: ctx.base, mounts: { ...ctx.shares, ext4: empty }, kubeletDir: ctx.kubelet, tag: 'none', args: SERVER_ARGS },
+    ctx.cleanup,
+  );
   const d = await driver(ctx, 'many');
   const series = await createSeries(ctx, none, d);
   await deleteSeries(ctx, none, 'none');
@@ -139,9 +159,11 @@ export async function manyVolumes(ctx: Ctx): Promise<void> {
   const started = performance.now();
   do {
     let res: { entries: unknown[]; next_token: string } = { entries: [], next_token: '' };
-    pages.push(await timed(async () => {
-      res = (await d.client.controller('ListVolumes', { max_entries: PAGE, starting_token: token })) as typeof res;
-    }));
+    pages.push(
+      await timed(async () => {
+        res = (await d.client.controller('ListVolumes', { max_entries: PAGE, starting_token: token })) as typeof res;
+      }),
+    );
     entries += res.entries.length;
     token = res.next_token;
   } while (token !== '' && performance.now() - started < budgetMs);
@@ -149,14 +171,23 @@ export async function manyVolumes(ctx: Ctx): Promise<void> {
   const complete = token === '';
   const floorRuns: number[] = [];
   let floorCount = 0;
-  for (let r = 0; r < 3; r++) floorRuns.push(await timed(async () => { floorCount = await readAllRecords(Object.values(ctx.shares)); }));
+  for (let r = 0; r < 3; r++)
+    floorRuns.push(
+      await timed(async () => {
+        floorCount = await readAllRecords(Object.values(ctx.shares));
+      }),
+    );
   const floor = median(floorRuns);
   const totalPages = Math.ceil(floorCount / PAGE);
   const total = complete ? measured : (measured / entries) * floorCount;
-  ctx.log(`  ListVolumes: ${entries} entries in ${pages.length} pages, ${(measured / 1000).toFixed(1)} s${complete ? '' : ` (time box; ${(total / 1000).toFixed(0)} s extrapolated for all ${floorCount})`}`);
+  ctx.log(
+    `  ListVolumes: ${entries} entries in ${pages.length} pages, ${(measured / 1000).toFixed(1)} s${complete ? '' : ` (time box; ${(total / 1000).toFixed(0)} s extrapolated for all ${floorCount})`}`,
+  );
   if (complete && entries !== floorCount) ctx.results.note(`ListVolumes returned ${entries} entries; ${floorCount} volumes were on the mounts.`);
   if (!complete) {
-    ctx.results.note(`ListVolumes was stopped after ${pages.length} of ${totalPages} pages (${entries} of ${floorCount} volumes, ${(measured / 1000).toFixed(0)} s time box; --full-list lifts it); its total is extrapolated linearly — every page costs the same.`);
+    ctx.results.note(
+      `ListVolumes was stopped after ${pages.length} of ${totalPages} pages (${entries} of ${floorCount} volumes, ${(measured / 1000).toFixed(0)} s time box; --full-list lifts it); its total is extrapolated linearly — every page costs the same.`,
+    );
   }
   ctx.results.add({
     item: 2,

@@ -38,11 +38,18 @@ function manual(dir: string, image: string, format: Format): Manual {
       const losetup = ['losetup', '--find', '--show'];
       if (format === 'qcow2') {
         await (await open(exportFile, 'a', 0o600)).close();
-        await sh(['qemu-storage-daemon',
-          '--blockdev', `driver=file,node-name=file0,filename=${image},aio=io_uring,cache.direct=on,locking=on,discard=unmap`,
-          '--blockdev', 'driver=qcow2,node-name=fmt0,file=file0,discard=unmap',
-          '--export', `type=fuse,id=export0,node-name=fmt0,mountpoint=${exportFile},writable=on`,
-          '--pidfile', pidFile, '--daemonize']);
+        await sh([
+          'qemu-storage-daemon',
+          '--blockdev',
+          `driver=file,node-name=file0,filename=${image},aio=io_uring,cache.direct=on,locking=on,discard=unmap`,
+          '--blockdev',
+          'driver=qcow2,node-name=fmt0,file=file0,discard=unmap',
+          '--export',
+          `type=fuse,id=export0,node-name=fmt0,mountpoint=${exportFile},writable=on`,
+          '--pidfile',
+          pidFile,
+          '--daemonize',
+        ]);
         pid = Number((await readFile(pidFile, 'utf8')).trim());
         loopFile = exportFile; // buffered loop I/O on FUSE, as the driver does
       } else {
@@ -61,7 +68,13 @@ function manual(dir: string, image: string, format: Format): Manual {
       await sh(['losetup', '--detach', device]);
       if (format === 'qcow2') {
         process.kill(pid, 'SIGTERM');
-        while (await readFile(`/proc/${pid}/stat`, 'utf8').then((s) => !/\) Z /.test(s), () => false)) await sleep(5);
+        while (
+          await readFile(`/proc/${pid}/stat`, 'utf8').then(
+            (s) => !/\) Z /.test(s),
+            () => false,
+          )
+        )
+          await sleep(5);
         // qemu-storage-daemon 7.2 may leave its FUSE mount behind on SIGTERM (NODE-FACTS).
         const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
         if (mountinfo.split('\n').some((l) => l.split(' ')[4] === exportFile)) {
@@ -104,7 +117,9 @@ export async function stageUnstage(ctx: Ctx, d: Driver): Promise<void> {
       };
       await alternate(r, floorSide, driverSide);
     }
-    ctx.log(`  stage/unstage run ${r + 1}/${runs}: raw ${t.raw.stage.at(-1)?.toFixed(0)} ms (by hand ${t.raw.fStage.at(-1)?.toFixed(0)}), qcow2 ${t.qcow2.stage.at(-1)?.toFixed(0)} ms (by hand ${t.qcow2.fStage.at(-1)?.toFixed(0)})`);
+    ctx.log(
+      `  stage/unstage run ${r + 1}/${runs}: raw ${t.raw.stage.at(-1)?.toFixed(0)} ms (by hand ${t.raw.fStage.at(-1)?.toFixed(0)}), qcow2 ${t.qcow2.stage.at(-1)?.toFixed(0)} ms (by hand ${t.qcow2.fStage.at(-1)?.toFixed(0)})`,
+    );
   }
   for (const format of FORMATS) {
     const x = t[format];

@@ -29,7 +29,7 @@ export async function probes(ctx: Ctx, d: Driver): Promise<Record<string, number
   const json = `${JSON.stringify({ schema: 1, id: 'x'.repeat(40), parameters: {} }, null, 2)}\n`;
   const p = {
     'spawn /bin/true (child_process.execFile, as the floors do)': await sample(30, () => sh(['/bin/true'])),
-    'spawn /bin/true (execa, as the driver\'s runner does)': await sample(30, () =>
+    "spawn /bin/true (execa, as the driver's runner does)": await sample(30, () =>
       execa('/bin/true', [], { reject: false, timeout: 60_000, stripFinalNewline: true, stdin: 'ignore' }),
     ),
     '16 concurrent spawns of /bin/true, ms per spawn (execFile)': await perSpawn(64, () => sh(['/bin/true'])),
@@ -47,8 +47,10 @@ export async function probes(ctx: Ctx, d: Driver): Promise<Record<string, number
       await fh.close();
       await rename(tmp, join(xfs, `probe-${i}.json`));
     }),
-    'mount health check of the 8 mounts, uncached (done again by hand: realpath, mountinfo, 3 mkdir, probe write+unlink, statfs)':
-      await sample(30, () => Promise.all(Object.values(ctx.shares).map((share) => healthByHand(share)))),
+    'mount health check of the 8 mounts, uncached (done again by hand: realpath, mountinfo, 3 mkdir, probe write+unlink, statfs)': await sample(
+      30,
+      () => Promise.all(Object.values(ctx.shares).map((share) => healthByHand(share))),
+    ),
     'GetPluginInfo (no-op RPC round trip)': await sample(200, () => d.client.identity('GetPluginInfo')),
     'Probe RPC (mount health, cached)': await sample(200, () => d.client.identity('Probe')),
   };

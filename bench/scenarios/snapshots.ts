@@ -55,20 +55,33 @@ async function measureXfs(ctx: Ctx, d: Driver, bytes: number, runs: number): Pro
     const fromSnap = { snapshot: { snapshot_id: snap } };
     const driverSide = async () => {
       t.snapshot.push(await settled(() => d.client.controller('CreateSnapshot', { name: snap, source_volume_id: src })));
-      t.linked.push(await settled(() => d.client.controller('CreateVolume', createRequest(`bench-lc-${label}-${r}`, VOLUME_BYTES, params, fromSnap))));
-      t.full.push(await settled(() => d.client.controller('CreateVolume', createRequest(`bench-fc-${label}-${r}`, VOLUME_BYTES, { ...params, cloneMode: 'full' }, fromSnap))));
-      t.pvc.push(await settled(() => d.client.controller('CreateVolume', createRequest(`bench-pc-${label}-${r}`, VOLUME_BYTES, params, { volume: { volume_id: src } }))));
+      t.linked.push(
+        await settled(() => d.client.controller('CreateVolume', createRequest(`bench-lc-${label}-${r}`, VOLUME_BYTES, params, fromSnap))),
+      );
+      t.full.push(
+        await settled(() =>
+          d.client.controller('CreateVolume', createRequest(`bench-fc-${label}-${r}`, VOLUME_BYTES, { ...params, cloneMode: 'full' }, fromSnap)),
+        ),
+      );
+      t.pvc.push(
+        await settled(() =>
+          d.client.controller('CreateVolume', createRequest(`bench-pc-${label}-${r}`, VOLUME_BYTES, params, { volume: { volume_id: src } })),
+        ),
+      );
     };
     const floorSide = async () => {
       const copy = join(floorDir, `convert-${label}-${r}.qcow2`);
-      t.convert.push(await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })));
+      t.convert.push(
+        await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })),
+      );
       await rm(copy);
       const clone = join(floorDir, `reflink-${label}-${r}.qcow2`);
       t.reflink.push(await settled(() => sh(['cp', '--reflink=always', '--', image, clone])));
       await rm(clone);
     };
     await alternate(r, floorSide, driverSide);
-    for (const v of [`bench-lc-${label}-${r}`, `bench-fc-${label}-${r}`, `bench-pc-${label}-${r}`]) await d.client.controller('DeleteVolume', { volume_id: v });
+    for (const v of [`bench-lc-${label}-${r}`, `bench-fc-${label}-${r}`, `bench-pc-${label}-${r}`])
+      await d.client.controller('DeleteVolume', { volume_id: v });
     await d.client.controller('DeleteSnapshot', { snapshot_id: snap });
     ctx.log(`  ${sizeLabel(bytes)} run ${r + 1}/${runs}: snapshot ${t.snapshot.at(-1)?.toFixed(0)} ms, convert ${t.convert.at(-1)?.toFixed(0)} ms`);
   }
@@ -92,7 +105,9 @@ async function measureExt4Layer(ctx: Ctx, d: Driver, bytes: number, runs: number
     const copy = join(floorDir, `convert-${r}.qcow2`);
     const floorSide = async () => {
       // Flattens the chain: the same data whatever layers the snapshots made.
-      out.convert.push(await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })));
+      out.convert.push(
+        await settled(() => sh(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-S', '4k', image, copy], { timeoutMs: 1_800_000 })),
+      );
       await rm(copy);
     };
     const driverSide = async () => {
@@ -125,7 +140,10 @@ export async function snapshotsAndClones(ctx: Ctx, d: Driver): Promise<void> {
   for (const [key, label] of OPS) {
     const s = median(small[key]);
     const b = median(big[key]);
-    for (const [v, c, l] of [[s, median(small.convert), ls], [b, median(big.convert), lb]] as const) {
+    for (const [v, c, l] of [
+      [s, median(small.convert), ls],
+      [b, median(big.convert), lb],
+    ] as const) {
       ctx.results.add({
         item: 3,
         key: `${key}.${l.replace(' ', '')}`,

@@ -56,15 +56,27 @@ export async function checkTools(ctx: Context): Promise<Finding[]> {
  * version and how qcow2 volumes reach their pods. Read only: never starts it.
  */
 export async function checkQemu(ctx: Context): Promise<Finding[]> {
-  const source = ctx.qemu.manifest === undefined ? 'the system\'s (on PATH)' : `qemu ${ctx.qemu.manifest.version} in ${ctx.qemu.source}`;
+  const source = ctx.qemu.manifest === undefined ? "the system's (on PATH)" : `qemu ${ctx.qemu.manifest.version} in ${ctx.qemu.source}`;
   const found: Finding[] = [{ check: 'qemu', subject: 'install', status: 'ok', message: source }];
   const dir = new StageState(join(ctx.config.kubeletDir, 'plugins', ctx.config.driverName)).planeDir;
   const plane = new DataPlane(dir, 'external', ctx.run, ctx.log);
   const features = existsSync(plane.socket) ? await plane.look().catch(() => undefined) : undefined;
   if (features !== undefined) {
-    found.push({ check: 'qemu', subject: 'data plane', status: features.asyncDirectIo ? 'ok' : 'note', message: `qemu ${features.version} at ${plane.socket}: ${pathOf(features)}` });
+    found.push({
+      check: 'qemu',
+      subject: 'data plane',
+      status: features.asyncDirectIo ? 'ok' : 'note',
+      message: `qemu ${features.version} at ${plane.socket}: ${pathOf(features)}`,
+    });
   } else {
-    found.push({ check: 'qemu', subject: 'data plane', status: existsSync(plane.socket) ? 'problem' : 'note', message: existsSync(plane.socket) ? `${plane.socket} does not answer: qcow2 volumes staged on this host have no I/O` : `not running on this host (${dir}); the node plugin or the data-plane pod starts it for the first qcow2 volume` });
+    found.push({
+      check: 'qemu',
+      subject: 'data plane',
+      status: existsSync(plane.socket) ? 'problem' : 'note',
+      message: existsSync(plane.socket)
+        ? `${plane.socket} does not answer: qcow2 volumes staged on this host have no I/O`
+        : `not running on this host (${dir}); the node plugin or the data-plane pod starts it for the first qcow2 volume`,
+    });
   }
   return found;
 }
@@ -84,7 +96,9 @@ export async function checkLeftovers(m: MountInventory, fix: boolean): Promise<F
   const tmp = m.layout.tmp;
   const look = async () => (await readdir(tmp).catch(() => [] as string[])).filter((e) => !e.startsWith('.probe-'));
   const entries = await look();
-  const states = await Promise.all(entries.map(async (e) => ({ entry: e, ...leftover(e, (await stat(join(tmp, e)).catch(() => undefined))?.mtimeMs) })));
+  const states = await Promise.all(
+    entries.map(async (e) => ({ entry: e, ...leftover(e, (await stat(join(tmp, e)).catch(() => undefined))?.mtimeMs) })),
+  );
   const removable = states.filter((s) => s.removable);
   let remaining = new Set(entries);
   if (fix && m.health.usable && removable.length > 0) {
@@ -109,11 +123,18 @@ export function checkDuplicates(inventory: MountInventory[]): Finding[] {
     }
     for (const [id, mounts] of where) {
       if (mounts.length < 2) continue;
-      const arrived = inventory.flatMap((m) => m.volumes.filter((v) => kind === 'volume' && v.id === id && v.record?.movedFrom !== undefined).map(() => m.health.name));
-      findings.push({ check: 'duplicate', subject: `${kind} ${id}`, status: 'problem',
-        message: arrived.length === 1
-          ? `is on mounts ${mounts.join(', ')}: a live move was interrupted after its arrival on ${arrived[0] ?? ''}, which is the current copy; the next CSI call on the volume removes the other`
-          : `is on mounts ${mounts.join(', ')}; lookups use the first: compare the copies (qemu-img compare) and remove one by hand` });
+      const arrived = inventory.flatMap((m) =>
+        m.volumes.filter((v) => kind === 'volume' && v.id === id && v.record?.movedFrom !== undefined).map(() => m.health.name),
+      );
+      findings.push({
+        check: 'duplicate',
+        subject: `${kind} ${id}`,
+        status: 'problem',
+        message:
+          arrived.length === 1
+            ? `is on mounts ${mounts.join(', ')}: a live move was interrupted after its arrival on ${arrived[0] ?? ''}, which is the current copy; the next CSI call on the volume removes the other`
+            : `is on mounts ${mounts.join(', ')}; lookups use the first: compare the copies (qemu-img compare) and remove one by hand`,
+      });
     }
   }
   return findings;
@@ -132,7 +153,8 @@ export async function checkChains(ctx: Context, m: MountInventory): Promise<Find
     if (r.backing !== null) {
       const base = snapshots.get(r.backing);
       if (base === undefined) return problem(`is backed by snapshot ${r.backing}, whose directory is missing`);
-      if (!base.dependents.includes(e.id)) problem(`is backed by snapshot ${r.backing} but not listed in its refs/: the base could be removed under it`);
+      if (!base.dependents.includes(e.id))
+        problem(`is backed by snapshot ${r.backing} but not listed in its refs/: the base could be removed under it`);
     }
     if (r.format !== 'qcow2') return undefined;
     try {
@@ -147,7 +169,12 @@ export async function checkChains(ctx: Context, m: MountInventory): Promise<Find
   for (const v of m.volumes) await examine('volume', v);
   for (const s of m.snapshots) await examine('snapshot', s);
   if (findings.length === 0 && m.volumes.length + m.snapshots.length > 0) {
-    findings.push({ check: 'chain', subject: m.health.name, status: 'ok', message: `${m.volumes.length} volume(s) and ${m.snapshots.length} snapshot(s) intact` });
+    findings.push({
+      check: 'chain',
+      subject: m.health.name,
+      status: 'ok',
+      message: `${m.volumes.length} volume(s) and ${m.snapshots.length} snapshot(s) intact`,
+    });
   }
   return findings;
 }
@@ -160,7 +187,12 @@ export function checkPending(m: MountInventory): Finding[] {
       const subject = `${m.health.name}: volume ${v.id}`;
       const late = Date.now() - p.sinceMs > GRACE_MS || p.detail.includes('(failed:');
       return late
-        ? { check: 'pending', subject, status: 'problem', message: `${p.kind}: ${p.detail}, for ${minutes} min: is the node serving it (published to ${v.record?.publications.map((x) => x.node).join(', ') || 'none'}) running? Retrying the CSI call (or detaching) finishes it` }
+        ? {
+            check: 'pending',
+            subject,
+            status: 'problem',
+            message: `${p.kind}: ${p.detail}, for ${minutes} min: is the node serving it (published to ${v.record?.publications.map((x) => x.node).join(', ') || 'none'}) running? Retrying the CSI call (or detaching) finishes it`,
+          }
         : { check: 'pending', subject, status: 'note', message: `${p.kind}: ${p.detail}` };
     }),
   );
@@ -177,9 +209,16 @@ export async function checkHidden(ctx: Context, m: MountInventory, fix: boolean)
     for (const dependent of s.dependents) {
       if (backs.get(dependent) === s.id) continue;
       const age = await ageMs(join(m.layout.refsDir(s.id), dependent));
-      findings.push(age < GRACE_MS
-        ? { check: 'ref', subject, status: 'note', message: `refs/${dependent} names no dependent yet (a clone being made?)` }
-        : { check: 'ref', subject, status: 'problem', message: `refs/${dependent} names no volume or snapshot backed by it; it keeps the snapshot alive: remove the ref by hand once no clone of it is being made` });
+      findings.push(
+        age < GRACE_MS
+          ? { check: 'ref', subject, status: 'note', message: `refs/${dependent} names no dependent yet (a clone being made?)` }
+          : {
+              check: 'ref',
+              subject,
+              status: 'problem',
+              message: `refs/${dependent} names no volume or snapshot backed by it; it keeps the snapshot alive: remove the ref by hand once no clone of it is being made`,
+            },
+      );
     }
     if (!r.deleted || s.dependents.length > 0) continue;
     const age = await ageMs(m.layout.refsDir(s.id));
@@ -189,7 +228,12 @@ export async function checkHidden(ctx: Context, m: MountInventory, fix: boolean)
       await ctx.snapshots.delete(m.layout, s.id);
       findings.push({ check: 'hidden', subject, status: 'fixed', message: 'hidden snapshot without dependents removed' });
     } else {
-      findings.push({ check: 'hidden', subject, status: 'problem', message: 'hidden (deleted) but nothing depends on it any more; doctor --fix removes it' });
+      findings.push({
+        check: 'hidden',
+        subject,
+        status: 'problem',
+        message: 'hidden (deleted) but nothing depends on it any more; doctor --fix removes it',
+      });
     }
   }
   return findings;

@@ -108,7 +108,8 @@ export function buildContext(values: CommonValues): Context {
 }
 
 /** Long copies show qemu-img's progress bar, on a terminal only. */
-export const progress = (): boolean => process.stdout.isTTY === true;
+// @types/node types stdout as a tty.WriteStream (isTTY: true); piped or redirected, it has no isTTY.
+export const progress = (): boolean => (process.stdout as { isTTY?: boolean }).isTTY === true;
 
 export const say = (text: string): void => {
   process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);

@@ -40,7 +40,13 @@ export interface DataPlaneSettings {
 export function parseDataPlane(argv: string[], env: NodeJS.ProcessEnv): DataPlaneSettings | 'help' {
   const { values, positionals } = parseCommand('data-plane', {
     args: argv,
-    options: { 'kubelet-dir': { type: 'string' }, 'driver-name': { type: 'string' }, qemu: { type: 'string' }, threads: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      'kubelet-dir': { type: 'string' },
+      'driver-name': { type: 'string' },
+      qemu: { type: 'string' },
+      threads: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
     allowPositionals: true,
   });
@@ -52,7 +58,8 @@ export function parseDataPlane(argv: string[], env: NodeJS.ProcessEnv): DataPlan
   if (values.qemu !== undefined) flags.qemu = values.qemu;
   const config = buildConfig(envSettings(env), flags);
   const threads = values.threads === undefined ? defaultThreads() : Number(values.threads);
-  if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw invalid(`--threads ${values.threads ?? ''} must be a whole number from 1 to 64`);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 64)
+    throw invalid(`--threads ${values.threads ?? ''} must be a whole number from 1 to 64`);
   return { config, threads, dir: new StageState(stateDir(config)).planeDir };
 }
 
@@ -74,7 +81,9 @@ export async function dataPlaneCommand(argv: string[]): Promise<number> {
   await rm(`${dir}/qmp.sock`, { force: true });
   const qemu = qemuOf(config);
   const [file = '', ...args] = qemu.argv('qemu-storage-daemon', planeArgs(dir, threads, false).slice(1));
-  process.stderr.write(`filedriver data-plane: qemu-storage-daemon (${qemu.manifest?.version ?? 'system'}) with ${threads} iothread(s), QMP at ${dir}/qmp.sock\n`);
+  process.stderr.write(
+    `filedriver data-plane: qemu-storage-daemon (${qemu.manifest?.version ?? 'system'}) with ${threads} iothread(s), QMP at ${dir}/qmp.sock\n`,
+  );
   const daemon = execa(file, args, { env: qemu.env, stdio: 'inherit', reject: false });
   // The pod's stop reaches the daemon; what it does then is qemu's (the exports end).
   for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => daemon.kill(signal));

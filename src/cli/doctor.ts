@@ -1,6 +1,16 @@
 /** `filedriver doctor`: is everything the driver needs present, and is every mount consistent? */
 import { invalid } from '../domain/errors.js';
-import { checkQemu, checkChains, checkDuplicates, checkHidden, checkLeftovers, checkMounts, checkPending, checkTools, type Finding } from './checks.js';
+import {
+  checkQemu,
+  checkChains,
+  checkDuplicates,
+  checkHidden,
+  checkLeftovers,
+  checkMounts,
+  checkPending,
+  checkTools,
+  type Finding,
+} from './checks.js';
 import { buildContext, COMMON_HELP, COMMON_OPTIONS, parseCommand, say } from './context.js';
 import { takeInventory } from './inventory.js';
 import { checkNodes } from './nodes.js';
@@ -45,7 +55,13 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const findings: Finding[] = [...(await checkTools(ctx)), ...(await checkQemu(ctx)), ...checkMounts(inventory), ...checkDuplicates(inventory)];
   for (const m of inventory) {
     if (!m.health.mounted) continue;
-    findings.push(...(await checkLeftovers(m, fix)), ...(await checkChains(ctx, m)), ...(await checkHidden(ctx, m, fix)), ...checkPending(m), ...(await checkNodes(m, fix)));
+    findings.push(
+      ...(await checkLeftovers(m, fix)),
+      ...(await checkChains(ctx, m)),
+      ...(await checkHidden(ctx, m, fix)),
+      ...checkPending(m),
+      ...(await checkNodes(m, fix)),
+    );
   }
   const problems = findings.filter((f) => f.status === 'problem').length;
   const fixed = findings.filter((f) => f.status === 'fixed').length;

@@ -50,7 +50,7 @@ export async function exportCommand(argv: string[]): Promise<number> {
   if (r.publications.length > 0) {
     throw precondition(`volume ${id} is published to ${r.publications.map((p) => p.node).join(', ')}; export it while it is detached`);
   }
-  const format: Format = (values.format as Format | undefined) ?? r.format;
+  const format: Format = values.format ?? r.format;
   await checkTarget(ctx, path);
   const partial = `${path}.partial`;
   if (await exists(partial)) throw alreadyExists(`${partial} exists (an interrupted export?); remove it first`);
@@ -58,7 +58,8 @@ export async function exportCommand(argv: string[]): Promise<number> {
   const source = found.layout.imagePath(id, r.format);
   try {
     await ctx.qemuImg.convert(source, r.format, partial, format, { progress: progress() });
-    if (!(await ctx.qemuImg.same(source, partial, { a: r.format, b: format }))) throw internal(`the copy ${partial} differs from volume ${id}'s image; removed it`);
+    if (!(await ctx.qemuImg.same(source, partial, { a: r.format, b: format })))
+      throw internal(`the copy ${partial} differs from volume ${id}'s image; removed it`);
     await nameWithoutClobbering(partial, path);
   } catch (e) {
     await rm(partial, { force: true });

@@ -73,11 +73,15 @@ export async function importCommand(argv: string[]): Promise<number> {
   const existing = await ctx.store.find(id);
   if (existing !== undefined) throw alreadyExists(`volume ${id} already exists on mount ${existing.mount}; choose another --name`);
   const vetted = await vetImage(ctx, layout, relative, formatText === 'auto' ? undefined : formatText);
-  if (vetted.probed !== vetted.format) note(`note: qemu-img sees a ${vetted.probed} image; importing its bytes as a ${vetted.format} disk, as --format says`);
+  if (vetted.probed !== vetted.format)
+    note(`note: qemu-img sees a ${vetted.probed} image; importing its bytes as a ${vetted.format} disk, as --format says`);
   if (move && vetted.backing.length > 0) {
-    throw precondition(`${vetted.image} is backed by ${vetted.backing.join(' ← ')}; --move would leave the volume depending on files outside filedriver's tree: use --copy, which flattens the chain`);
+    throw precondition(
+      `${vetted.image} is backed by ${vetted.backing.join(' ← ')}; --move would leave the volume depending on files outside filedriver's tree: use --copy, which flattens the chain`,
+    );
   }
-  if (move && vetted.links > 1) throw precondition(`${vetted.image} has ${vetted.links} hard links; --move would leave other names on the volume's data: use --copy`);
+  if (move && vetted.links > 1)
+    throw precondition(`${vetted.image} has ${vetted.links} hard links; --move would leave other names on the volume's data: use --copy`);
 
   const record: VolumeRecord = {
     schema: SCHEMA,
@@ -102,7 +106,16 @@ export async function importCommand(argv: string[]): Promise<number> {
   if (move) await unlink(vetted.image);
 
   note(`imported ${vetted.image} as volume ${id} on mount ${mount}: ${vetted.format}, ${humanBytes(vetted.sizeBytes)}, by ${how}`);
-  say(persistentVolumeYaml({ driverName: ctx.config.driverName, volumeId: id, mount, format: vetted.format, sizeBytes: vetted.sizeBytes, origin: `${mount}/${relative}` }));
+  say(
+    persistentVolumeYaml({
+      driverName: ctx.config.driverName,
+      volumeId: id,
+      mount,
+      format: vetted.format,
+      sizeBytes: vetted.sizeBytes,
+      origin: `${mount}/${relative}`,
+    }),
+  );
   return 0;
 }
 
@@ -119,7 +132,7 @@ async function linkInto(image: string, target: string): Promise<string> {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EXDEV' || code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP') {
-      throw invalid(`${image} cannot be moved into the driver tree (${code ?? 'error'}: another filesystem, or no hard links there); use --copy`);
+      throw invalid(`${image} cannot be moved into the driver tree (${code}: another filesystem, or no hard links there); use --copy`);
     }
     throw e;
   }

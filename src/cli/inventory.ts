@@ -47,13 +47,23 @@ export async function takeInventory(ctx: Context): Promise<MountInventory[]> {
       if (!health.mounted) return { health, layout, volumes: [], snapshots: [], nodes: [] };
       const volumes = await Promise.all(
         (await ctx.store.ids(layout)).map(async (id) => ({
-          ...(await entry(id, () => ctx.store.read(layout, id), (r) => layout.imagePath(id, r.format), 'volume.json')),
+          ...(await entry(
+            id,
+            () => ctx.store.read(layout, id),
+            (r) => layout.imagePath(id, r.format),
+            'volume.json',
+          )),
           pending: await pendingOf(layout, id),
         })),
       );
       const snapshots = await Promise.all(
         (await ctx.snapshots.ids(layout)).map(async (id) => ({
-          ...(await entry(id, () => ctx.snapshots.read(layout, id), (r) => layout.snapshotImage(id, r.format), 'snapshot.json')),
+          ...(await entry(
+            id,
+            () => ctx.snapshots.read(layout, id),
+            (r) => layout.snapshotImage(id, r.format),
+            'snapshot.json',
+          )),
           dependents: (await ctx.snapshots.dependents(layout, id)).sort(),
         })),
       );
@@ -85,16 +95,28 @@ async function pendingOf(layout: Layout, id: string): Promise<Pending[]> {
   const found: Pending[] = [];
   const layer = await readIntent(layout, id).catch(() => undefined);
   if (layer !== undefined) {
-    found.push({ kind: 'snapshot layer', detail: `snapshot ${layer.snapshotId} waits for the switch${layer.error === undefined ? '' : ` (failed: ${layer.error})`}`, sinceMs: await since(intentPath(layout, id)) });
+    found.push({
+      kind: 'snapshot layer',
+      detail: `snapshot ${layer.snapshotId} waits for the switch${layer.error === undefined ? '' : ` (failed: ${layer.error})`}`,
+      sinceMs: await since(intentPath(layout, id)),
+    });
   }
   const merge = await readMerge(layout, id).catch(() => undefined);
   if (merge !== undefined) {
-    found.push({ kind: 'merge', detail: `layer ${merge.layer} into ${merge.into}, asked of the node${merge.error === undefined ? '' : ` (failed: ${merge.error})`}`, sinceMs: await since(mergePath(layout, id)) });
+    found.push({
+      kind: 'merge',
+      detail: `layer ${merge.layer} into ${merge.into}, asked of the node${merge.error === undefined ? '' : ` (failed: ${merge.error})`}`,
+      sinceMs: await since(mergePath(layout, id)),
+    });
   }
   const move = await readMove(layout, id).catch(() => undefined);
   if (move !== undefined) {
     const step = move.repointed ? 'repointed' : move.based ? 'base copied' : move.switched ? 'switched' : move.switching ? 'switching' : 'prepared';
-    found.push({ kind: 'move', detail: `to mount ${move.to}, ${step}${move.error === undefined ? '' : ` (failed: ${move.error})`}`, sinceMs: await since(moveIntentPath(layout, id)) });
+    found.push({
+      kind: 'move',
+      detail: `to mount ${move.to}, ${step}${move.error === undefined ? '' : ` (failed: ${move.error})`}`,
+      sinceMs: await since(moveIntentPath(layout, id)),
+    });
   }
   return found;
 }

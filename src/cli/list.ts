@@ -32,7 +32,11 @@ export async function listCommand(argv: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw invalid(`list takes no arguments, got ${positionals.join(' ')}`);
   const inventory = await takeInventory(buildContext(values));
-  say(values.json === true ? JSON.stringify({ mounts: inventory.map(mountJson), nodes: nodeSummaries(inventory).map(nodeJson) }, null, 2) : text(inventory));
+  say(
+    values.json === true
+      ? JSON.stringify({ mounts: inventory.map(mountJson), nodes: nodeSummaries(inventory).map(nodeJson) }, null, 2)
+      : text(inventory),
+  );
   return 0;
 }
 
@@ -108,13 +112,30 @@ function text(inventory: MountInventory[]): string {
 
 function nodeJson(n: NodeSummary) {
   const r = n.record;
-  return { node: r.node, registeredOn: n.registeredOn, sees: r.mounts, staged: r.staged, version: r.version, startedAt: r.startedAt, heartbeatAt: r.heartbeatAt, stale: !n.fresh };
+  return {
+    node: r.node,
+    registeredOn: n.registeredOn,
+    sees: r.mounts,
+    staged: r.staged,
+    version: r.version,
+    startedAt: r.startedAt,
+    heartbeatAt: r.heartbeatAt,
+    stale: !n.fresh,
+  };
 }
 
 function nodesText(nodes: NodeSummary[]): string {
   if (nodes.length === 0) return 'no nodes registered';
   const rows = [['NODE', 'HEARTBEAT', 'STATE', 'STAGED', 'SEES', 'VERSION']];
-  for (const n of nodes) rows.push([n.record.node, `${humanAge(n.ageMs)} ago`, n.fresh ? 'fresh' : 'stale', list(n.record.staged), list(n.record.mounts), n.record.version || '-']);
+  for (const n of nodes)
+    rows.push([
+      n.record.node,
+      `${humanAge(n.ageMs)} ago`,
+      n.fresh ? 'fresh' : 'stale',
+      list(n.record.staged),
+      list(n.record.mounts),
+      n.record.version || '-',
+    ]);
   return table(rows);
 }
 
@@ -130,7 +151,19 @@ function volumeRow(mount: string, v: VolumeEntry): string[] {
     [r !== undefined && v.allocatedBytes === undefined, 'image-missing'],
     ...v.pending.map((p): [boolean, string] => [true, p.kind === 'snapshot layer' ? 'layering' : p.kind === 'merge' ? 'merging' : 'moving']),
   );
-  return [mount, 'volume', v.id, r?.format ?? '-', size(r?.sizeBytes), size(bytes(v.allocatedBytes)), r?.backing ?? '-', nodes, '-', flagged, r?.name ?? '-'];
+  return [
+    mount,
+    'volume',
+    v.id,
+    r?.format ?? '-',
+    size(r?.sizeBytes),
+    size(bytes(v.allocatedBytes)),
+    r?.backing ?? '-',
+    nodes,
+    '-',
+    flagged,
+    r?.name ?? '-',
+  ];
 }
 
 function snapshotRow(mount: string, s: SnapshotEntry): string[] {
@@ -143,7 +176,19 @@ function snapshotRow(mount: string, s: SnapshotEntry): string[] {
     [s.error !== undefined, 'unreadable'],
     [r !== undefined && s.allocatedBytes === undefined, 'image-missing'],
   );
-  return [mount, 'snapshot', s.id, r?.format ?? '-', size(r?.sizeBytes), size(bytes(s.allocatedBytes)), r?.backing ?? '-', '-', list(s.dependents), flagged, r?.name ?? '-'];
+  return [
+    mount,
+    'snapshot',
+    s.id,
+    r?.format ?? '-',
+    size(r?.sizeBytes),
+    size(bytes(s.allocatedBytes)),
+    r?.backing ?? '-',
+    '-',
+    list(s.dependents),
+    flagged,
+    r?.name ?? '-',
+  ];
 }
 
 /** Columns padded to their widest cell; the last column is not padded. */

@@ -47,7 +47,12 @@ export async function checkNodes(m: MountInventory, fix: boolean, now = Date.now
   for (const e of m.nodes) {
     const subject = `${m.health.name}: nodes/${e.file}`;
     if (e.record === undefined) {
-      findings.push({ check: 'node', subject, status: 'problem', message: `not a node record (${e.error ?? 'unreadable'}); remove it by hand if no node rewrites it` });
+      findings.push({
+        check: 'node',
+        subject,
+        status: 'problem',
+        message: `not a node record (${e.error ?? 'unreadable'}); remove it by hand if no node rewrites it`,
+      });
       continue;
     }
     const s = sighting(m.health.name, e.record, now);
@@ -62,9 +67,15 @@ export async function checkNodes(m: MountInventory, fix: boolean, now = Date.now
     } else if (fix && m.health.usable && (await forgetNode(m.layout, e.record.node, FORGET_MS, now))) {
       findings.push({ check: 'node', subject, status: 'fixed', message: `${silent}: record removed${staged}` });
     } else {
-      findings.push({ check: 'node', subject, status: 'problem', message: `${silent}: a node that is gone; doctor --fix removes its record${staged}` });
+      findings.push({
+        check: 'node',
+        subject,
+        status: 'problem',
+        message: `${silent}: a node that is gone; doctor --fix removes its record${staged}`,
+      });
     }
   }
-  if (fresh > 0) findings.push({ check: 'node', subject: m.health.name, status: 'ok', message: `${fresh} node(s) registered with a fresh heartbeat` });
+  if (fresh > 0)
+    findings.push({ check: 'node', subject: m.health.name, status: 'ok', message: `${fresh} node(s) registered with a fresh heartbeat` });
   return findings;
 }

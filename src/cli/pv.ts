@@ -24,7 +24,12 @@ export function pvName(volumeId: string): string {
 
 /** An exact Kubernetes quantity: binary suffixes when they divide the size. */
 export function quantity(bytes: bigint): string {
-  for (const [suffix, unit] of [['Ti', 1n << 40n], ['Gi', 1n << 30n], ['Mi', 1n << 20n], ['Ki', 1n << 10n]] as const) {
+  for (const [suffix, unit] of [
+    ['Ti', 1n << 40n],
+    ['Gi', 1n << 30n],
+    ['Mi', 1n << 20n],
+    ['Ki', 1n << 10n],
+  ] as const) {
     if (bytes >= unit && bytes % unit === 0n) return `${bytes / unit}${suffix}`;
   }
   return bytes.toString();
@@ -62,7 +67,11 @@ export function persistentVolumeYaml(input: PvInput): string {
     ` Retain: deleting the PV keeps the volume (filedriver/volumes/${input.volumeId} on the mount).`,
   ].join('\n');
   comment(doc, ['spec', 'volumeMode'], ' or Block: the pod gets the whole disk (e.g. a VM disk with partitions); then drop csi.fsType');
-  comment(doc, ['spec', 'csi', 'fsType'], ' the filesystem in the image (ext4 or xfs); a blank image is formatted at first use, anything else is never formatted over');
+  comment(
+    doc,
+    ['spec', 'csi', 'fsType'],
+    ' the filesystem in the image (ext4 or xfs); a blank image is formatted at first use, anything else is never formatted over',
+  );
   return doc.toString({ lineWidth: 0 });
 }
 

@@ -7,15 +7,13 @@ import { startMetricsServer } from '../metrics.js';
 import { parseCommand } from './context.js';
 
 const FLAG_OPTIONS = {
-  ...Object.fromEntries(
-    Object.values(SETTINGS).map((s) => [s.flag, s.flag === 'mount' ? { type: 'string', multiple: true } : { type: 'string' }]),
-  ),
+  ...Object.fromEntries(Object.values(SETTINGS).map((s) => [s.flag, s.flag === 'mount' ? { type: 'string', multiple: true } : { type: 'string' }])),
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
 export function serveHelp(): string {
-  const lines = Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.help}  [env ${s.env[0] ?? ''}]`);
+  const lines = Object.values(SETTINGS).map((s) => `  --${s.flag.padEnd(22)} ${s.help}  [env ${s.env[0]}]`);
   return [
     'Usage: filedriver serve --endpoint unix:///path/csi.sock --mount NAME=PATH [--mount ...] [options]',
     '',

@@ -45,7 +45,8 @@ export async function vetImage(ctx: Context, layout: Layout, relative: string, w
     throw invalid(`${image} is ${info.virtualSize} bytes; a disk is a positive number of whole 512-byte sectors`);
   }
   // A qcow2 image imported as raw bytes is still locked as the qcow2 image it is.
-  if (await ctx.qemuImg.inUse(image, isFormat(probed) ? probed : format)) throw precondition(`image ${image} is in use by another qemu process (qemu image lock held)`);
+  if (await ctx.qemuImg.inUse(image, isFormat(probed) ? probed : format))
+    throw precondition(`image ${image} is in use by another qemu process (qemu image lock held)`);
   const backing = await chainOnMount(ctx, layout, image, format);
   return { image, format, sizeBytes: info.virtualSize, backing, links: st.nlink, probed };
 }

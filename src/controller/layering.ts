@@ -99,9 +99,10 @@ export class Layering {
    * first call, instead of after the snapshotter's back-off.
    */
   private async awaitSwitch(found: FoundVolume, intent: LayerIntent, log: Logger): Promise<LayerOutcome> {
-    for (const end = Date.now() + SWITCH_WAIT_MS; Date.now() < end; ) {
+    for (const end = Date.now() + SWITCH_WAIT_MS; Date.now() < end;) {
       await new Promise((r) => setTimeout(r, 50));
-      if ((await phaseOf(found.layout, found.record.id, intent)) === 'switched') return (await this.advance(found, log)) === undefined ? 'ready' : 'pending';
+      if ((await phaseOf(found.layout, found.record.id, intent)) === 'switched')
+        return (await this.advance(found, log)) === undefined ? 'ready' : 'pending';
     }
     return 'pending';
   }

@@ -14,11 +14,7 @@ export interface Page {
   nextToken: string;
 }
 
-export async function listVolumes(
-  maxEntries: number,
-  startingToken: string,
-  deps: { mounts: Mounts; store: VolumeStore },
-): Promise<Page> {
+export async function listVolumes(maxEntries: number, startingToken: string, deps: { mounts: Mounts; store: VolumeStore }): Promise<Page> {
   if (maxEntries < 0) throw invalid('max_entries must not be negative');
   const after = parseToken(startingToken);
   const health = (await deps.mounts.all()).filter((h) => h.mounted);
@@ -33,13 +29,13 @@ export async function listVolumes(
   const last = page.at(-1) ?? '';
   // Many records at a time: one volume.json after another made a page of 100 cost 100 round trips.
   const read = await mapLimit(page, PARALLEL_READS, async (id): Promise<FoundVolume | undefined> => {
-      const owner = owners.get(id);
-      if (owner === undefined) return undefined;
-      const layout = deps.mounts.layout(owner.name);
-      // Removed since the readdir, or unreadable (doctor reports it): one bad record must not fail the page.
-      const record = await deps.store.read(layout, id).catch(() => undefined);
-      if (record === undefined) return undefined;
-      return { mount: owner.name, layout, record, writable: owner.usable, reason: owner.reason };
+    const owner = owners.get(id);
+    if (owner === undefined) return undefined;
+    const layout = deps.mounts.layout(owner.name);
+    // Removed since the readdir, or unreadable (doctor reports it): one bad record must not fail the page.
+    const record = await deps.store.read(layout, id).catch(() => undefined);
+    if (record === undefined) return undefined;
+    return { mount: owner.name, layout, record, writable: owner.usable, reason: owner.reason };
   });
   const entries = read.filter((e) => e !== undefined);
   const more = ids.length > 0 && last !== '' && last < (ids[ids.length - 1] ?? '');

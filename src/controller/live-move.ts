@@ -104,8 +104,8 @@ export class LiveMover {
     const volumeId = found.record.id;
     if ((await stat(arrivalImage(to, volumeId)).catch(() => undefined)) !== undefined) return;
     // Not recursive: moving/ exists only on the real share (the health probe made it).
-    await mkdir(arrivalDir(to, volumeId)).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'EEXIST') throw e;
+    await mkdir(arrivalDir(to, volumeId)).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     });
     const size = (await this.qemuImg.info(found.layout.imagePath(volumeId, 'qcow2'), 'qcow2')).virtualSize;
     await createOverlayWhole(this.qemuImg, arrivalImage(to, volumeId), Layout.backingRef(intent.base, 'qcow2'), size);
@@ -137,11 +137,12 @@ export class LiveMover {
       async (dir) => {
         const copy = join(dir, Layout.imageName('qcow2'));
         await this.qemuImg.convert(source, 'qcow2', copy, 'qcow2');
-        if (!(await this.qemuImg.same(source, copy, { a: 'qcow2', b: 'qcow2' }))) throw internal(`the copy of ${source} on mount ${intent.to} differs; retrying the move copies again`);
+        if (!(await this.qemuImg.same(source, copy, { a: 'qcow2', b: 'qcow2' })))
+          throw internal(`the copy of ${source} on mount ${intent.to} differs; retrying the move copies again`);
       },
       [volumeId],
     );
-    log.info({ volumeId, to: intent.to, base: intent.base }, 'the volume\'s old layers are copied to the target');
+    log.info({ volumeId, to: intent.to, base: intent.base }, "the volume's old layers are copied to the target");
   }
 
   /** The volume appears on the target (naming its source until that is gone), then the source goes. */

@@ -34,7 +34,7 @@ import type { LayerEvents } from '../metrics.js';
 
 export type MergeOutcome = 'merged' | 'waiting' | 'idle';
 
-/** Takes every key or none, throwing when one is busy (csi/locks.ts KeyedLocks). */
+/** Takes every key or none, throwing when one is busy (domain/locks.ts KeyedLocks). */
 export interface Locks {
   acquire(keys: readonly string[]): () => void;
 }
@@ -115,10 +115,12 @@ export class Merger {
       if (header === Layout.backingRef(id, layer.format)) {
         if (await this.busyLayering(layout, tops)) return 'waiting';
         // Served by a node: its qemu holds the chain (no rebase spawned just to hear so).
-        if (await this.served(layout, tops)) return this.handToNode(layout, tops, id, into, layer.backing, log);
-        if ((await this.qemuImg.rebase(dep.image, target)) === 'in use') return this.handToNode(layout, tops, id, into, layer.backing, log);
+        if (await this.served(layout, tops)) return await this.handToNode(layout, tops, id, into, layer.backing, log);
+        if ((await this.qemuImg.rebase(dep.image, target)) === 'in use') return await this.handToNode(layout, tops, id, into, layer.backing, log);
       } else if (header !== target?.ref) {
-        throw internal(`image ${dep.image} reads through ${header ?? 'nothing'}, neither ${id} nor ${layer.backing ?? 'nothing'}; run filedriver doctor`);
+        throw internal(
+          `image ${dep.image} reads through ${header ?? 'nothing'}, neither ${id} nor ${layer.backing ?? 'nothing'}; run filedriver doctor`,
+        );
       }
       crashPoint('merge:rebased');
       // The dependent no longer reads the layer: records follow, the layer goes.
@@ -158,7 +160,7 @@ export class Merger {
     if (kind === 'volume') return [id];
     const tops = new Set<string>();
     const seen = new Set<string>();
-    for (let next = [id]; next.length > 0; ) {
+    for (let next = [id]; next.length > 0;) {
       const current = next;
       next = [];
       for (const s of current) {
@@ -195,7 +197,10 @@ export class Merger {
   private async handToNode(layout: Layout, tops: string[], layer: string, into: string, backing: string | null, log: Logger): Promise<MergeOutcome> {
     const top = tops[0];
     if (into === top) {
-      log.info({ volumeId: top }, 'the layer lies right under the top of a served volume; it merges once the volume is detached or snapshotted again');
+      log.info(
+        { volumeId: top },
+        'the layer lies right under the top of a served volume; it merges once the volume is detached or snapshotted again',
+      );
       return 'waiting';
     }
     const published = top === undefined ? [] : ((await this.volumes.read(layout, top))?.publications ?? []);
@@ -228,6 +233,7 @@ export class Merger {
         }
         const due = [...this.waiting].filter(([key, w]) => w.at <= Date.now() && !this.queue.has(key));
         for (const [key, item] of [...this.queue, ...due]) {
+          // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the stop function while this loop awaits
           if (stopped) return;
           this.queue.delete(key);
           this.waiting.delete(key);

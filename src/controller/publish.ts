@@ -41,7 +41,9 @@ export class PublishService {
     const mine = record.publications.find((p) => p.node === input.nodeId);
     if (mine !== undefined) {
       if (mine.mode !== input.capability.mode || mine.readonly !== input.readonly) {
-        throw alreadyExists(`volume ${record.id} is already published to node ${input.nodeId} with access mode ${mine.mode}${mine.readonly ? ' read-only' : ''}`);
+        throw alreadyExists(
+          `volume ${record.id} is already published to node ${input.nodeId} with access mode ${mine.mode}${mine.readonly ? ' read-only' : ''}`,
+        );
       }
       return context;
     }

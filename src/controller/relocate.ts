@@ -34,7 +34,7 @@ export function parseMutable(params: Record<string, string>, known: (mount: stri
   const { mount, format } = params;
   if (mount !== undefined && !known(mount)) throw invalid(`mount ${mount} is not configured`);
   if (format !== undefined && !isFormat(format)) throw invalid(`format ${format} must be qcow2 or raw`);
-  return { mount, format: format as Format | undefined };
+  return { mount, format };
 }
 
 export class Relocator {
@@ -92,8 +92,12 @@ export class Relocator {
     const moving = await readMove(found.layout, r.id);
     if (moving === undefined) {
       const nodes = r.publications.map((p) => p.node).join(', ');
-      if (r.format !== 'qcow2') throw precondition(`volume ${r.id} is a raw image published to ${nodes}: no qemu sits in its path to carry writes over, so it moves only while detached`);
-      if (format !== r.format) throw precondition(`volume ${r.id} is published to ${nodes}; its format changes only while detached (a live move keeps qcow2)`);
+      if (r.format !== 'qcow2')
+        throw precondition(
+          `volume ${r.id} is a raw image published to ${nodes}: no qemu sits in its path to carry writes over, so it moves only while detached`,
+        );
+      if (format !== r.format)
+        throw precondition(`volume ${r.id} is published to ${nodes}; its format changes only while detached (a live move keeps qcow2)`);
       await this.mounts.requireUsable(mount);
       await this.placer.copyTo(mount, r.id, BigInt(r.sizeBytes)).then((release) => release());
     }
@@ -114,7 +118,9 @@ export class Relocator {
     }
     const now = await this.store.read(from, record.id);
     if (now !== undefined && now.publications.length > 0) {
-      throw precondition(`volume ${record.id} was published to ${now.publications.map((p) => p.node).join(', ')} during the copy; nothing was switched`);
+      throw precondition(
+        `volume ${record.id} was published to ${now.publications.map((p) => p.node).join(', ')} during the copy; nothing was switched`,
+      );
     }
   }
 

@@ -15,7 +15,7 @@ import { SCHEMA, type SnapshotRecord } from '../storage/records.js';
 import type { FoundSnapshot, SnapshotStore } from '../storage/snapshot-store.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
 import type { Layering, LayerOutcome } from './layering.js';
-import { noSpace } from './volumes.js';
+import { noSpace } from './no-space.js';
 import { readMove } from '../storage/moving.js';
 import type { Files } from '../system/files.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -81,7 +81,10 @@ export class SnapshotService {
     const outcome = await this.freeze(source, record, log).catch((e: unknown) => {
       throw noSpace(e, `snapshot ${name}`);
     });
-    log.info({ snapshotId: id, sourceVolumeId, mount: source.mount, outcome }, outcome === 'ready' ? 'snapshot created' : 'snapshot waits for the node to switch layers');
+    log.info(
+      { snapshotId: id, sourceVolumeId, mount: source.mount, outcome },
+      outcome === 'ready' ? 'snapshot created' : 'snapshot waits for the node to switch layers',
+    );
     const made = await this.snapshots.read(layout, id);
     return view(made ?? record);
   }
@@ -161,6 +164,7 @@ export class SnapshotService {
       throw e;
     } finally {
       // Drop the ref taken in advance when it turned out not to be needed, or nothing was made.
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- `backing` is set inside the create callback, which TS does not follow
       if (imageBacking !== null && (!created || backing === null)) await this.snapshots.release(layout, imageBacking, record.id);
     }
     if (!created) throw busy(`snapshot ${record.id} appeared while being created; retry`);
@@ -181,7 +185,10 @@ export class SnapshotService {
     if (found === undefined) return;
     const layout = await this.mounts.requireUsable(found.mount);
     const outcome = await this.snapshots.delete(layout, id);
-    log.info({ snapshotId: id, mount: found.mount, outcome }, outcome === 'hidden' ? 'snapshot hidden until its dependents are gone' : 'snapshot deleted');
+    log.info(
+      { snapshotId: id, mount: found.mount, outcome },
+      outcome === 'hidden' ? 'snapshot hidden until its dependents are gone' : 'snapshot deleted',
+    );
   }
 
   /** A visible snapshot by id, or NOT_FOUND. */
@@ -189,7 +196,8 @@ export class SnapshotService {
     checkId(id, 'snapshot_id');
     const found = await this.snapshots.find(id);
     if (found === undefined || found.record.deleted || found.record.internal) throw notFound(`snapshot ${id} does not exist`);
-    if (found.record.pending === true) throw precondition(`snapshot ${id} is not ready yet: the node serving its volume has yet to switch layers; retry`);
+    if (found.record.pending === true)
+      throw precondition(`snapshot ${id} is not ready yet: the node serving its volume has yet to switch layers; retry`);
     return found;
   }
 
@@ -221,5 +229,4 @@ export class SnapshotService {
     const last = page[page.length - 1];
     return { entries: page.map(view), nextToken: page.length < all.length && last !== undefined ? tokenAfter(last.id) : '' };
   }
-
 }

@@ -55,7 +55,16 @@ export class Sources {
   private async fromSnapshot(id: string): Promise<Base> {
     const found = await this.snapshotService.require(id);
     const r = found.record;
-    return { mount: found.mount, layout: found.layout, snapshotId: r.id, image: found.layout.snapshotImage(r.id, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing, internal: false };
+    return {
+      mount: found.mount,
+      layout: found.layout,
+      snapshotId: r.id,
+      image: found.layout.snapshotImage(r.id, r.format),
+      format: r.format,
+      sizeBytes: BigInt(r.sizeBytes),
+      backing: r.backing,
+      internal: false,
+    };
   }
 
   /** A clone of a live volume starts from a hidden snapshot of it, removed with the clone. */
@@ -67,7 +76,8 @@ export class Sources {
     const baseId = cloneBaseId(id, newId);
     const existing = await this.snapshots.read(layout, baseId);
     if (existing === undefined || existing.pending === true) {
-      const record = existing ?? internalSnapshot(baseId, `base of volume ${newId}, cloned from ${id}`, id, source.record.format, source.record.sizeBytes);
+      const record =
+        existing ?? internalSnapshot(baseId, `base of volume ${newId}, cloned from ${id}`, id, source.record.format, source.record.sizeBytes);
       // A qcow2 source in use is frozen as a layer by the node serving it: retry until it has switched.
       if ((await this.snapshotService.freeze(source, record, log)) === 'pending') {
         throw busy(`source volume ${id} is being frozen for the clone by the node that serves it; retry`);
@@ -76,7 +86,16 @@ export class Sources {
     }
     const r = await this.snapshots.read(layout, baseId);
     if (r === undefined) throw notFound(`base snapshot ${baseId} of volume ${id} vanished`);
-    return { mount: source.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, r.format), format: r.format, sizeBytes: BigInt(r.sizeBytes), backing: r.backing, internal: true };
+    return {
+      mount: source.mount,
+      layout,
+      snapshotId: baseId,
+      image: layout.snapshotImage(baseId, r.format),
+      format: r.format,
+      sizeBytes: BigInt(r.sizeBytes),
+      backing: r.backing,
+      internal: true,
+    };
   }
 
   /**
@@ -102,7 +121,16 @@ export class Sources {
       await this.snapshotService.copyInto(layout, record, image, null, { flatten });
       log.info({ sourceImage: `${src.mount}/${src.path}`, baseId }, 'adopted a golden image');
     }
-    return { mount: src.mount, layout, snapshotId: baseId, image: layout.snapshotImage(baseId, info.format), format: info.format, sizeBytes: info.virtualSize, backing: null, internal: true };
+    return {
+      mount: src.mount,
+      layout,
+      snapshotId: baseId,
+      image: layout.snapshotImage(baseId, info.format),
+      format: info.format,
+      sizeBytes: info.virtualSize,
+      backing: null,
+      internal: true,
+    };
   }
 }
 
@@ -118,7 +146,19 @@ export function cloneBaseId(sourceId: string, newId: string): string {
 
 function internalSnapshot(id: string, name: string, sourceVolumeId: string, format: Format, sizeBytes: string): SnapshotRecord {
   // Hidden and deleted from birth: it lives exactly as long as something depends on it.
-  return { schema: SCHEMA, id, name, sourceVolumeId, format, sizeBytes, createdAt: new Date().toISOString(), method: 'copy', backing: null, deleted: true, internal: true };
+  return {
+    schema: SCHEMA,
+    id,
+    name,
+    sourceVolumeId,
+    format,
+    sizeBytes,
+    createdAt: new Date().toISOString(),
+    method: 'copy',
+    backing: null,
+    deleted: true,
+    internal: true,
+  };
 }
 
 /** The real path of `relative` inside the mount (symlinks resolved), outside the driver's own tree. */

@@ -6,13 +6,12 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { checkCapabilities, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, exhausted, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
+import { alreadyExists, invalid, isDriverError, notFound, outOfRange, precondition } from '../domain/errors.js';
 import { checkId, idFromName } from '../domain/ids.js';
 import { isThin, parseParameters, type VolumeParameters } from '../domain/parameters.js';
 import type { Segment } from '../domain/placement.js';
 import { fitsRange, MiB, roundUp, sizeFor, type CapacityRange } from '../domain/sizes.js';
 import { topologyKey } from '../domain/topology.js';
-import { CommandFailed } from '../system/command.js';
 import type { QemuImg } from '../system/qemu-img.js';
 import type { SnapshotStore } from '../storage/snapshot-store.js';
 import type { ImageBuilder } from './images.js';
@@ -25,6 +24,7 @@ import type { Ledger } from '../storage/ledger.js';
 import type { Mounts } from '../storage/mounts.js';
 import { SCHEMA, type VolumeRecord } from '../storage/records.js';
 import type { FoundVolume, VolumeStore } from '../storage/volume-store.js';
+import { noSpace } from './no-space.js';
 import type { Placer } from './placer.js';
 
 export interface ControllerSettings {
@@ -59,18 +59,10 @@ const K8S_PREFIX = 'csi.storage.k8s.io/';
 
 /** Parameters that define the volume (the provisioner's metadata keys do not). */
 function defining(params: Record<string, string>): string {
-  const keys = Object.keys(params).filter((k) => !k.startsWith(K8S_PREFIX)).sort();
+  const keys = Object.keys(params)
+    .filter((k) => !k.startsWith(K8S_PREFIX))
+    .sort();
   return JSON.stringify(keys.map((k) => [k, params[k]]));
-}
-
-/**
- * Running out of space — a tool saying so, or a write failing with ENOSPC or EDQUOT — is
- * RESOURCE_EXHAUSTED, not an internal failure. `what` names the object being built.
- */
-export function noSpace(e: unknown, what: string): unknown {
-  const full = (e instanceof CommandFailed && /No space left on device|Disk quota exceeded/.test(e.stderr)) ||
-    ['ENOSPC', 'EDQUOT'].includes((e as NodeJS.ErrnoException | undefined)?.code ?? '');
-  return full ? exhausted(`no room left for ${what} while building it: ${e instanceof Error ? e.message : String(e)}`) : e;
 }
 
 export function view(found: Pick<FoundVolume, 'mount' | 'record'>): VolumeView {
@@ -141,7 +133,9 @@ export class VolumeService {
       };
       // A dependent is recorded before it exists: a crash leaves at worst a stale ref, never an orphan.
       if (linked && base !== undefined) await this.snapshots.addRef(base.layout, base.snapshotId, id);
-      created = await this.store.create(layout, record, (dir) => this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout));
+      created = await this.store.create(layout, record, (dir) =>
+        this.images.build(join(dir, Layout.imageName(params.format)), params, sizeBytes, base, layout),
+      );
       if (created) this.ledger.note(mount, record);
     } catch (e) {
       // The half-built image is gone (buildWhole), so free space is to be read again.
@@ -176,8 +170,10 @@ export class VolumeService {
       if (reason !== undefined) why.push(reason);
     }
     const key = this.keyOf(found.mount);
-    if (input.requisite.length > 0 && !input.requisite.some((seg) => seg[key] === 'true')) why.push(`its mount ${found.mount} is outside the requisite topology`);
-    if (input.mutable?.mount !== undefined && input.mutable.mount !== found.mount) why.push(`it lives on mount ${found.mount}, not ${input.mutable.mount}`);
+    if (input.requisite.length > 0 && !input.requisite.some((seg) => seg[key] === 'true'))
+      why.push(`its mount ${found.mount} is outside the requisite topology`);
+    if (input.mutable?.mount !== undefined && input.mutable.mount !== found.mount)
+      why.push(`it lives on mount ${found.mount}, not ${input.mutable.mount}`);
     if (input.mutable?.format !== undefined && input.mutable.format !== r.format) why.push(`its format is ${r.format}, not ${input.mutable.format}`);
     if (why.length > 0) {
       throw alreadyExists(`volume ${input.name} already exists on mount ${found.mount} and is incompatible: ${why.join('; ')}`);
@@ -302,6 +298,12 @@ function withMutable(params: VolumeParameters, mutable: RelocateTarget | undefin
     ...(mutable.format === undefined ? {} : { format: mutable.format }),
     ...(mutable.mount === undefined ? {} : { mounts: [mutable.mount] }),
     // What only qcow2 has falls away for raw: no backing files, clusters or metadata preallocation.
-    ...(toRaw ? { cloneMode: 'full' as const, clusterSize: undefined, preallocation: params.preallocation === 'metadata' ? ('off' as const) : params.preallocation } : {}),
+    ...(toRaw
+      ? {
+          cloneMode: 'full' as const,
+          clusterSize: undefined,
+          preallocation: params.preallocation === 'metadata' ? ('off' as const) : params.preallocation,
+        }
+      : {}),
   };
 }

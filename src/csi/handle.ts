@@ -5,7 +5,7 @@
  */
 import { status, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { KeyedLocks } from './locks.js';
+import type { KeyedLocks } from '../domain/locks.js';
 import { codeName, toStatus } from './status.js';
 
 export interface RpcOptions<Req> {
@@ -25,14 +25,20 @@ export type RpcObserver = (method: string, code: string, seconds: number) => voi
 /** Gives a failure its meaning before it is mapped (e.g. storage/gone.ts: a vanished share is UNAVAILABLE). */
 export type Translate = (e: unknown) => Promise<unknown>;
 
-export function makeHandle(root: Logger, locks: KeyedLocks, observe: RpcObserver = () => undefined, translate: Translate = async (e) => e) {
+export function makeHandle(
+  root: Logger,
+  locks: KeyedLocks,
+  observe: RpcObserver = () => undefined,
+  translate: Translate = (e) => Promise.resolve(e),
+) {
   return function handle<Req, Res>(
     method: string,
     // Req and Res come from where the handler goes (the generated IdentityHandlers, NodeHandlers…):
     // fn's request is the proto's message type, and a reply literal is checked against the proto's
     // reply field by field. Options may take any part of the request (e.g. { volume_id: string }).
+    // fn may answer at once (capabilities, plugin info): a throw is caught in `run` all the same.
     options: RpcOptions<NoInfer<Req>>,
-    fn: (req: Req, log: Logger) => Promise<NoInfer<Res>>,
+    fn: (req: Req, log: Logger) => NoInfer<Res> | Promise<NoInfer<Res>>,
   ): UnaryHandler<Req, Res> {
     return (call, callback) => {
       const started = performance.now();

@@ -10,12 +10,12 @@ export interface IdentityDeps {
 
 export function identityService(handle: Handle, deps: IdentityDeps): IdentityHandlers {
   return {
-    GetPluginInfo: handle('GetPluginInfo', {}, async () => ({
+    GetPluginInfo: handle('GetPluginInfo', {}, () => ({
       name: deps.driverName,
       vendor_version: deps.version,
       manifest: {},
     })),
-    GetPluginCapabilities: handle('GetPluginCapabilities', {}, async () => ({
+    GetPluginCapabilities: handle('GetPluginCapabilities', {}, () => ({
       capabilities: [
         ...(deps.controller ? [{ service: { type: 'CONTROLLER_SERVICE' as const } }] : []),
         { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
@@ -26,6 +26,6 @@ export function identityService(handle: Handle, deps: IdentityDeps): IdentityHan
     // starts only once start-up is done. Share health and working tools are readiness
     // (/healthz) and the RPCs' own answers; a restart fixes neither, and a liveness
     // failure during a filer outage would only add back-off to the outage.
-    Probe: handle('Probe', { level: 'trace' }, async () => ({ ready: { value: true } })),
+    Probe: handle('Probe', { level: 'trace' }, () => ({ ready: { value: true } })),
   };
 }

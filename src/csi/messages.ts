@@ -45,4 +45,3 @@ export function toCsiVolume(v: VolumeView, keyOf: (mount: string) => string) {
 export function condition(c: { abnormal: boolean; message: string }) {
   return { abnormal: c.abnormal, message: c.message };
 }
-

@@ -3,6 +3,7 @@
  * inside the kubelet directory, and to reach it through no symlink, before
  * anything touches them (node/safe-path.ts).
  */
+import type { MountConfig } from '../config.js';
 import { invalid, notFound, precondition } from '../domain/errors.js';
 import { checkId } from '../domain/ids.js';
 import { checkMountFlags } from '../domain/mount-flags.js';
@@ -14,7 +15,6 @@ import { configuredMounts } from '../node/topology.js';
 import type { Publisher } from '../node/publish.js';
 import { SafePaths } from '../node/safe-path.js';
 import type { Stager } from '../node/stage.js';
-import type { Mounts } from '../storage/mounts.js';
 import type { NodeHandlers } from './generated/csi/v1/Node.js';
 import type { VolumeUsage } from './generated/csi/v1/VolumeUsage.js';
 import type { Handle } from './handle.js';
@@ -24,7 +24,8 @@ export interface NodeDeps {
   stager: Stager;
   publisher: Publisher;
   health: NodeHealth;
-  mounts: Mounts;
+  /** The configured mounts (NodeGetInfo offers those whose directory exists here). */
+  mounts: readonly MountConfig[];
   nodeId: string;
   driverName: string;
   maxVolumesPerNode: number;
@@ -35,7 +36,13 @@ export interface NodeDeps {
 const ids = (r: { volume_id: string }): Record<string, string> => ({ volumeId: r.volume_id });
 const byVolume = (r: { volume_id: string }): string[] => [nodeVolumeKey(r.volume_id)];
 
-export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'] as const;
+export const NODE_CAPABILITIES = [
+  'STAGE_UNSTAGE_VOLUME',
+  'GET_VOLUME_STATS',
+  'EXPAND_VOLUME',
+  'VOLUME_CONDITION',
+  'SINGLE_NODE_MULTI_WRITER',
+] as const;
 
 export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
   const volumeId = (r: { volume_id: string }) => checkId(requireString(r.volume_id, 'volume_id'), 'volume_id');
@@ -57,14 +64,14 @@ export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
   };
 
   return {
-    NodeGetCapabilities: handle('NodeGetCapabilities', {}, async () => ({
+    NodeGetCapabilities: handle('NodeGetCapabilities', {}, () => ({
       capabilities: NODE_CAPABILITIES.map((type) => ({ rpc: { type } })),
     })),
 
     // The shares this node is configured with, healthy or not (node/topology.ts says why).
     NodeGetInfo: handle('NodeGetInfo', {}, async () => {
       const segments: Record<string, string> = {};
-      for (const name of await configuredMounts(deps.mounts.configs)) segments[topologyKey(deps.driverName, name)] = 'true';
+      for (const name of await configuredMounts(deps.mounts)) segments[topologyKey(deps.driverName, name)] = 'true';
       return { node_id: deps.nodeId, max_volumes_per_node: String(deps.maxVolumesPerNode), accessible_topology: { segments } };
     }),
 
@@ -93,7 +100,8 @@ export function nodeService(handle: Handle, deps: NodeDeps): NodeHandlers {
       if (r.staging_target_path === '') throw precondition('staging_target_path is not set; NodeStageVolume must come first');
       const stagingPath = await path(r.staging_target_path, 'staging_target_path');
       // Publishing onto (or into) the staging mount would hide it and block the unstage.
-      if (overlaps(targetPath, stagingPath)) throw invalid(`target_path ${targetPath} and staging_target_path ${stagingPath} must be distinct, neither inside the other`);
+      if (overlaps(targetPath, stagingPath))
+        throw invalid(`target_path ${targetPath} and staging_target_path ${stagingPath} must be distinct, neither inside the other`);
       const staged = await deps.stager.requireStaged(id, stagingPath);
       await deps.publisher.publish({ volumeId: id, stagingPath, targetPath, capability: cap, readonly: r.readonly, paths: safe }, staged, log);
       return {};

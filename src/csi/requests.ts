@@ -14,7 +14,26 @@ import type { VolumeCapability__Output as CsiCapability } from './generated/csi/
 
 export type { CsiCapability, CsiCapacityRange, CsiTopology, CsiTopologyRequirement };
 
-export function parseCapability(c: CsiCapability | null | undefined): Capability {
+/**
+ * A message as the parsers take it. The generated __Output types promise every field (the
+ * loader's `defaults`), but the parsers are the edge the rest of the driver trusts, and not every
+ * request comes through that loader (tests and tools build them by hand): any field may be
+ * missing, and is checked. protobufjs hands over an enum value csi.proto does not name as its
+ * number, so an enum (a union of names, unlike a plain string) may also be a number. Maps stay.
+ */
+export type Arriving<T> = T extends (infer U)[]
+  ? Arriving<U>[]
+  : T extends string
+    ? string extends T
+      ? T
+      : T | number
+    : T extends object
+      ? string extends keyof T
+        ? T
+        : { [K in keyof T]?: Arriving<T[K]> }
+      : T;
+
+export function parseCapability(c: Arriving<CsiCapability> | null | undefined): Capability {
   if (c === null || c === undefined) throw invalid('volume_capability is required');
   const modeName = String(c.access_mode?.mode ?? 'UNKNOWN');
   if (!(ACCESS_MODES as readonly string[]).includes(modeName)) {
@@ -50,20 +69,20 @@ function parseMountFlags(flags: string[]): string[] {
   return flags;
 }
 
-export function parseCapabilities(list: CsiCapability[] | undefined | null, required: boolean): Capability[] {
+export function parseCapabilities(list: Arriving<CsiCapability>[] | undefined | null, required: boolean): Capability[] {
   const caps = (list ?? []).map(parseCapability);
   if (required && caps.length === 0) throw invalid('volume_capabilities is required');
   return caps;
 }
 
-export function parseRange(r: CsiCapacityRange | null | undefined): CapacityRange {
+export function parseRange(r: Arriving<CsiCapacityRange> | null | undefined): CapacityRange {
   return {
     requiredBytes: parseBytes(r?.required_bytes, 'required_bytes'),
     limitBytes: parseBytes(r?.limit_bytes, 'limit_bytes'),
   };
 }
 
-export function parseTopology(t: CsiTopologyRequirement | null | undefined): { requisite: Segment[]; preferred: Segment[] } {
+export function parseTopology(t: Arriving<CsiTopologyRequirement> | null | undefined): { requisite: Segment[]; preferred: Segment[] } {
   return {
     requisite: (t?.requisite ?? []).map((s) => s.segments ?? {}),
     preferred: (t?.preferred ?? []).map((s) => s.segments ?? {}),

@@ -6,7 +6,10 @@ import { toCsiSnapshot } from './messages.js';
 import { requireString } from './requests.js';
 import type { ControllerService } from './server.js';
 
-export function snapshotHandlers(handle: Handle, snapshots: SnapshotService): Pick<ControllerService, 'CreateSnapshot' | 'DeleteSnapshot' | 'ListSnapshots'> {
+export function snapshotHandlers(
+  handle: Handle,
+  snapshots: SnapshotService,
+): Pick<ControllerService, 'CreateSnapshot' | 'DeleteSnapshot' | 'ListSnapshots'> {
   return {
     CreateSnapshot: handle(
       'CreateSnapshot',

@@ -29,5 +29,6 @@ export function toStatus(e: unknown): StatusError {
 }
 
 export function codeName(code: status): string {
-  return status[code] ?? String(code);
+  // A numeric enum's reverse lookup is typed string, but a code grpc-js does not name has no entry.
+  return code in status ? status[code] : String(code);
 }

@@ -26,8 +26,7 @@ export const DEFAULT_FS_TYPE: FsType = 'ext4';
  * unsupported (ValidateVolumeCapabilities answers it unconfirmed, GetCapacity 0).
  */
 export type Capability =
-  | { access: 'block'; mode: AccessMode }
-  | { access: 'mount'; mode: AccessMode; fsType: string; mountFlags: string[]; volumeMountGroup: string };
+  { access: 'block'; mode: AccessMode } | { access: 'mount'; mode: AccessMode; fsType: string; mountFlags: string[]; volumeMountGroup: string };
 
 const SERVED: ReadonlySet<AccessMode> = new Set([
   'SINGLE_NODE_WRITER',

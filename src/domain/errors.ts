@@ -3,16 +3,7 @@
  * `kind` to a status code (src/csi/status.ts). Nothing else reaches a client.
  */
 export type ErrorKind =
-  | 'invalid'
-  | 'notFound'
-  | 'alreadyExists'
-  | 'outOfRange'
-  | 'exhausted'
-  | 'busy'
-  | 'precondition'
-  | 'unavailable'
-  | 'unimplemented'
-  | 'internal';
+  'invalid' | 'notFound' | 'alreadyExists' | 'outOfRange' | 'exhausted' | 'busy' | 'precondition' | 'unavailable' | 'unimplemented' | 'internal';
 
 export class DriverError extends Error {
   constructor(
@@ -33,8 +24,7 @@ export const exhausted = (msg: string): DriverError => new DriverError('exhauste
 export const busy = (msg: string): DriverError => new DriverError('busy', msg);
 export const precondition = (msg: string): DriverError => new DriverError('precondition', msg);
 export const unavailable = (msg: string): DriverError => new DriverError('unavailable', msg);
-export const internal = (msg: string, cause?: unknown): DriverError =>
-  new DriverError('internal', msg, { cause });
+export const internal = (msg: string, cause?: unknown): DriverError => new DriverError('internal', msg, { cause });
 
 export function isDriverError(e: unknown): e is DriverError {
   return e instanceof DriverError;

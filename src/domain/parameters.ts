@@ -51,13 +51,9 @@ export function parseClusterSize(text: string): bigint {
 }
 
 export function parseParameters(params: Record<string, string>, defaultFormat: Format): VolumeParameters {
-  const unknown = Object.keys(params).filter(
-    (k) => !(PARAMETER_KEYS as readonly string[]).includes(k) && !k.startsWith(K8S_PREFIX),
-  );
+  const unknown = Object.keys(params).filter((k) => !(PARAMETER_KEYS as readonly string[]).includes(k) && !k.startsWith(K8S_PREFIX));
   if (unknown.length > 0) {
-    throw invalid(
-      `unknown StorageClass parameter ${unknown.map((k) => JSON.stringify(k)).join(', ')}; valid: ${PARAMETER_KEYS.join(', ')}`,
-    );
+    throw invalid(`unknown StorageClass parameter ${unknown.map((k) => JSON.stringify(k)).join(', ')}; valid: ${PARAMETER_KEYS.join(', ')}`);
   }
   const formatText = params['format'] ?? defaultFormat;
   if (!isFormat(formatText)) throw invalid(`format ${JSON.stringify(formatText)} must be qcow2 or raw`);

@@ -77,7 +77,9 @@ export class NodeHealth {
     await this.sys.loops.refreshCapacity(rec.device);
     let size = await this.sys.loops.size(rec.device);
     if (range.limitBytes > 0n && (size > range.limitBytes || wanted > range.limitBytes)) {
-      throw outOfRange(`volume ${volumeId} is ${size} bytes and would be ${wanted > size ? wanted : size}, above limit_bytes ${range.limitBytes}; volumes never shrink`);
+      throw outOfRange(
+        `volume ${volumeId} is ${size} bytes and would be ${wanted > size ? wanted : size}, above limit_bytes ${range.limitBytes}; volumes never shrink`,
+      );
     }
     if (rec.export !== undefined && wanted > size) {
       await this.sys.exports.resize(rec.export, wanted);
@@ -85,7 +87,9 @@ export class NodeHealth {
       size = await this.sys.loops.size(rec.device);
     }
     if (size < range.requiredBytes) {
-      throw precondition(`volume ${volumeId} is ${size} bytes on this node, less than the ${range.requiredBytes} asked for; ControllerExpandVolume must grow its image first`);
+      throw precondition(
+        `volume ${volumeId} is ${size} bytes on this node, less than the ${range.requiredBytes} asked for; ControllerExpandVolume must grow its image first`,
+      );
     }
     if (rec.access === 'mount') await this.sys.fs.grow(rec.fsType ?? 'ext4', rec.device, rec.stagingPath);
     log.info({ volumeId, sizeBytes: size.toString() }, 'volume expanded on node');

@@ -51,7 +51,7 @@ export class NodeHeartbeat {
           () => name,
           (e: unknown) => {
             this.mounts.invalidate(name);
-            this.log.warn({ mount: name, err: e }, 'could not write this node\'s registry record');
+            this.log.warn({ mount: name, err: e }, "could not write this node's registry record");
             return undefined;
           },
         );
@@ -59,7 +59,10 @@ export class NodeHeartbeat {
         void write.finally(() => this.writing.delete(name));
         // Bounded like a health check: a share that hangs now must not hold up start-up or the next beat.
         return settleWithin(write, HEALTH_TIMEOUT_MS, () => {
-          this.log.warn({ mount: name }, `writing this node's registry record has not returned for ${HEALTH_TIMEOUT_MS / 1000} s: is the share hung?`);
+          this.log.warn(
+            { mount: name },
+            `writing this node's registry record has not returned for ${HEALTH_TIMEOUT_MS / 1000} s: is the share hung?`,
+          );
           return undefined;
         });
       }),
@@ -72,7 +75,7 @@ export class NodeHeartbeat {
     try {
       this.lastStaged = [...new Set(await this.staged())].sort();
     } catch (e) {
-      this.log.warn({ err: e }, 'could not read this node\'s stage records; the registry keeps the last list read');
+      this.log.warn({ err: e }, "could not read this node's stage records; the registry keeps the last list read");
     }
     return this.lastStaged;
   }
@@ -93,14 +96,17 @@ export class NodeHeartbeat {
     this.timer = setInterval(() => void beat(), this.intervalMs);
     this.timer.unref();
     this.look = setInterval(() => {
-      void this.mountedNow().then((now) => {
-        const appeared = [...now].filter((m) => !mounted.has(m));
-        mounted = now;
-        if (appeared.length === 0 || this.stopped) return;
-        for (const m of appeared) this.mounts.invalidate(m);
-        this.log.info({ mounts: appeared }, 'a share appeared; registering this node on it');
-        void beat();
-      }, () => undefined);
+      void this.mountedNow().then(
+        (now) => {
+          const appeared = [...now].filter((m) => !mounted.has(m));
+          mounted = now;
+          if (appeared.length === 0 || this.stopped) return;
+          for (const m of appeared) this.mounts.invalidate(m);
+          this.log.info({ mounts: appeared }, 'a share appeared; registering this node on it');
+          void beat();
+        },
+        () => undefined,
+      );
     }, LOOK_MS);
     this.look.unref();
   }
@@ -126,4 +132,3 @@ export class NodeHeartbeat {
     this.look = undefined;
   }
 }
-

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import type { KeyedLocks } from '../csi/locks.js';
+import type { KeyedLocks } from '../domain/locks.js';
 import type { LayerEvents } from '../metrics.js';
 import { crashPoint } from '../domain/crash.js';
 import { busy, describe } from '../domain/errors.js';
@@ -194,11 +194,15 @@ export class NodeLayering {
       }
       crashPoint('node-move:switched');
       await writeMove(layout, rec.volumeId, { ...intent, switching: true, switched: true });
-      log.info('the volume\'s writes land on the target mount now');
+      log.info("the volume's writes land on the target mount now");
       return;
     }
     if (intent.based === true && intent.repointed !== true) {
-      await this.exports.repoint(writer, top, { node: baseNode(rec.volumeId, intent.base), image: to.snapshotImage(intent.base, 'qcow2'), format: 'qcow2' });
+      await this.exports.repoint(writer, top, {
+        node: baseNode(rec.volumeId, intent.base),
+        image: to.snapshotImage(intent.base, 'qcow2'),
+        format: 'qcow2',
+      });
       // The record keeps its mount until the volume has arrived (follow() moves it then): the intent stays where a restart looks.
       await this.state.write({ ...rec, layers: { [intent.base]: baseNode(rec.volumeId, intent.base) } });
       crashPoint('node-move:repointed');
@@ -266,9 +270,15 @@ export class NodeLayering {
     const tries = this.attempts.get(key) ?? 0;
     try {
       if ((await this.exports.jobs(rec.export)).includes(id)) return;
+      // eslint-disable-next-line @typescript-eslint/return-await -- fail() is what the catch below does; if recording the failure fails, that goes to the poll's log, not round again
       if (tries >= 3) return fail(`block-stream did not finish after ${tries} starts`);
       this.attempts.set(key, tries + 1);
-      await this.exports.stream(rec.export, { id, device, baseNode, backingFile: below === undefined ? undefined : Layout.backingRef(below.id, below.format) });
+      await this.exports.stream(rec.export, {
+        id,
+        device,
+        baseNode,
+        backingFile: below === undefined ? undefined : Layout.backingRef(below.id, below.format),
+      });
       this.report('node_merge', 'done');
       this.log.info({ volumeId: rec.volumeId, layer: request.layer, into: request.into }, 'merging a deleted snapshot layer online');
     } catch (e) {

@@ -64,7 +64,9 @@ export class Publisher {
     const others = await this.liveTargets(rec, targetPath);
     const once = [target, ...others].find((t) => publishesOnce(t.mode));
     if (once !== undefined && others.length > 0) {
-      throw precondition(`volume ${volumeId} is published at ${others.map((t) => t.path).join(', ')} with access mode ${once.mode}, which allows one target only`);
+      throw precondition(
+        `volume ${volumeId} is published at ${others.map((t) => t.path).join(', ')} with access mode ${once.mode}, which allows one target only`,
+      );
     }
     await this.remember(rec, target);
     try {
@@ -107,7 +109,8 @@ export class Publisher {
     const rec = await this.state.read(volumeId);
     const recorded = (rec?.targets ?? []).some((t) => t.path === targetPath);
     // Records of versions before targets were recorded: a mount that shows this volume is adopted.
-    const legacy = rec !== undefined && rec.targets === undefined && (await this.sys.fs.isMountPoint(targetPath)) && (await showsVolume(rec, targetPath));
+    const legacy =
+      rec !== undefined && rec.targets === undefined && (await this.sys.fs.isMountPoint(targetPath)) && (await showsVolume(rec, targetPath));
     if (!recorded && !legacy) {
       log.info({ volumeId, target: targetPath }, 'volume is not published at this path; nothing to do');
       return;
@@ -136,7 +139,6 @@ export class Publisher {
     rec.targets = (rec.targets ?? []).filter((t) => t.path !== targetPath);
     await this.state.write(rec);
   }
-
 }
 
 /**

@@ -43,7 +43,11 @@ export class Stager {
   async stage(input: StageInput, log: Logger): Promise<void> {
     const print = fingerprint(input.capability, input.readonly);
     if (input.capability.access === 'mount') {
-      checkReadOnlyFlags(input.capability.mountFlags, input.readonly || isReadOnlyMode(input.capability.mode), `the stage of volume ${input.volumeId}`);
+      checkReadOnlyFlags(
+        input.capability.mountFlags,
+        input.readonly || isReadOnlyMode(input.capability.mode),
+        `the stage of volume ${input.volumeId}`,
+      );
     }
     const existing = await this.state.read(input.volumeId);
     if (existing !== undefined) {
@@ -85,7 +89,10 @@ export class Stager {
       if (cap.access === 'mount') await this.mountFilesystem(rec, cap.mountFlags, input.paths, log);
     } catch (e) {
       await this.unstageRecord(rec).catch((cleanup: unknown) => log.error({ err: cleanup }, 'cleanup after failed stage failed'));
-      throw withHolders(e, volume.publications.map((p) => p.node));
+      throw withHolders(
+        e,
+        volume.publications.map((p) => p.node),
+      );
     }
     log.info({ volumeId: rec.volumeId, device: rec.device, format: rec.format, access: rec.access }, 'volume staged');
   }
@@ -109,11 +116,13 @@ export class Stager {
     await this.state.write(rec);
     // Over an export, direct I/O only where it does asynchronous direct I/O (qemu ≥ 11); a raw image always.
     const directIo = rec.export === undefined || rec.export.loopDirectIo === true;
-    const loop = await this.sys.loops.attach(rec.loopFile, { readOnly: rec.readOnly, directIo, overExport: rec.export !== undefined }).catch((e: unknown) => {
-      // Refused: the file already has a device that is not ours to take (or to detach in the cleanup).
-      if (isDriverError(e) && e.kind === 'precondition') rec.loopFile = undefined;
-      throw e;
-    });
+    const loop = await this.sys.loops
+      .attach(rec.loopFile, { readOnly: rec.readOnly, directIo, overExport: rec.export !== undefined })
+      .catch((e: unknown) => {
+        // Refused: the file already has a device that is not ours to take (or to detach in the cleanup).
+        if (isDriverError(e) && e.kind === 'precondition') rec.loopFile = undefined;
+        throw e;
+      });
     rec.device = loop.device;
     await this.state.write(rec);
   }
@@ -232,6 +241,9 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** A qemu lock conflict names the nodes the controller has published the volume to: the likely holders. */
 function withHolders(e: unknown, nodes: readonly string[]): unknown {
   if (!isDriverError(e) || e.kind !== 'precondition' || !/image lock/.test(e.message)) return e;
-  const who = nodes.length === 0 ? 'the controller records no node for it (another process on a node holds it)' : `it is published to node(s) ${nodes.join(', ')}`;
+  const who =
+    nodes.length === 0
+      ? 'the controller records no node for it (another process on a node holds it)'
+      : `it is published to node(s) ${nodes.join(', ')}`;
   return precondition(`${e.message}; ${who}`);
 }

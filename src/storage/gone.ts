@@ -30,7 +30,10 @@ export async function whenShareGone(e: unknown, mounts: Mounts): Promise<unknown
     const tree = new Layout(m.path).root;
     if (code === 'ENOENT' && (hit === tree || hit.startsWith(`${tree}/`))) {
       const h = await mounts.fresh(m.name);
-      if (!h.usable) return unavailable(`mount ${m.name} (${m.path}) went away during the call (${h.reason ?? 'unusable'}): ${describe(e)}; retry when it is back`);
+      if (!h.usable)
+        return unavailable(
+          `mount ${m.name} (${m.path}) went away during the call (${h.reason ?? 'unusable'}): ${describe(e)}; retry when it is back`,
+        );
     }
   }
   return e;

@@ -58,8 +58,7 @@ export async function removeIntent(layout: Layout, volumeId: string): Promise<vo
   await rm(intentPath(layout, volumeId), { force: true });
 }
 
-const inode = async (path: string): Promise<bigint | undefined> =>
-  (await stat(path, { bigint: true }).catch(() => undefined))?.ino;
+const inode = async (path: string): Promise<bigint | undefined> => (await stat(path, { bigint: true }).catch(() => undefined))?.ino;
 
 /** How far the layering of `volumeId` into `intent.snapshotId` got, read from the files. */
 export async function phaseOf(layout: Layout, volumeId: string, intent: LayerIntent): Promise<LayerPhase> {
@@ -117,7 +116,7 @@ export async function createOverlayWhole(qemuImg: Pick<QemuImg, 'createOverlay'>
 /** The snapshots whose images lie under a volume's, nearest first, as their records say. */
 export async function chainOf(layout: Layout, backing: string | null): Promise<SnapshotRecord[]> {
   const chain: SnapshotRecord[] = [];
-  for (let id = backing; id !== null; ) {
+  for (let id = backing; id !== null;) {
     const r = await readSnapshot(layout.snapshotMeta(id));
     if (r === undefined) throw new Error(`snapshot ${id} under ${layout.root} is missing; run filedriver doctor`);
     if (chain.length > 1000) throw new Error(`snapshot ${id} has a backing loop; run filedriver doctor`);

@@ -118,7 +118,9 @@ export class Mounts {
     const inFlight = this.running.get(name);
     if (inFlight !== undefined) {
       // Callers at the same moment share it; after the timeout, the share is hung.
-      return settleWithin(inFlight, this.timeoutMs, () => stuck(`a health check of ${path} has not returned for ${this.timeoutMs / 1000} s: is the share hung?`));
+      return settleWithin(inFlight, this.timeoutMs, () =>
+        stuck(`a health check of ${path} has not returned for ${this.timeoutMs / 1000} s: is the share hung?`),
+      );
     }
     const check = this.check(name).finally(() => this.running.delete(name));
     this.running.set(name, check);
@@ -183,4 +185,3 @@ export class Mounts {
     }
   }
 }
-

@@ -43,7 +43,8 @@ export const arrivalImage = (to: Layout, volumeId: string): string => join(arriv
 
 export const readMove = (from: Layout, volumeId: string): Promise<MoveIntent | undefined> => readJsonFile(moveIntentPath(from, volumeId));
 
-export const writeMove = (from: Layout, volumeId: string, intent: MoveIntent): Promise<void> => writeJsonAtomic(moveIntentPath(from, volumeId), intent);
+export const writeMove = (from: Layout, volumeId: string, intent: MoveIntent): Promise<void> =>
+  writeJsonAtomic(moveIntentPath(from, volumeId), intent);
 export const removeMove = (from: Layout, volumeId: string): Promise<void> => rm(moveIntentPath(from, volumeId), { force: true });
 
 /** Past this point the target holds writes the source lacks: finish, never undo. */

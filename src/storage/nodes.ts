@@ -173,10 +173,12 @@ export class ShareNodeRegistry implements NodeRegistry {
     }
     const health = await this.mounts.all();
     const found = await Promise.all(
-      health.filter((h) => h.mounted && !(firstRead && h.name === first)).map(async (h) => {
-        const record = await readNode(this.mounts.layout(h.name), nodeId);
-        return record === undefined ? undefined : sighting(h.name, record, this.now());
-      }),
+      health
+        .filter((h) => h.mounted && !(firstRead && h.name === first))
+        .map(async (h) => {
+          const record = await readNode(this.mounts.layout(h.name), nodeId);
+          return record === undefined ? undefined : sighting(h.name, record, this.now());
+        }),
     );
     const hits = found.filter((s): s is NodeSighting => s !== undefined);
     if (hits.length > 0) return hits;
@@ -200,6 +202,8 @@ export class ShareNodeRegistry implements NodeRegistry {
   private requireAllMounted(health: { name: string; mounted: boolean; reason: string | undefined }[], what: string): void {
     const down = health.filter((h) => !h.mounted);
     if (down.length === 0) return;
-    throw unavailable(`${what}, and mount(s) ${down.map((h) => `${h.name} (${h.reason ?? 'unusable'})`).join(', ')} cannot be checked; retry when they are back`);
+    throw unavailable(
+      `${what}, and mount(s) ${down.map((h) => `${h.name} (${h.reason ?? 'unusable'})`).join(', ')} cannot be checked; retry when they are back`,
+    );
   }
 }

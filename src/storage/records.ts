@@ -81,7 +81,11 @@ export async function readRecord(path: string): Promise<VolumeRecord | undefined
   const r = await readJsonFile<Partial<VolumeRecord>>(path);
   if (r === undefined) return undefined;
   checkBacking(r.backing, path);
-  if (r.sizeBytes !== undefined && !/^\d+$/.test(String(r.sizeBytes))) throw internal(`${path} gives size ${JSON.stringify(r.sizeBytes)}, not a byte count; run filedriver doctor`);
+  // The file is JSON on a share: a hand-edited size may be a number, which passes as digits.
+  const size: unknown = r.sizeBytes;
+  const digits = typeof size === 'string' || typeof size === 'number' ? String(size) : '';
+  if (size !== undefined && !/^\d+$/.test(digits))
+    throw internal(`${path} gives size ${JSON.stringify(size)}, not a byte count; run filedriver doctor`);
   return {
     schema: r.schema ?? SCHEMA,
     id: r.id ?? '',

@@ -64,7 +64,8 @@ export async function buildWhole(tmp: string, target: string, build: (dir: strin
   try {
     await mkdir(work);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw unavailable(`${tmp} is gone: the share is no longer mounted there; retry when it is back`);
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      throw unavailable(`${tmp} is gone: the share is no longer mounted there; retry when it is back`);
     throw e;
   }
   try {
@@ -88,7 +89,8 @@ export async function removeWhole(tmp: string, dir: string): Promise<void> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     // Missing is "already removed" only while the share is there: tmp/ exists only on the share.
-    if ((await stat(tmp).catch(() => undefined)) === undefined) throw unavailable(`${tmp} is gone: the share is no longer mounted there; retry when it is back`);
+    if ((await stat(tmp).catch(() => undefined)) === undefined)
+      throw unavailable(`${tmp} is gone: the share is no longer mounted there; retry when it is back`);
     return;
   }
   await discard(tmp, name);

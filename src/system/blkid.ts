@@ -37,5 +37,4 @@ export function parseWipefs(stdout: string): Signature[] {
   return (data.signatures ?? []).map((s) => ({ type: s.type ?? 'unknown', offset: s.offset ?? '?' }));
 }
 
-export const describeSignatures = (sigs: readonly Signature[]): string =>
-  sigs.map((s) => `${s.type} at ${s.offset}`).join(', ');
+export const describeSignatures = (sigs: readonly Signature[]): string => sigs.map((s) => `${s.type} at ${s.offset}`).join(', ');

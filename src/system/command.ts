@@ -83,7 +83,8 @@ export function onPath(name: string): string | undefined {
 
 export function makeRunner(log: Logger, runnerOptions: RunnerOptions = {}): Runner {
   const setpriv = runnerOptions.dieWithParent === true ? onPath('setpriv') : undefined;
-  if (runnerOptions.dieWithParent === true && setpriv === undefined) log.warn('setpriv (util-linux) is not installed: tools will outlive a killed controller');
+  if (runnerOptions.dieWithParent === true && setpriv === undefined)
+    log.warn('setpriv (util-linux) is not installed: tools will outlive a killed controller');
   const qemu = runnerOptions.qemu ?? systemQemu;
   const isQemu = (name: string | undefined): name is QemuTool => QEMU_TOOLS.includes(name as QemuTool);
   return async (argv, options = {}) => {

@@ -51,8 +51,17 @@ export const defaultThreads = (): number => Math.max(1, Math.min(availableParall
 /** The daemon's command line: iothreads and the QMP monitor; exports come later over QMP. */
 export function planeArgs(dir: string, threads: number, daemonize: boolean): string[] {
   const io = Array.from({ length: threads }, (_, i) => ['--object', `iothread,id=io${i}`]).flat();
-  return ['qemu-storage-daemon', ...io, '--chardev', `socket,id=qmp0,path=${join(dir, 'qmp.sock').replaceAll(',', ',,')},server=on,wait=off`,
-    '--monitor', 'chardev=qmp0', '--pidfile', join(dir, 'qsd.pid'), ...(daemonize ? ['--daemonize'] : [])];
+  return [
+    'qemu-storage-daemon',
+    ...io,
+    '--chardev',
+    `socket,id=qmp0,path=${join(dir, 'qmp.sock').replaceAll(',', ',,')},server=on,wait=off`,
+    '--monitor',
+    'chardev=qmp0',
+    '--pidfile',
+    join(dir, 'qsd.pid'),
+    ...(daemonize ? ['--daemonize'] : []),
+  ];
 }
 
 interface SchemaEntry {
@@ -140,7 +149,7 @@ export class DataPlane {
       });
       if (!idle) return false;
       this.features = undefined;
-      for (const end = Date.now() + 10_000; pid !== undefined && alive(pid, this.pidFile) && Date.now() < end; ) await sleep(20);
+      for (const end = Date.now() + 10_000; pid !== undefined && alive(pid, this.pidFile) && Date.now() < end;) await sleep(20);
       await rm(this.socket, { force: true });
       await rm(this.pidFile, { force: true });
       return true;
@@ -151,7 +160,9 @@ export class DataPlane {
     if (this.features !== undefined) return this.features;
     if (!(await this.answers())) {
       if (this.mode === 'external') {
-        throw unavailable(`the node's data plane (qemu-storage-daemon at ${this.socket}) is not running; the data-plane DaemonSet pod should start it`);
+        throw unavailable(
+          `the node's data plane (qemu-storage-daemon at ${this.socket}) is not running; the data-plane DaemonSet pod should start it`,
+        );
       }
       await this.start();
     }
@@ -162,7 +173,7 @@ export class DataPlane {
 
   private async answers(): Promise<boolean> {
     try {
-      await Qmp.session(this.socket, 2_000, async () => undefined);
+      await Qmp.session(this.socket, 2_000, () => Promise.resolve());
       return true;
     } catch {
       return false;
@@ -193,8 +204,18 @@ export class DataPlane {
       const schema = await q.execute('query-qmp-schema');
       // qemu-storage-daemon has no query-iothreads; its objects list them.
       const objects = await q.execute('qom-list', { path: '/objects' });
-      const v = (version.ok ? (version.value as { qemu?: { major: number; minor: number; micro: number } }).qemu : undefined) ?? { major: 0, minor: 0, micro: 0 };
-      const ids = objects.ok && Array.isArray(objects.value) ? (objects.value as { name: string; type: string }[]).filter((o) => o.type === 'child<iothread>').map((o) => o.name).sort() : [];
+      const v = (version.ok ? (version.value as { qemu?: { major: number; minor: number; micro: number } }).qemu : undefined) ?? {
+        major: 0,
+        minor: 0,
+        micro: 0,
+      };
+      const ids =
+        objects.ok && Array.isArray(objects.value)
+          ? (objects.value as { name: string; type: string }[])
+              .filter((o) => o.type === 'child<iothread>')
+              .map((o) => o.name)
+              .sort()
+          : [];
       return featuresOf(schema.ok ? (schema.value as SchemaEntry[]) : [], `${v.major}.${v.minor}.${v.micro}`, ids);
     });
   }

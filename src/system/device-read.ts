@@ -26,7 +26,7 @@ async function sizeOf(handle: FileHandle): Promise<bigint> {
 }
 
 async function readAll(handle: FileHandle, buf: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < buf.length; ) {
+  for (let done = 0; done < buf.length;) {
     const { bytesRead } = await handle.read(buf, done, buf.length - done, position + done);
     if (bytesRead === 0) throw new Error(`unexpected end of device at byte ${position + done}`);
     done += bytesRead;
@@ -44,7 +44,10 @@ export async function edgesAreZero(device: string): Promise<boolean> {
     const size = Number(await sizeOf(handle));
     const head = Math.min(REGION, size);
     const tailStart = Math.max(head, size - REGION);
-    for (const [position, length] of [[0, head], [tailStart, size - tailStart]] as const) {
+    for (const [position, length] of [
+      [0, head],
+      [tailStart, size - tailStart],
+    ] as const) {
       if (length === 0) continue;
       const buf = Buffer.alloc(length);
       await readAll(handle, buf, position);

@@ -172,7 +172,11 @@ export function makeFilesystems(run: Runner, mountInfo: () => Promise<MountEntry
       // Read-only is the driver's promise (CSI readonly, *_READER_ONLY): checked where the kernel says it.
       const entry = await fs.mountEntry(target);
       if (entry?.options.split(',').includes('ro') !== true) {
-        await undo(internal(`${target} was to be mounted read-only but mountinfo shows ${entry === undefined ? 'no mount' : `options ${entry.options}`}; unmounted it`));
+        await undo(
+          internal(
+            `${target} was to be mounted read-only but mountinfo shows ${entry === undefined ? 'no mount' : `options ${entry.options}`}; unmounted it`,
+          ),
+        );
       }
     },
 

@@ -160,39 +160,66 @@ export interface Step {
  * The QMP commands that export `image`: the chain bottom first, each naming
  * the one below it; the image's file and format nodes; the export.
  */
-export function exportSteps(image: string, o: StartOptions, exportFile: string, aio: ExportHandle['aio'], directIo: boolean, f: DataPlaneFeatures): Step[] {
+export function exportSteps(
+  image: string,
+  o: StartOptions,
+  exportFile: string,
+  aio: ExportHandle['aio'],
+  directIo: boolean,
+  f: DataPlaneFeatures,
+): Step[] {
   const common = o.readOnly ? { 'read-only': true } : { discard: 'unmap' };
   const file = (filename: string): Record<string, QmpValue> => ({ driver: 'file', filename, aio, cache: { direct: directIo }, locking: 'on' });
   const chain = o.format === 'qcow2' ? (o.chain ?? []) : [];
-  const steps: Step[] = chain.map((layer, i) => {
-    const below = chain[i + 1];
-    return { command: 'blockdev-add', args: { driver: layer.format, 'node-name': layer.node, 'read-only': true, file: file(layer.image), ...(below === undefined ? {} : { backing: below.node }) } };
-  }).reverse();
+  const steps: Step[] = chain
+    .map((layer, i) => {
+      const below = chain[i + 1];
+      return {
+        command: 'blockdev-add',
+        args: {
+          driver: layer.format,
+          'node-name': layer.node,
+          'read-only': true,
+          file: file(layer.image),
+          ...(below === undefined ? {} : { backing: below.node }),
+        },
+      };
+    })
+    .reverse();
   const top = topNodeOf(o.tag);
   steps.push({ command: 'blockdev-add', args: { ...file(image), 'node-name': fileNode(top), ...common } });
   // Without a chain, qemu follows the image's own backing reference, as qemu-img does.
   const backing = chain[0] === undefined ? {} : { backing: chain[0].node };
-  if (o.format === 'qcow2') steps.push({ command: 'blockdev-add', args: { driver: 'qcow2', 'node-name': top, file: fileNode(top), ...backing, ...common } });
+  if (o.format === 'qcow2')
+    steps.push({ command: 'blockdev-add', args: { driver: 'qcow2', 'node-name': top, file: fileNode(top), ...backing, ...common } });
   steps.push({ command: 'block-export-add', args: exportArgs(o, exportFile, o.format === 'qcow2' ? top : fileNode(top), f) });
   return steps;
 }
 
 function exportArgs(o: StartOptions, exportFile: string, node: string, f: DataPlaneFeatures): Record<string, QmpValue> {
   const threads = f.multiThread && f.iothreads.length > 0 ? { iothread: f.iothreads } : {};
-  return { type: 'fuse', id: exportId(o.tag), 'node-name': node, mountpoint: exportFile, writable: !o.readOnly, ...(loopDirect(o, f) ? { growable: true } : {}), ...threads };
+  return {
+    type: 'fuse',
+    id: exportId(o.tag),
+    'node-name': node,
+    mountpoint: exportFile,
+    writable: !o.readOnly,
+    ...(loopDirect(o, f) ? { growable: true } : {}),
+    ...threads,
+  };
 }
 
 /** growable (and with it async direct I/O) only on a writable export of a qemu that has it. */
 const loopDirect = (o: { readOnly: boolean }, f: DataPlaneFeatures): boolean => f.asyncDirectIo && !o.readOnly;
 
 const readText = (path: string): Promise<string | undefined> =>
-  readFile(path, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT' || e.code === 'ESRCH') return undefined;
+  readFile(path, 'utf8').catch((e: unknown) => {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') return undefined;
     throw e;
   });
 
-const fuseMounted = async (path: string): Promise<boolean> =>
-  mountAt(await readMountInfo(), path)?.fsType.startsWith('fuse') === true;
+const fuseMounted = async (path: string): Promise<boolean> => mountAt(await readMountInfo(), path)?.fsType.startsWith('fuse') === true;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -210,7 +237,7 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   /** Removes the nodes nothing uses any more: parents before children, so round until nothing changes. */
   async function dropNodes(q: Qmp, names: readonly string[]): Promise<string[]> {
     let left = [...names];
-    for (let progress = true; progress && left.length > 0; ) {
+    for (let progress = true; progress && left.length > 0;) {
       progress = false;
       for (const name of [...left]) {
         const r = await q.execute('blockdev-del', { 'node-name': name });
@@ -224,7 +251,9 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   }
 
   const namedNodes = async (q: Qmp): Promise<string[]> =>
-    listOf<{ 'node-name'?: string }>(await q.execute('query-named-block-nodes', { flat: true })).map((n) => n['node-name'] ?? '').filter((n) => n !== '' && !n.startsWith('#'));
+    listOf<{ 'node-name'?: string }>(await q.execute('query-named-block-nodes', { flat: true }))
+      .map((n) => n['node-name'] ?? '')
+      .filter((n) => n !== '' && !n.startsWith('#'));
 
   /** Removes volume `tag`'s export (if any) and every node of its, in one session. */
   async function removeIn(q: Qmp, tag: string): Promise<void> {
@@ -234,7 +263,10 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
       // The export goes once its requests are done; the FUSE unmount is part of that.
       if (del.ok && !(await q.event('BLOCK_EXPORT_DELETED', 10_000))) log.warn({ id }, 'the export did not report its removal in 10 s');
     }
-    const left = await dropNodes(q, (await namedNodes(q)).filter((n) => owns(tag, n)));
+    const left = await dropNodes(
+      q,
+      (await namedNodes(q)).filter((n) => owns(tag, n)),
+    );
     if (left.length > 0) throw internal(`the data plane still holds nodes ${left.join(', ')} of the volume after its export was removed`);
   }
 
@@ -286,8 +318,18 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
     await endLegacy(dir, image);
     return plane.session(60_000, async (q, f) => {
       const handle = (aio: ExportHandle['aio'], directIo: boolean): ExportHandle => ({
-        image, format: o.format, readOnly: o.readOnly, exportFile, qmpSocket: plane.socket, id: exportId(o.tag), tag: o.tag,
-        aio, directIo, loopDirectIo: loopDirect(o, f), qemu: f.version, threads: f.multiThread ? f.iothreads.length : 1,
+        image,
+        format: o.format,
+        readOnly: o.readOnly,
+        exportFile,
+        qmpSocket: plane.socket,
+        id: exportId(o.tag),
+        tag: o.tag,
+        aio,
+        directIo,
+        loopDirectIo: loopDirect(o, f),
+        qemu: f.version,
+        threads: f.multiThread ? f.iothreads.length : 1,
       });
       let intent: Partial<Intent> = {};
       try {
@@ -359,7 +401,15 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
     await qmp(h, 30_000, async (q) => {
       const top = await topNode(q, h);
       if (top === node) return;
-      const file = { driver: 'file', 'node-name': fileNode(node), filename: overlay, aio: h.aio, cache: { direct: h.directIo }, locking: 'on', discard: 'unmap' };
+      const file = {
+        driver: 'file',
+        'node-name': fileNode(node),
+        filename: overlay,
+        aio: h.aio,
+        cache: { direct: h.directIo },
+        locking: 'on',
+        discard: 'unmap',
+      };
       const overlayNode = { driver: 'qcow2', 'node-name': node, file: fileNode(node), backing: null, discard: 'unmap' };
       for (const args of [file, overlayNode]) {
         const add = await q.execute('blockdev-add', args);
@@ -386,14 +436,20 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
       // The volume's other nodes are the old chain: let them go, so its files can be removed.
       const keep = new Set([top, fileNode(top), base.node]);
       const mine = (n: string): boolean => (h.tag === undefined ? true : owns(h.tag, n));
-      const left = await dropNodes(q, (await namedNodes(q)).filter((n) => mine(n) && !keep.has(n)));
+      const left = await dropNodes(
+        q,
+        (await namedNodes(q)).filter((n) => mine(n) && !keep.has(n)),
+      );
       if (left.length > 0) log.warn({ image: h.image, nodes: left }, 'old layers are still in use in the export; they close when it stops');
     });
   }
 
   async function stream(h: ExportHandle, job: { id: string; device: string; baseNode?: string | undefined; backingFile?: string | undefined }) {
     await qmp(h, 10_000, async (q) => {
-      const base = { ...(job.baseNode === undefined ? {} : { 'base-node': job.baseNode }), ...(job.backingFile === undefined ? {} : { 'backing-file': job.backingFile }) };
+      const base = {
+        ...(job.baseNode === undefined ? {} : { 'base-node': job.baseNode }),
+        ...(job.backingFile === undefined ? {} : { 'backing-file': job.backingFile }),
+      };
       const r = await q.execute('block-stream', { 'job-id': job.id, device: job.device, ...base });
       if (!r.ok) throw internal(`block-stream into ${job.device} of ${h.image} failed: ${r.error}`);
     });
@@ -426,8 +482,8 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   }
 
   async function stopIn(stateDir: string, tag: string): Promise<void> {
-    const dir = await realpath(stateDir).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined; // never started: nothing to stop
+    const dir = await realpath(stateDir).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // never started: nothing to stop
       throw e;
     });
     let image = dir ?? stateDir;

@@ -189,7 +189,15 @@ export function makeQemuImg(run: Runner): QemuImg {
       const escaped = path.replaceAll(',', ',,');
       const argv =
         format === 'raw'
-          ? ['qemu-img', 'convert', '-n', '--image-opts', `driver=raw,size=512,file.driver=file,file.filename=${escaped}`, '--target-image-opts', 'driver=null-co,size=512']
+          ? [
+              'qemu-img',
+              'convert',
+              '-n',
+              '--image-opts',
+              `driver=raw,size=512,file.driver=file,file.filename=${escaped}`,
+              '--target-image-opts',
+              'driver=null-co,size=512',
+            ]
           : ['qemu-img', 'info', '--output=json', ...formatArgs(format), path];
       try {
         await run(argv, { timeoutMs: QUICK_MS });
@@ -208,9 +216,7 @@ export function makeQemuImg(run: Runner): QemuImg {
       const pre = preallocation === 'falloc' || preallocation === 'full' ? [`--preallocation=${preallocation}`] : [];
       // A full preallocation writes every new byte: as slow as the share, so no quick timeout.
       const timeoutMs = preallocation === 'full' ? SLOW_MS : QUICK_MS;
-      await run(['qemu-img', 'resize', '-q', '-f', format, ...pre, path, String(sizeBytes)], { timeoutMs }).catch(
-        (e: unknown) => lockAware(path, e),
-      );
+      await run(['qemu-img', 'resize', '-q', '-f', format, ...pre, path, String(sizeBytes)], { timeoutMs }).catch((e: unknown) => lockAware(path, e));
     },
     async rebase(path, backing) {
       const target = backing === null ? ['-b', ''] : ['-b', backing.ref, '-F', backing.format];

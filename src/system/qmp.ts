@@ -19,7 +19,10 @@ export class Qmp {
   private failure: Error | undefined;
   private lastId = 0;
 
-  private constructor(private readonly socket: Socket, private readonly deadline: number) {
+  private constructor(
+    private readonly socket: Socket,
+    private readonly deadline: number,
+  ) {
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {
       this.buffer += chunk;

@@ -110,7 +110,9 @@ export function attachRules(env: Env): void {
 
     it('answers NOT_FOUND for a volume that does not exist', async ({ skip }) => {
       need(env, skip, 'EXPAND_VOLUME');
-      expect(await codeName(env.controller('ControllerExpandVolume', { volume_id: env.name('nope'), capacity_range: { required_bytes: String(SIZE) } }))).toBe('NOT_FOUND');
+      expect(
+        await codeName(env.controller('ControllerExpandVolume', { volume_id: env.name('nope'), capacity_range: { required_bytes: String(SIZE) } })),
+      ).toBe('NOT_FOUND');
     });
 
     it('grows a published volume when expansion is ONLINE, refuses with FAILED_PRECONDITION when OFFLINE', async ({ skip }) => {
@@ -121,7 +123,9 @@ export function attachRules(env: Env): void {
       const v = await env.createVolume(env.name('expand-published'));
       env.trackControllerPublish(v.volume_id, node);
       await env.controller('ControllerPublishVolume', { volume_id: v.volume_id, node_id: node, volume_capability: mountCap() });
-      const res = codeName(env.controller('ControllerExpandVolume', { volume_id: v.volume_id, capacity_range: { required_bytes: String(2n * SIZE) } }));
+      const res = codeName(
+        env.controller('ControllerExpandVolume', { volume_id: v.volume_id, capacity_range: { required_bytes: String(2n * SIZE) } }),
+      );
       expect(await res).toBe(online ? 'OK' : 'FAILED_PRECONDITION');
     });
   });
@@ -141,8 +145,12 @@ export function attachRules(env: Env): void {
     it('refuses unknown mutable parameters with INVALID_ARGUMENT and unknown volumes with NOT_FOUND', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'MODIFY_VOLUME');
       const v = await env.createVolume(env.name('modify-bad'));
-      expect(await codeName(env.controller('ControllerModifyVolume', { volume_id: v.volume_id, mutable_parameters: { colour: 'blue' } }))).toBe('INVALID_ARGUMENT');
-      expect(await codeName(env.controller('ControllerModifyVolume', { volume_id: env.name('nope'), mutable_parameters: { format: 'raw' } }))).toBe('NOT_FOUND');
+      expect(await codeName(env.controller('ControllerModifyVolume', { volume_id: v.volume_id, mutable_parameters: { colour: 'blue' } }))).toBe(
+        'INVALID_ARGUMENT',
+      );
+      expect(await codeName(env.controller('ControllerModifyVolume', { volume_id: env.name('nope'), mutable_parameters: { format: 'raw' } }))).toBe(
+        'NOT_FOUND',
+      );
     });
   });
 }

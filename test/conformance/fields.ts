@@ -28,43 +28,108 @@ const nope = (env: Env) => env.name('does-not-exist');
 const inKubelet = (env: Env, what: string) => `${env.kubeletDir}/plugins/kubernetes.io/csi/${env.driverName}/${env.run}-fields/${what}`;
 
 export const RPCS: Rpc[] = [
-  { service: 'controller', rpc: 'CreateVolume', gate: 'CREATE_DELETE_VOLUME', base: (e) => e.createRequest(e.name('fields-never-created')), required: { name: '', volume_capabilities: [] } },
+  {
+    service: 'controller',
+    rpc: 'CreateVolume',
+    gate: 'CREATE_DELETE_VOLUME',
+    base: (e) => e.createRequest(e.name('fields-never-created')),
+    required: { name: '', volume_capabilities: [] },
+  },
   { service: 'controller', rpc: 'DeleteVolume', gate: 'CREATE_DELETE_VOLUME', base: (e) => ({ volume_id: nope(e) }), required: { volume_id: '' } },
   {
-    service: 'controller', rpc: 'ControllerPublishVolume', gate: 'PUBLISH_UNPUBLISH_VOLUME',
+    service: 'controller',
+    rpc: 'ControllerPublishVolume',
+    gate: 'PUBLISH_UNPUBLISH_VOLUME',
     base: (e) => ({ volume_id: nope(e), node_id: e.nodeId || 'node-x', volume_capability: cap }),
     required: { volume_id: '', node_id: '', volume_capability: null },
   },
-  { service: 'controller', rpc: 'ControllerUnpublishVolume', gate: 'PUBLISH_UNPUBLISH_VOLUME', base: (e) => ({ volume_id: nope(e), node_id: 'node-x' }), required: { volume_id: '' } },
-  { service: 'controller', rpc: 'ValidateVolumeCapabilities', base: (e) => ({ volume_id: nope(e), volume_capabilities: [cap] }), required: { volume_id: '', volume_capabilities: [] } },
+  {
+    service: 'controller',
+    rpc: 'ControllerUnpublishVolume',
+    gate: 'PUBLISH_UNPUBLISH_VOLUME',
+    base: (e) => ({ volume_id: nope(e), node_id: 'node-x' }),
+    required: { volume_id: '' },
+  },
+  {
+    service: 'controller',
+    rpc: 'ValidateVolumeCapabilities',
+    base: (e) => ({ volume_id: nope(e), volume_capabilities: [cap] }),
+    required: { volume_id: '', volume_capabilities: [] },
+  },
   { service: 'controller', rpc: 'ListVolumes', gate: 'LIST_VOLUMES', base: () => ({}), required: {} },
   { service: 'controller', rpc: 'GetCapacity', gate: 'GET_CAPACITY', base: () => ({}), required: {} },
   { service: 'controller', rpc: 'ControllerGetCapabilities', base: () => ({}), required: {} },
-  { service: 'controller', rpc: 'CreateSnapshot', gate: 'CREATE_DELETE_SNAPSHOT', base: (e) => ({ name: e.name('fields-snap'), source_volume_id: nope(e) }), required: { name: '', source_volume_id: '' } },
-  { service: 'controller', rpc: 'DeleteSnapshot', gate: 'CREATE_DELETE_SNAPSHOT', base: (e) => ({ snapshot_id: nope(e) }), required: { snapshot_id: '' } },
+  {
+    service: 'controller',
+    rpc: 'CreateSnapshot',
+    gate: 'CREATE_DELETE_SNAPSHOT',
+    base: (e) => ({ name: e.name('fields-snap'), source_volume_id: nope(e) }),
+    required: { name: '', source_volume_id: '' },
+  },
+  {
+    service: 'controller',
+    rpc: 'DeleteSnapshot',
+    gate: 'CREATE_DELETE_SNAPSHOT',
+    base: (e) => ({ snapshot_id: nope(e) }),
+    required: { snapshot_id: '' },
+  },
   { service: 'controller', rpc: 'ListSnapshots', gate: 'LIST_SNAPSHOTS', base: () => ({}), required: {} },
   { service: 'controller', rpc: 'GetSnapshot', gate: 'GET_SNAPSHOT', base: (e) => ({ snapshot_id: nope(e) }), required: { snapshot_id: '' } },
   {
-    service: 'controller', rpc: 'ControllerExpandVolume', gate: 'EXPAND_VOLUME',
+    service: 'controller',
+    rpc: 'ControllerExpandVolume',
+    gate: 'EXPAND_VOLUME',
     base: (e) => ({ volume_id: nope(e), capacity_range: { required_bytes: String(64n << 20n) } }),
     required: { volume_id: '', capacity_range: null },
   },
   { service: 'controller', rpc: 'ControllerGetVolume', gate: 'GET_VOLUME', base: (e) => ({ volume_id: nope(e) }), required: { volume_id: '' } },
-  { service: 'controller', rpc: 'ControllerModifyVolume', gate: 'MODIFY_VOLUME', base: (e) => ({ volume_id: nope(e), mutable_parameters: { format: 'raw' } }), required: { volume_id: '' } },
   {
-    service: 'node', rpc: 'NodeStageVolume', gate: 'STAGE_UNSTAGE_VOLUME',
+    service: 'controller',
+    rpc: 'ControllerModifyVolume',
+    gate: 'MODIFY_VOLUME',
+    base: (e) => ({ volume_id: nope(e), mutable_parameters: { format: 'raw' } }),
+    required: { volume_id: '' },
+  },
+  {
+    service: 'node',
+    rpc: 'NodeStageVolume',
+    gate: 'STAGE_UNSTAGE_VOLUME',
     base: (e) => ({ volume_id: nope(e), staging_target_path: inKubelet(e, 'staging'), volume_capability: cap }),
     required: { volume_id: '', staging_target_path: '', volume_capability: null },
   },
-  { service: 'node', rpc: 'NodeUnstageVolume', gate: 'STAGE_UNSTAGE_VOLUME', base: (e) => ({ volume_id: nope(e), staging_target_path: inKubelet(e, 'staging') }), required: { volume_id: '', staging_target_path: '' } },
   {
-    service: 'node', rpc: 'NodePublishVolume',
+    service: 'node',
+    rpc: 'NodeUnstageVolume',
+    gate: 'STAGE_UNSTAGE_VOLUME',
+    base: (e) => ({ volume_id: nope(e), staging_target_path: inKubelet(e, 'staging') }),
+    required: { volume_id: '', staging_target_path: '' },
+  },
+  {
+    service: 'node',
+    rpc: 'NodePublishVolume',
     base: (e) => ({ volume_id: nope(e), staging_target_path: inKubelet(e, 'staging'), target_path: inKubelet(e, 'target'), volume_capability: cap }),
     required: { volume_id: '', target_path: '', volume_capability: null },
   },
-  { service: 'node', rpc: 'NodeUnpublishVolume', base: (e) => ({ volume_id: nope(e), target_path: inKubelet(e, 'target') }), required: { volume_id: '', target_path: '' } },
-  { service: 'node', rpc: 'NodeGetVolumeStats', gate: 'GET_VOLUME_STATS', base: (e) => ({ volume_id: nope(e), volume_path: inKubelet(e, 'target') }), required: { volume_id: '', volume_path: '' } },
-  { service: 'node', rpc: 'NodeExpandVolume', gate: 'EXPAND_VOLUME', base: (e) => ({ volume_id: nope(e), volume_path: inKubelet(e, 'target') }), required: { volume_id: '', volume_path: '' } },
+  {
+    service: 'node',
+    rpc: 'NodeUnpublishVolume',
+    base: (e) => ({ volume_id: nope(e), target_path: inKubelet(e, 'target') }),
+    required: { volume_id: '', target_path: '' },
+  },
+  {
+    service: 'node',
+    rpc: 'NodeGetVolumeStats',
+    gate: 'GET_VOLUME_STATS',
+    base: (e) => ({ volume_id: nope(e), volume_path: inKubelet(e, 'target') }),
+    required: { volume_id: '', volume_path: '' },
+  },
+  {
+    service: 'node',
+    rpc: 'NodeExpandVolume',
+    gate: 'EXPAND_VOLUME',
+    base: (e) => ({ volume_id: nope(e), volume_path: inKubelet(e, 'target') }),
+    required: { volume_id: '', volume_path: '' },
+  },
   { service: 'node', rpc: 'NodeGetCapabilities', base: () => ({}), required: {} },
   { service: 'node', rpc: 'NodeGetInfo', base: () => ({}), required: {} },
 ];
@@ -103,13 +168,21 @@ export function fieldRules(env: Env): void {
       expect(f.details).toContain(m.field);
     });
 
-    it.for(withVolumeId.flatMap((r) => [['../escape', r], ['x'.repeat(129), r], ['a/b', r]] as const).map(([id, r]) => [r.rpc, id, r] as const))(
-      '%s refuses the malformed volume id %j with INVALID_ARGUMENT',
-      async ([, id, r], { skip }) => {
-        if (!serves(env, r.service) || !advertised(env, r)) skip(`${r.rpc} is not served`);
-        expect(await codeName(call(env, r, { ...r.base(env), volume_id: id }))).toBe('INVALID_ARGUMENT');
-      },
-    );
+    it.for(
+      withVolumeId
+        .flatMap(
+          (r) =>
+            [
+              ['../escape', r],
+              ['x'.repeat(129), r],
+              ['a/b', r],
+            ] as const,
+        )
+        .map(([id, r]) => [r.rpc, id, r] as const),
+    )('%s refuses the malformed volume id %j with INVALID_ARGUMENT', async ([, id, r], { skip }) => {
+      if (!serves(env, r.service) || !advertised(env, r)) skip(`${r.rpc} is not served`);
+      expect(await codeName(call(env, r, { ...r.base(env), volume_id: id }))).toBe('INVALID_ARGUMENT');
+    });
 
     it.for(withCapability.flatMap((r) => BAD_CAPABILITIES.map(([what, c]) => [r.rpc, what, r, c] as const)))(
       '%s refuses a capability with %s as INVALID_ARGUMENT',
@@ -123,7 +196,8 @@ export function fieldRules(env: Env): void {
 
     it('GetCapacity refuses a malformed capability too, though capabilities are optional there', async ({ skip }) => {
       if (!env.controllerCaps.has('GET_CAPACITY')) skip('GET_CAPACITY not advertised');
-      for (const [, c] of BAD_CAPABILITIES) expect(await codeName(env.controller('GetCapacity', { volume_capabilities: [c] }))).toBe('INVALID_ARGUMENT');
+      for (const [, c] of BAD_CAPABILITIES)
+        expect(await codeName(env.controller('GetCapacity', { volume_capabilities: [c] }))).toBe('INVALID_ARGUMENT');
       expect(await codeName(env.controller('GetCapacity', { volume_capabilities: [blockCap()] }))).toBe('OK');
     });
 
@@ -144,7 +218,7 @@ function statusOf(endpoint: string, service: 'GroupController' | 'SnapshotMetada
   // Called by name: the method is the test's parameter.
   const fn = (client as unknown as Record<string, (...args: unknown[]) => unknown>)[method];
   if (fn === undefined) throw new Error(`${service} has no method ${method}`);
-  const name = (err: ServiceError | null) => (err === null ? 'OK' : (status[err.code] ?? String(err.code)));
+  const name = (err: ServiceError | null) => (err === null ? 'OK' : err.code in status ? status[err.code] : String(err.code));
   return new Promise((resolve) => {
     const done = (err: ServiceError | null) => {
       client.close();

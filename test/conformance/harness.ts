@@ -23,6 +23,7 @@ import { volumeMatcher } from '../helpers/node.js';
 import { registerNodes } from '../helpers/nodes.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { until } from '../helpers/wait.js';
 
 export const MiB = 1024n * 1024n;
@@ -35,7 +36,7 @@ export const external = process.env['CSI_ENDPOINT'];
 export type Mode = 'all' | 'controller' | 'node';
 
 export interface Failure {
-  code: number | 'OK';
+  code: status | 'OK';
   /** The code's name: 'OK', 'INVALID_ARGUMENT', … */
   name: string;
   details: string;
@@ -205,7 +206,7 @@ export class Env {
 
   /** Kubelet-like paths for a volume, inside the driver's kubelet directory. */
   paths(volumeId: string, pod = 'pod-1') {
-    const base = join(this.kubeletDir, 'plugins/kubernetes.io/csi', this.driverName, `${volumeId}`);
+    const base = join(this.kubeletDir, 'plugins/kubernetes.io/csi', this.driverName, volumeId);
     return {
       staging: join(base, 'globalmount'),
       otherStaging: join(base, 'globalmount-2'),
@@ -251,7 +252,11 @@ export class Env {
     if (file === undefined) return undefined;
     const marker = this.name(`log-marker-${randomBytes(3).toString('hex')}`);
     await failure(this.identity('Probe'));
-    await failure(this.servesController ? this.controller('ControllerGetVolume', { volume_id: marker }) : this.node('NodeGetVolumeStats', { volume_id: marker, volume_path: '/' }));
+    await failure(
+      this.servesController
+        ? this.controller('ControllerGetVolume', { volume_id: marker })
+        : this.node('NodeGetVolumeStats', { volume_id: marker, volume_path: '/' }),
+    );
     let text = '';
     await until(`the driver's log ${file} shows the marker call`, () => (text = readFileSync(file, 'utf8')).includes(marker));
     return text;
@@ -269,7 +274,7 @@ export class Env {
       const f = await failure(p);
       if (f.code !== 'OK' && f.code !== status.NOT_FOUND && f.code !== status.UNIMPLEMENTED) problems.push(`${what}: ${f.details}`);
     };
-    if (this.client !== undefined) {
+    if (ifMade(this.client) !== undefined) {
       for (const [key, target] of this.targets) await attempt(`unpublish ${target}`, this.unpublish(key.split('\0')[0] ?? '', target));
       for (const [key, staging] of this.staged) await attempt(`unstage ${staging}`, this.unstage(key.split('\0')[0] ?? '', staging));
       for (const key of this.controllerPublished) {
@@ -303,7 +308,7 @@ export class Env {
   private async stop(): Promise<void> {
     for (const d of this.extra) await d.stop();
     if (this.driver !== undefined) await this.driver.stop();
-    else this.client?.close();
+    else ifMade(this.client)?.close();
     // A self-started driver's kubelet dir is ours: nothing may still hold it when it goes.
     const held = this.driver === undefined ? [] : sweepHolders((text) => text.includes(`${this.kubeletDir}/`));
     for (const s of this.scratches.reverse()) s.cleanup();
@@ -344,7 +349,7 @@ export async function failure(p: Promise<unknown>): Promise<Failure> {
     return { code: 'OK', name: 'OK', details: '' };
   } catch (e) {
     const err = e as ServiceError;
-    return { code: err.code, name: status[err.code] ?? String(err.code), details: err.details };
+    return { code: err.code, name: err.code in status ? status[err.code] : String(err.code), details: err.details };
   }
 }
 

@@ -14,11 +14,30 @@ const KEY_PREFIX = /^(?=.{1,63}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 const KEY_NAME = /^(?=.{1,63}$)[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$/;
 
 const CONTROLLER_TYPES = [
-  'CREATE_DELETE_VOLUME', 'PUBLISH_UNPUBLISH_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'CREATE_DELETE_SNAPSHOT',
-  'LIST_SNAPSHOTS', 'CLONE_VOLUME', 'PUBLISH_READONLY', 'EXPAND_VOLUME', 'LIST_VOLUMES_PUBLISHED_NODES',
-  'VOLUME_CONDITION', 'GET_VOLUME', 'SINGLE_NODE_MULTI_WRITER', 'MODIFY_VOLUME', 'GET_SNAPSHOT',
+  'CREATE_DELETE_VOLUME',
+  'PUBLISH_UNPUBLISH_VOLUME',
+  'LIST_VOLUMES',
+  'GET_CAPACITY',
+  'CREATE_DELETE_SNAPSHOT',
+  'LIST_SNAPSHOTS',
+  'CLONE_VOLUME',
+  'PUBLISH_READONLY',
+  'EXPAND_VOLUME',
+  'LIST_VOLUMES_PUBLISHED_NODES',
+  'VOLUME_CONDITION',
+  'GET_VOLUME',
+  'SINGLE_NODE_MULTI_WRITER',
+  'MODIFY_VOLUME',
+  'GET_SNAPSHOT',
 ];
-const NODE_TYPES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER', 'VOLUME_MOUNT_GROUP'];
+const NODE_TYPES = [
+  'STAGE_UNSTAGE_VOLUME',
+  'GET_VOLUME_STATS',
+  'EXPAND_VOLUME',
+  'VOLUME_CONDITION',
+  'SINGLE_NODE_MULTI_WRITER',
+  'VOLUME_MOUNT_GROUP',
+];
 
 /** The topology rules of the spec's `Topology` message. */
 export function checkTopologyKeys(segments: Record<string, string>): void {
@@ -58,7 +77,8 @@ async function checkConsistency(client: CsiClient): Promise<void> {
   expect(plugin.includes('CONTROLLER_SERVICE')).toBe(ctrl.code === 'OK');
   if (ctrl.code !== 'OK') expect(ctrl.name).toBe('UNIMPLEMENTED');
   if (node.code !== 'OK') expect(node.name).toBe('UNIMPLEMENTED');
-  const ctrlCaps: string[] = ctrl.code === 'OK' ? (await client.controller('ControllerGetCapabilities')).capabilities.map((c: any) => c.rpc.type) : [];
+  const ctrlCaps: string[] =
+    ctrl.code === 'OK' ? (await client.controller('ControllerGetCapabilities')).capabilities.map((c: any) => c.rpc.type) : [];
   const nodeCaps: string[] = node.code === 'OK' ? (await client.node('NodeGetCapabilities')).capabilities.map((c: any) => c.rpc.type) : [];
   // Volume expansion is claimed only with an RPC that expands, and at most one kind.
   const expansion = plugin.filter((p) => p.startsWith('volume_expansion:'));
@@ -83,7 +103,14 @@ export function identityRules(env: Env): void {
     it('lists each plugin capability once, as one known service or expansion type', async () => {
       const caps = await pluginCapabilities(env.client);
       for (const c of caps) {
-        expect(['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'GROUP_CONTROLLER_SERVICE', 'SNAPSHOT_METADATA_SERVICE', 'volume_expansion:ONLINE', 'volume_expansion:OFFLINE']).toContain(c);
+        expect([
+          'CONTROLLER_SERVICE',
+          'VOLUME_ACCESSIBILITY_CONSTRAINTS',
+          'GROUP_CONTROLLER_SERVICE',
+          'SNAPSHOT_METADATA_SERVICE',
+          'volume_expansion:ONLINE',
+          'volume_expansion:OFFLINE',
+        ]).toContain(c);
       }
       expect(await pluginCapabilities(env.client)).toEqual(caps);
     });
@@ -125,17 +152,14 @@ export function identityRules(env: Env): void {
       expect(await env.node('NodeGetInfo')).toEqual(info);
     });
 
-    it.for<Mode>(['controller', 'node'])(
-      'claims only what it serves when run with --mode %s',
-      async (mode, { skip }) => {
-        if (external !== undefined) skip('needs a self-started driver');
-        const client = await env.startMode(mode);
-        await checkConsistency(client);
-        const ctrl = await failure(client.controller('ControllerGetCapabilities'));
-        const node = await failure(client.node('NodeGetCapabilities'));
-        expect([ctrl.code === 'OK', node.code === 'OK']).toEqual([mode === 'controller', mode === 'node']);
-        expect((await client.identity('GetPluginInfo')).name).toBe(env.driverName);
-      },
-    );
+    it.for<Mode>(['controller', 'node'])('claims only what it serves when run with --mode %s', async (mode, { skip }) => {
+      if (external !== undefined) skip('needs a self-started driver');
+      const client = await env.startMode(mode);
+      await checkConsistency(client);
+      const ctrl = await failure(client.controller('ControllerGetCapabilities'));
+      const node = await failure(client.node('NodeGetCapabilities'));
+      expect([ctrl.code === 'OK', node.code === 'OK']).toEqual([mode === 'controller', mode === 'node']);
+      expect((await client.identity('GetPluginInfo')).name).toBe(env.driverName);
+    });
   });
 }

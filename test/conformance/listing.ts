@@ -85,7 +85,11 @@ export function listingRules(env: Env): void {
     const near = (a: bigint, b: bigint, mounts: number) => (a > b ? a - b : b - a) <= BigInt(Math.max(1, mounts)) * 8n * MiB;
     const capacity = async (req: object) => {
       const r = await env.controller('GetCapacity', req);
-      return { available: BigInt(r.available_capacity), maximum: r.maximum_volume_size === null ? undefined : BigInt(r.maximum_volume_size.value), minimum: r.minimum_volume_size === null ? undefined : BigInt(r.minimum_volume_size.value) };
+      return {
+        available: BigInt(r.available_capacity),
+        maximum: r.maximum_volume_size === null ? undefined : BigInt(r.maximum_volume_size.value),
+        minimum: r.minimum_volume_size === null ? undefined : BigInt(r.minimum_volume_size.value),
+      };
     };
 
     it.for(['qcow2', 'raw'])('reports %s capacity with the largest volume no bigger than the total, and the same again', async (format, { skip }) => {
@@ -115,7 +119,10 @@ export function listingRules(env: Env): void {
     it('reports nothing for a segment it does not serve or capabilities it cannot serve', async ({ skip }) => {
       need(env, skip, 'GET_CAPACITY');
       expect((await capacity({ accessible_topology: { segments: { 'elsewhere.example.com/zone': 'z1' } } })).available).toBe(0n);
-      expect((await capacity({ parameters: { ...env.baseParameters, format: 'qcow2' }, volume_capabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] })).available).toBe(0n);
+      expect(
+        (await capacity({ parameters: { ...env.baseParameters, format: 'qcow2' }, volume_capabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] }))
+          .available,
+      ).toBe(0n);
     });
 
     it('creates a volume of exactly maximum_volume_size, and not one MiB more', async ({ skip }) => {
@@ -123,8 +130,12 @@ export function listingRules(env: Env): void {
       const params = { ...env.baseParameters, format: 'raw' };
       const c = await capacity({ parameters: params, volume_capabilities: [mountCap()] });
       if (c.maximum === undefined || c.maximum === 0n) return skip('no room reported');
-      expect(await codeName(env.createVolume(env.name('max-plus'), { parameters: params, capacity_range: { required_bytes: String(c.maximum + MiB) } }))).not.toBe('OK');
-      expect(await codeName(env.createVolume(env.name('max'), { parameters: params, capacity_range: { required_bytes: String(c.maximum) } }))).toBe('OK');
+      expect(
+        await codeName(env.createVolume(env.name('max-plus'), { parameters: params, capacity_range: { required_bytes: String(c.maximum + MiB) } })),
+      ).not.toBe('OK');
+      expect(await codeName(env.createVolume(env.name('max'), { parameters: params, capacity_range: { required_bytes: String(c.maximum) } }))).toBe(
+        'OK',
+      );
       await env.controller('DeleteVolume', { volume_id: env.name('max') });
     });
 
@@ -136,5 +147,4 @@ export function listingRules(env: Env): void {
       expect(BigInt(v.capacity_bytes)).toBeGreaterThanOrEqual(c.minimum);
     });
   });
-
 }

@@ -46,12 +46,23 @@ export function nodePathRules(env: Env): void {
       const fs = await provision('path-fs', 'raw', mountCap());
       const blk = await provision('path-blk', 'raw', blockCap());
       // Straight calls, not env.stage/publish: the sweep would retry these paths, which are refused for good.
-      const stage = { volume_id: fs.id, staging_target_path: join(out, 'globalmount'), volume_capability: mountCap(), publish_context: fs.publish_context };
+      const stage = {
+        volume_id: fs.id,
+        staging_target_path: join(out, 'globalmount'),
+        volume_capability: mountCap(),
+        publish_context: fs.publish_context,
+      };
       expect(await codeName(env.node('NodeStageVolume', stage))).toBe('INVALID_ARGUMENT');
       await stageWith(fs, mountCap());
       await stageWith(blk, blockCap());
       const publish = (v: { id: string }, cap: object, target: string) =>
-        env.node('NodePublishVolume', { volume_id: v.id, staging_target_path: env.paths(v.id).staging, target_path: target, volume_capability: cap, readonly: false });
+        env.node('NodePublishVolume', {
+          volume_id: v.id,
+          staging_target_path: env.paths(v.id).staging,
+          target_path: target,
+          volume_capability: cap,
+          readonly: false,
+        });
       expect(await codeName(publish(fs, mountCap(), join(out, 'volumes', 'mount')))).toBe('INVALID_ARGUMENT');
       expect(await codeName(publish(fs, mountCap(), join(out, 'ssl')))).toBe('INVALID_ARGUMENT');
       expect(await codeName(publish(blk, blockCap(), join(out, 'dev')))).toBe('INVALID_ARGUMENT');

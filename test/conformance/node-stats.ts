@@ -51,7 +51,9 @@ export function nodeStatsRules(env: Env): void {
       await env.unstage(v.id);
     });
 
-    it('answers NOT_FOUND for stats and expansion at a missing or relative path, another volume\'s target, a foreign directory, or for an unknown volume', async ({ skip }) => {
+    it("answers NOT_FOUND for stats and expansion at a missing or relative path, another volume's target, a foreign directory, or for an unknown volume", async ({
+      skip,
+    }) => {
       needNode(skip, 'GET_VOLUME_STATS');
       const a = await published('node-notfound-a', 'raw');
       const b = await published('node-notfound-b', 'raw');
@@ -78,30 +80,47 @@ export function nodeStatsRules(env: Env): void {
       await done(b.id);
     });
 
-    it.for(['raw', 'qcow2'] as const)('grows a published %s filesystem online to the size the controller reports, and answers a repeat the same', async (format, { skip }) => {
-      needNode(skip, 'EXPAND_VOLUME');
-      if (!env.controllerCaps.has('EXPAND_VOLUME') || !env.pluginCaps.has('ONLINE')) skip('needs ONLINE controller expansion');
-      // xfs: growing a mounted ext4 needs CAP_SYS_RESOURCE, which a test machine may lack.
-      const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');
-      const v = await published(`node-grow-${format}`, format, cap, XFS_MIN);
-      const target = env.paths(v.id).target;
-      const before = statfsSync(target);
-      // Not a whole number of MiB: node and controller must agree on what it becomes.
-      const required = String(2n * XFS_MIN + 1n);
-      const ctrl = await env.controller('ControllerExpandVolume', { volume_id: v.id, capacity_range: { required_bytes: required }, volume_capability: cap });
-      const req = { volume_id: v.id, volume_path: target, staging_target_path: env.paths(v.id).staging, capacity_range: { required_bytes: required }, volume_capability: cap };
-      const grown = await env.node('NodeExpandVolume', req);
-      expect(grown.capacity_bytes).toBe(ctrl.capacity_bytes);
-      expect(await env.node('NodeExpandVolume', req)).toEqual(grown);
-      const after = statfsSync(target);
-      expect(after.blocks * after.bsize).toBeGreaterThan(before.blocks * before.bsize);
-      await done(v.id);
-    });
+    it.for(['raw', 'qcow2'] as const)(
+      'grows a published %s filesystem online to the size the controller reports, and answers a repeat the same',
+      async (format, { skip }) => {
+        needNode(skip, 'EXPAND_VOLUME');
+        if (!env.controllerCaps.has('EXPAND_VOLUME') || !env.pluginCaps.has('ONLINE')) skip('needs ONLINE controller expansion');
+        // xfs: growing a mounted ext4 needs CAP_SYS_RESOURCE, which a test machine may lack.
+        const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');
+        const v = await published(`node-grow-${format}`, format, cap, XFS_MIN);
+        const target = env.paths(v.id).target;
+        const before = statfsSync(target);
+        // Not a whole number of MiB: node and controller must agree on what it becomes.
+        const required = String(2n * XFS_MIN + 1n);
+        const ctrl = await env.controller('ControllerExpandVolume', {
+          volume_id: v.id,
+          capacity_range: { required_bytes: required },
+          volume_capability: cap,
+        });
+        const req = {
+          volume_id: v.id,
+          volume_path: target,
+          staging_target_path: env.paths(v.id).staging,
+          capacity_range: { required_bytes: required },
+          volume_capability: cap,
+        };
+        const grown = await env.node('NodeExpandVolume', req);
+        expect(grown.capacity_bytes).toBe(ctrl.capacity_bytes);
+        expect(await env.node('NodeExpandVolume', req)).toEqual(grown);
+        const after = statfsSync(target);
+        expect(after.blocks * after.bsize).toBeGreaterThan(before.blocks * before.bsize);
+        await done(v.id);
+      },
+    );
 
     it('answers OUT_OF_RANGE to a node expansion whose limit is below the volume size', async ({ skip }) => {
       needNode(skip, 'EXPAND_VOLUME');
       const v = await published('node-grow-limit', 'raw');
-      const req = { volume_id: v.id, volume_path: env.paths(v.id).target, capacity_range: { required_bytes: String(SIZE / 4n), limit_bytes: String(SIZE / 2n) } };
+      const req = {
+        volume_id: v.id,
+        volume_path: env.paths(v.id).target,
+        capacity_range: { required_bytes: String(SIZE / 4n), limit_bytes: String(SIZE / 2n) },
+      };
       expect(await codeName(env.node('NodeExpandVolume', req))).toBe('OUT_OF_RANGE');
       await done(v.id);
     });

@@ -29,15 +29,19 @@ export interface Provisioned {
 export function nodeSteps(env: Env) {
   return {
     /** Skips unless both services are served, the staged flow is advertised, and `nodeCaps` too. */
-    needNode(skip: Skip, ...nodeCaps: string[]): void {
+    needNode: (skip: Skip, ...nodeCaps: string[]): void => {
       if (!env.servesNode || !env.servesController || !env.controllerCaps.has('CREATE_DELETE_VOLUME')) skip('needs the Node and Controller services');
       if (!env.nodeCaps.has('STAGE_UNSTAGE_VOLUME')) skip('these rules follow the staged flow');
       for (const c of nodeCaps) if (!env.nodeCaps.has(c)) skip(`node ${c} not advertised`);
     },
 
     /** A volume made and attached to this node as the sidecars would, with its publish_context. */
-    async provision(what: string, format: 'raw' | 'qcow2', cap: object, readonly = false, size = SIZE): Promise<Provisioned> {
-      const v = await env.createVolume(env.name(what), { parameters: { format }, volume_capabilities: [cap], capacity_range: { required_bytes: String(size) } });
+    provision: async (what: string, format: 'raw' | 'qcow2', cap: object, readonly = false, size = SIZE): Promise<Provisioned> => {
+      const v = await env.createVolume(env.name(what), {
+        parameters: { format },
+        volume_capabilities: [cap],
+        capacity_range: { required_bytes: String(size) },
+      });
       let publish_context: Record<string, string> = {};
       if (env.controllerCaps.has('PUBLISH_UNPUBLISH_VOLUME')) {
         env.trackControllerPublish(v.volume_id, env.nodeId);
@@ -47,7 +51,7 @@ export function nodeSteps(env: Env) {
       return { id: v.volume_id, capacity: BigInt(v.capacity_bytes), publish_context };
     },
 
-    stageWith(v: Provisioned, cap: object, extra: Record<string, unknown> = {}) {
+    stageWith: (v: Provisioned, cap: object, extra: Record<string, unknown> = {}) => {
       return env.stage(v.id, cap, { publish_context: v.publish_context, ...extra });
     },
   };

@@ -94,7 +94,7 @@ export function nodeRules(env: Env): void {
       expect(await codeName(env.unpublish(env.name('node-nope'), target))).toBe('OK');
     });
 
-    it('leaves a volume\'s stage and targets alone when asked to unstage or unpublish at paths that are not its own', async ({ skip }) => {
+    it("leaves a volume's stage and targets alone when asked to unstage or unpublish at paths that are not its own", async ({ skip }) => {
       needNode(skip);
       const cap = mountCap();
       const a = await provision('node-mine', 'raw', cap);
@@ -204,5 +204,4 @@ export function nodeRules(env: Env): void {
       await env.unstage(v.id);
     });
   });
-
 }

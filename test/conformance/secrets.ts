@@ -25,10 +25,22 @@ export function secretRules(env: Env): void {
       const has = (c: string) => env.controllerCaps.has(c);
       const name = env.name('secret');
       const id = (await env.createVolume(name, { parameters: { format: 'raw' }, secrets })).volume_id;
-      expect((await call('CreateVolume again', env.controller('CreateVolume', env.createRequest(name, { parameters: { format: 'raw' }, secrets })))).name).toBe('OK');
+      expect(
+        (await call('CreateVolume again', env.controller('CreateVolume', env.createRequest(name, { parameters: { format: 'raw' }, secrets })))).name,
+      ).toBe('OK');
       // A refused request with secrets: its error must not carry them either.
-      await call('CreateVolume refused', env.controller('CreateVolume', env.createRequest(env.name('secret-bad'), { parameters: { nonsense: 'x' }, secrets })));
-      expect((await call('ValidateVolumeCapabilities', env.controller('ValidateVolumeCapabilities', { volume_id: id, volume_capabilities: [mountCap()], secrets }))).name).toBe('OK');
+      await call(
+        'CreateVolume refused',
+        env.controller('CreateVolume', env.createRequest(env.name('secret-bad'), { parameters: { nonsense: 'x' }, secrets })),
+      );
+      expect(
+        (
+          await call(
+            'ValidateVolumeCapabilities',
+            env.controller('ValidateVolumeCapabilities', { volume_id: id, volume_capabilities: [mountCap()], secrets }),
+          )
+        ).name,
+      ).toBe('OK');
       let publish_context: Record<string, string> = {};
       if (has('PUBLISH_UNPUBLISH_VOLUME')) {
         env.trackControllerPublish(id, env.nodeId);
@@ -44,7 +56,8 @@ export function secretRules(env: Env): void {
         const snap = env.name('secret-snap');
         env.trackSnapshot(snap);
         expect((await call('CreateSnapshot', env.controller('CreateSnapshot', { name: snap, source_volume_id: id, secrets }))).name).toBe('OK');
-        if (has('LIST_SNAPSHOTS')) expect((await call('ListSnapshots', env.controller('ListSnapshots', { snapshot_id: snap, secrets }))).name).toBe('OK');
+        if (has('LIST_SNAPSHOTS'))
+          expect((await call('ListSnapshots', env.controller('ListSnapshots', { snapshot_id: snap, secrets }))).name).toBe('OK');
         expect((await call('DeleteSnapshot', env.controller('DeleteSnapshot', { snapshot_id: snap, secrets }))).name).toBe('OK');
       }
       await call('GetSnapshot', env.controller('GetSnapshot', { snapshot_id: env.name('nope'), secrets }));
@@ -54,21 +67,40 @@ export function secretRules(env: Env): void {
       expect((await call('NodeStageVolume', env.stage(id, cap, { publish_context, secrets }))).name).toBe('OK');
       expect((await call('NodePublishVolume', env.publish(id, cap, target, { publish_context, secrets }))).name).toBe('OK');
       if (env.nodeCaps.has('EXPAND_VOLUME')) {
-        const req = { volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: String(2n * SIZE) }, secrets };
+        const req = {
+          volume_id: id,
+          volume_path: target,
+          staging_target_path: staging,
+          capacity_range: { required_bytes: String(2n * SIZE) },
+          secrets,
+        };
         expect((await call('NodeExpandVolume', env.node('NodeExpandVolume', req))).name).toBe('OK');
       }
       // A credential-like mount flag, refused by the kernel: the failure must not show it.
       const others = [env.paths(id, 'pod-2').target, env.paths(id, 'pod-3').target];
       await call('NodePublishVolume with a bad flag', env.publish(id, mountCap('SINGLE_NODE_WRITER', 'ext4', [`password=${flagValue}`]), others[0]!));
-      await call('NodePublishVolume with a malformed flag', env.publish(id, mountCap('SINGLE_NODE_WRITER', 'ext4', [`ro,password=${flagValue}`]), others[1]!));
+      await call(
+        'NodePublishVolume with a malformed flag',
+        env.publish(id, mountCap('SINGLE_NODE_WRITER', 'ext4', [`ro,password=${flagValue}`]), others[1]!),
+      );
       for (const other of others) await env.unpublish(id, other);
       await env.unpublish(id, target);
       await env.unstage(id);
       if (has('PUBLISH_UNPUBLISH_VOLUME')) {
-        expect((await call('ControllerUnpublishVolume', env.controller('ControllerUnpublishVolume', { volume_id: id, node_id: env.nodeId, secrets }))).name).toBe('OK');
+        expect(
+          (await call('ControllerUnpublishVolume', env.controller('ControllerUnpublishVolume', { volume_id: id, node_id: env.nodeId, secrets })))
+            .name,
+        ).toBe('OK');
       }
       if (has('MODIFY_VOLUME')) {
-        expect((await call('ControllerModifyVolume', env.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { format: 'qcow2' }, secrets }))).name).toBe('OK');
+        expect(
+          (
+            await call(
+              'ControllerModifyVolume',
+              env.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { format: 'qcow2' }, secrets }),
+            )
+          ).name,
+        ).toBe('OK');
       }
       expect((await call('DeleteVolume', env.controller('DeleteVolume', { volume_id: id, secrets }))).name).toBe('OK');
       // And a secret on a failing node call.

@@ -40,8 +40,12 @@ export function snapshotRules(env: Env): void {
       const a = await env.createVolume(env.name('snap-a'));
       const b = await env.createVolume(env.name('snap-b'));
       await snapshot(env.name('snap-taken'), a.volume_id);
-      expect(await codeName(env.controller('CreateSnapshot', { name: env.name('snap-taken'), source_volume_id: b.volume_id }))).toBe('ALREADY_EXISTS');
-      expect(await codeName(env.controller('CreateSnapshot', { name: env.name('snap-orphan'), source_volume_id: env.name('nope') }))).toBe('NOT_FOUND');
+      expect(await codeName(env.controller('CreateSnapshot', { name: env.name('snap-taken'), source_volume_id: b.volume_id }))).toBe(
+        'ALREADY_EXISTS',
+      );
+      expect(await codeName(env.controller('CreateSnapshot', { name: env.name('snap-orphan'), source_volume_id: env.name('nope') }))).toBe(
+        'NOT_FOUND',
+      );
     });
 
     it('deletes unknown snapshots and repeats with OK, and a deleted snapshot is gone from listings and sources', async ({ skip }) => {
@@ -51,7 +55,8 @@ export function snapshotRules(env: Env): void {
       const s = await snapshot(env.name('snap-del'), v.volume_id);
       await env.controller('DeleteSnapshot', { snapshot_id: s.snapshot_id });
       expect(await codeName(env.controller('DeleteSnapshot', { snapshot_id: s.snapshot_id }))).toBe('OK');
-      if (env.controllerCaps.has('LIST_SNAPSHOTS')) expect((await env.controller('ListSnapshots', { snapshot_id: s.snapshot_id })).entries).toEqual([]);
+      if (env.controllerCaps.has('LIST_SNAPSHOTS'))
+        expect((await env.controller('ListSnapshots', { snapshot_id: s.snapshot_id })).entries).toEqual([]);
       const fromGone = env.createRequest(env.name('snap-del-clone'), { volume_content_source: { snapshot: { snapshot_id: s.snapshot_id } } });
       expect(await codeName(env.controller('CreateVolume', fromGone))).toBe('NOT_FOUND');
     });
@@ -98,8 +103,8 @@ export function snapshotRules(env: Env): void {
       // ABORTED while the driver is busy with the volume (merging the deleted layer into it): asked again.
       let got: Record<string, any> | undefined;
       for (let i = 0; i < 100 && got === undefined; i++) {
-        got = await env.controller('ControllerGetVolume', { volume_id: v.volume_id }).catch(async (e: { code?: number }) => {
-          if (e.code !== 10) throw e;
+        got = await env.controller('ControllerGetVolume', { volume_id: v.volume_id }).catch(async (e: unknown) => {
+          if ((e as { code?: number }).code !== 10) throw e;
           await new Promise((r) => setTimeout(r, 100));
           return undefined;
         });
@@ -121,7 +126,10 @@ export function snapshotRules(env: Env): void {
       const sb = await snapshot(env.name('ls-b1'), b.volume_id);
       const byId = await env.controller('ListSnapshots', { snapshot_id: sb.snapshot_id });
       expect(byId.entries.map((e: any) => e.snapshot)).toEqual([sb]);
-      expect(ours((await env.controller('ListSnapshots', { source_volume_id: a.volume_id })).entries)).toEqual([env.name('ls-a1'), env.name('ls-a2')]);
+      expect(ours((await env.controller('ListSnapshots', { source_volume_id: a.volume_id })).entries)).toEqual([
+        env.name('ls-a1'),
+        env.name('ls-a2'),
+      ]);
       expect((await env.controller('ListSnapshots', { snapshot_id: sa.snapshot_id, source_volume_id: b.volume_id })).entries).toEqual([]);
       expect((await env.controller('ListSnapshots', { snapshot_id: env.name('no-such-snapshot') })).entries).toEqual([]);
       expect((await env.controller('ListSnapshots', { source_volume_id: env.name('no-such-volume') })).entries).toEqual([]);
@@ -162,37 +170,45 @@ export function snapshotRules(env: Env): void {
   });
 
   describe('volumes from a snapshot or a volume', () => {
-    it.for(['snapshot', 'volume'] as const)('creates a volume from a %s, reporting it as content source, at least as big as the source', async (kind, { skip }) => {
-      need(env, skip, 'CREATE_DELETE_VOLUME', kind === 'snapshot' ? 'CREATE_DELETE_SNAPSHOT' : 'CLONE_VOLUME');
-      const src = await env.createVolume(env.name(`clone-src-${kind}`), { capacity_range: { required_bytes: String(2n * SIZE) } });
-      const source =
-        kind === 'snapshot'
-          ? { snapshot: { snapshot_id: (await snapshot(env.name('clone-snap'), src.volume_id)).snapshot_id } }
-          : { volume: { volume_id: src.volume_id } };
-      const req = env.createRequest(env.name(`clone-of-${kind}`), { capacity_range: null, volume_content_source: source });
-      const res = await env.controller('CreateVolume', req);
-      env.trackVolume(res.volume.volume_id);
-      expect(res.volume.content_source).toMatchObject(source);
-      expect(BigInt(res.volume.capacity_bytes)).toBeGreaterThanOrEqual(BigInt(src.capacity_bytes));
-      expect(await env.controller('CreateVolume', req)).toEqual(res);
-      // The same name from another source is another volume.
-      const other = kind === 'snapshot' ? { volume: { volume_id: src.volume_id } } : { snapshot: { snapshot_id: env.name('clone-snap') } };
-      if (env.controllerCaps.has('CLONE_VOLUME') && env.controllerCaps.has('CREATE_DELETE_SNAPSHOT')) {
-        expect(await codeName(env.controller('CreateVolume', { ...req, volume_content_source: other }))).toBe('ALREADY_EXISTS');
-      }
-    });
+    it.for(['snapshot', 'volume'] as const)(
+      'creates a volume from a %s, reporting it as content source, at least as big as the source',
+      async (kind, { skip }) => {
+        need(env, skip, 'CREATE_DELETE_VOLUME', kind === 'snapshot' ? 'CREATE_DELETE_SNAPSHOT' : 'CLONE_VOLUME');
+        const src = await env.createVolume(env.name(`clone-src-${kind}`), { capacity_range: { required_bytes: String(2n * SIZE) } });
+        const source =
+          kind === 'snapshot'
+            ? { snapshot: { snapshot_id: (await snapshot(env.name('clone-snap'), src.volume_id)).snapshot_id } }
+            : { volume: { volume_id: src.volume_id } };
+        const req = env.createRequest(env.name(`clone-of-${kind}`), { capacity_range: null, volume_content_source: source });
+        const res = await env.controller('CreateVolume', req);
+        env.trackVolume(res.volume.volume_id);
+        expect(res.volume.content_source).toMatchObject(source);
+        expect(BigInt(res.volume.capacity_bytes)).toBeGreaterThanOrEqual(BigInt(src.capacity_bytes));
+        expect(await env.controller('CreateVolume', req)).toEqual(res);
+        // The same name from another source is another volume.
+        const other = kind === 'snapshot' ? { volume: { volume_id: src.volume_id } } : { snapshot: { snapshot_id: env.name('clone-snap') } };
+        if (env.controllerCaps.has('CLONE_VOLUME') && env.controllerCaps.has('CREATE_DELETE_SNAPSHOT')) {
+          expect(await codeName(env.controller('CreateVolume', { ...req, volume_content_source: other }))).toBe('ALREADY_EXISTS');
+        }
+      },
+    );
 
     it.for(['snapshot', 'volume'] as const)('answers NOT_FOUND for a %s source that does not exist', async (kind, { skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', kind === 'snapshot' ? 'CREATE_DELETE_SNAPSHOT' : 'CLONE_VOLUME');
       const source = kind === 'snapshot' ? { snapshot: { snapshot_id: env.name('nope') } } : { volume: { volume_id: env.name('nope') } };
-      expect(await codeName(env.controller('CreateVolume', env.createRequest(env.name(`clone-missing-${kind}`), { volume_content_source: source })))).toBe('NOT_FOUND');
+      expect(
+        await codeName(env.controller('CreateVolume', env.createRequest(env.name(`clone-missing-${kind}`), { volume_content_source: source }))),
+      ).toBe('NOT_FOUND');
     });
 
     it('answers OUT_OF_RANGE for a volume whose limit is below the size of its source snapshot', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'CREATE_DELETE_SNAPSHOT');
       const src = await env.createVolume(env.name('clone-big-src'), { capacity_range: { required_bytes: String(2n * SIZE) } });
       const snap = await snapshot(env.name('clone-big-snap'), src.volume_id);
-      const req = env.createRequest(env.name('clone-small'), { capacity_range: { limit_bytes: String(SIZE) }, volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } });
+      const req = env.createRequest(env.name('clone-small'), {
+        capacity_range: { limit_bytes: String(SIZE) },
+        volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } },
+      });
       expect(await codeName(env.controller('CreateVolume', req))).toBe('OUT_OF_RANGE');
     });
 
@@ -200,7 +216,10 @@ export function snapshotRules(env: Env): void {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'CLONE_VOLUME');
       if (Object.keys(env.mounts).length === 0) skip('looks inside the mounts of a self-started driver');
       const src = await env.createVolume(env.name('full-src'), { parameters: { format: 'raw' } });
-      const clone = env.createRequest(env.name('full-clone'), { parameters: { format: 'raw' }, volume_content_source: { volume: { volume_id: src.volume_id } } });
+      const clone = env.createRequest(env.name('full-clone'), {
+        parameters: { format: 'raw' },
+        volume_content_source: { volume: { volume_id: src.volume_id } },
+      });
       env.trackVolume(clone.name);
       await env.controller('CreateVolume', clone);
       const refused = { ...clone, name: env.name('full-refused'), capacity_range: { limit_bytes: String(SIZE / 2n) } };
@@ -221,7 +240,9 @@ export function snapshotRules(env: Env): void {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       if (env.controllerCaps.has(capability)) skip(`${capability} is advertised`);
       const source = kind === 'snapshot' ? { snapshot: { snapshot_id: env.name('nope') } } : { volume: { volume_id: env.name('nope') } };
-      expect(await codeName(env.controller('CreateVolume', env.createRequest(env.name('clone-unadvertised'), { volume_content_source: source })))).toBe('INVALID_ARGUMENT');
+      expect(
+        await codeName(env.controller('CreateVolume', env.createRequest(env.name('clone-unadvertised'), { volume_content_source: source }))),
+      ).toBe('INVALID_ARGUMENT');
     });
   });
 }

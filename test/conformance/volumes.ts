@@ -16,7 +16,11 @@ const MODES = [
   'SINGLE_NODE_SINGLE_WRITER',
   'SINGLE_NODE_MULTI_WRITER',
 ] as const;
-const ACCESS = { 'ext4 filesystem': (m: string) => mountCap(m, 'ext4'), 'xfs filesystem': (m: string) => mountCap(m, 'xfs'), block: (m: string) => blockCap(m) };
+const ACCESS = {
+  'ext4 filesystem': (m: string) => mountCap(m, 'ext4'),
+  'xfs filesystem': (m: string) => mountCap(m, 'xfs'),
+  block: (m: string) => blockCap(m),
+};
 type Access = keyof typeof ACCESS;
 
 /**
@@ -111,14 +115,20 @@ export function volumeRules(env: Env): void {
     });
 
     it.for([
-      ['a different size (required and limit twice as big)', { capacity_range: { required_bytes: String(2n * SIZE), limit_bytes: String(2n * SIZE) } }],
+      [
+        'a different size (required and limit twice as big)',
+        { capacity_range: { required_bytes: String(2n * SIZE), limit_bytes: String(2n * SIZE) } },
+      ],
       ['a limit below its size', { capacity_range: { limit_bytes: String(SIZE / 2n) } }],
       ['different parameters', { parameters: { format: 'raw' } }],
     ] as const)('answers ALREADY_EXISTS to the same name with %s', async ([, change], { skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const name = env.name('conflict');
       await env.createVolume(name, { capacity_range: { required_bytes: String(SIZE), limit_bytes: String(SIZE) }, parameters: { format: 'qcow2' } });
-      const req = env.createRequest(name, { capacity_range: { required_bytes: String(SIZE), limit_bytes: String(SIZE) }, parameters: { format: 'qcow2' } });
+      const req = env.createRequest(name, {
+        capacity_range: { required_bytes: String(SIZE), limit_bytes: String(SIZE) },
+        parameters: { format: 'qcow2' },
+      });
       expect(await codeName(env.controller('CreateVolume', { ...req, ...change }))).toBe('ALREADY_EXISTS');
     });
 
@@ -129,14 +139,18 @@ export function volumeRules(env: Env): void {
       const name = env.name('conflict-topology');
       await env.createVolume(name, { accessibility_requirements: { requisite: [{ segments: { [env.key(mounts[0]!)]: 'true' } }] } });
       const elsewhere = { requisite: [{ segments: { [env.key(mounts[1]!)]: 'true' } }] };
-      expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { accessibility_requirements: elsewhere })))).toBe('ALREADY_EXISTS');
+      expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { accessibility_requirements: elsewhere })))).toBe(
+        'ALREADY_EXISTS',
+      );
     });
 
     it('answers ALREADY_EXISTS to the same name with different mutable_parameters', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME', 'MODIFY_VOLUME');
       const name = env.name('conflict-mutable');
       await env.createVolume(name, { mutable_parameters: { format: 'raw' } });
-      expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { mutable_parameters: { format: 'qcow2' } })))).toBe('ALREADY_EXISTS');
+      expect(await codeName(env.controller('CreateVolume', env.createRequest(name, { mutable_parameters: { format: 'qcow2' } })))).toBe(
+        'ALREADY_EXISTS',
+      );
     });
 
     it('advertises SINGLE_NODE_MULTI_WRITER when it serves the single-node single- and multi-writer modes', async ({ skip }) => {
@@ -178,7 +192,8 @@ export function volumeRules(env: Env): void {
       const v = await env.createVolume(name);
       await env.controller('DeleteVolume', { volume_id: v.volume_id });
       expect(await codeName(env.controller('DeleteVolume', { volume_id: v.volume_id }))).toBe('OK');
-      if (env.controllerCaps.has('GET_VOLUME')) expect(await codeName(env.controller('ControllerGetVolume', { volume_id: v.volume_id }))).toBe('NOT_FOUND');
+      if (env.controllerCaps.has('GET_VOLUME'))
+        expect(await codeName(env.controller('ControllerGetVolume', { volume_id: v.volume_id }))).toBe('NOT_FOUND');
       const again = await env.createVolume(name, { capacity_range: { required_bytes: String(2n * SIZE) } });
       expect(again.capacity_bytes).toBe(String(2n * SIZE));
     });
@@ -188,7 +203,11 @@ export function volumeRules(env: Env): void {
     it('confirms supported capabilities, echoing them, and answers the same again', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const v = await env.createVolume(env.name('validate'));
-      const req = { volume_id: v.volume_id, volume_capabilities: [mountCap(), blockCap('SINGLE_NODE_READER_ONLY')], volume_context: v.volume_context };
+      const req = {
+        volume_id: v.volume_id,
+        volume_capabilities: [mountCap(), blockCap('SINGLE_NODE_READER_ONLY')],
+        volume_context: v.volume_context,
+      };
       const res = await env.controller('ValidateVolumeCapabilities', req);
       expect(res.confirmed.volume_capabilities).toHaveLength(2);
       expect(res.confirmed.volume_context).toEqual(v.volume_context);
@@ -210,13 +229,19 @@ export function volumeRules(env: Env): void {
     it('does not confirm parameters that contradict the volume', async ({ skip }) => {
       need(env, skip, 'CREATE_DELETE_VOLUME');
       const v = await env.createVolume(env.name('validate-params'), { parameters: { format: 'qcow2' } });
-      const res = await env.controller('ValidateVolumeCapabilities', { volume_id: v.volume_id, volume_capabilities: [mountCap()], parameters: { format: 'raw' } });
+      const res = await env.controller('ValidateVolumeCapabilities', {
+        volume_id: v.volume_id,
+        volume_capabilities: [mountCap()],
+        parameters: { format: 'raw' },
+      });
       expect(res.confirmed).toBeNull();
     });
 
     it('answers NOT_FOUND for a volume that does not exist', async ({ skip }) => {
       need(env, skip);
-      expect(await codeName(env.controller('ValidateVolumeCapabilities', { volume_id: env.name('nope'), volume_capabilities: [mountCap()] }))).toBe('NOT_FOUND');
+      expect(await codeName(env.controller('ValidateVolumeCapabilities', { volume_id: env.name('nope'), volume_capabilities: [mountCap()] }))).toBe(
+        'NOT_FOUND',
+      );
     });
 
     it('gets the volume CreateVolume made, with status, and NOT_FOUND for unknown ids', async ({ skip }) => {
@@ -230,5 +255,4 @@ export function volumeRules(env: Env): void {
       expect(await codeName(env.controller('ControllerGetVolume', { volume_id: env.name('nope') }))).toBe('NOT_FOUND');
     });
   });
-
 }

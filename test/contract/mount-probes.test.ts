@@ -14,7 +14,12 @@ mountProbesContract('the fake', () => {
   const share = join(root, 'share');
   mkdirSync(share);
   const probes = new FakeMountProbes().share(share);
-  return { probes, share, readOnly: () => void probes.set(share, { writable: false }), cleanup: () => rmSync(root, { recursive: true, force: true }) };
+  return {
+    probes,
+    share,
+    readOnly: () => void probes.set(share, { writable: false }),
+    cleanup: () => rmSync(root, { recursive: true, force: true }),
+  };
 });
 
 if (isRoot) {

@@ -130,7 +130,7 @@ export function qemuImgContract(name: string, make: () => QemuImgSubject): void 
       expect((await w.img.info(path, format)).virtualSize).toBe(2n * MiB);
     });
 
-    it('sees a writer\'s lock on the image, through a hard link too, and not on an overlay above it', async () => {
+    it("sees a writer's lock on the image, through a hard link too, and not on an overlay above it", async () => {
       const w = await world();
       const { base, top } = await chain(w);
       expect(await w.img.inUse(base, 'qcow2')).toBe(false);

@@ -35,7 +35,9 @@ if (haveQemu) {
        * instead would race it: a probe's own lock, taken while qemu-io opens, makes qemu-io fail.
        */
       async hold(path: string, format: Format) {
-        const child = spawn('stdbuf', ['-oL', 'qemu-io', '-f', format, '-c', 'length', '-c', 'sleep 60000', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn('stdbuf', ['-oL', 'qemu-io', '-f', format, '-c', 'length', '-c', 'sleep 60000', path], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
         let stderr = '';
         child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
         const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

@@ -99,7 +99,7 @@ describe('Dockerfile', () => {
     .filter((w) => w !== '' && !w.startsWith('-'));
 
   it('passes the Dockerfile validator', () => {
-    expect(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`)).toEqual([]);
+    expect(validate(text).map((d) => `${d.range.start.line + 1}: ${typeof d.message === 'string' ? d.message : d.message.value}`)).toEqual([]);
   });
 
   it('builds in one stage and runs from a slim Node.js LTS on Debian 12', () => {

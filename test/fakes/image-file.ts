@@ -55,7 +55,10 @@ export function decodeQcow2(bytes: Buffer): FakeQcow2 | undefined {
   if (bytes.length < HEADER_LENGTH || bytes.readUInt32BE(0) !== QCOW2_MAGIC) return undefined;
   const offset = Number(bytes.readBigUInt64BE(8));
   const length = bytes.readUInt32BE(16);
-  const trailer = bytes.length > FAKE_DATA_AT ? (JSON.parse(bytes.subarray(FAKE_DATA_AT).toString('utf8')) as { backingFormat: Format | null; sectors: Record<string, string> }) : undefined;
+  const trailer =
+    bytes.length > FAKE_DATA_AT
+      ? (JSON.parse(bytes.subarray(FAKE_DATA_AT).toString('utf8')) as { backingFormat: Format | null; sectors: Record<string, string> })
+      : undefined;
   return {
     sizeBytes: bytes.readBigUInt64BE(24),
     clusterBits: bytes.readUInt32BE(20),

@@ -45,16 +45,18 @@ export class FakeMountProbes extends Recorder<MountProbesOp> implements MountPro
 
   async mountInfo(): Promise<MountEntry[]> {
     this.act('mountInfo');
-    return [...this.shares].filter(([, s]) => s.mounted).map(([path, s], i) => ({
-      mountId: 100 + i,
-      parentId: 1,
-      root: '/',
-      mountPoint: path,
-      options: s.writable ? 'rw,relatime' : 'ro,relatime',
-      fsType: 'nfs4',
-      source: `filer:/export/${i}`,
-      superOptions: s.writable ? 'rw' : 'ro',
-    }));
+    return [...this.shares]
+      .filter(([, s]) => s.mounted)
+      .map(([path, s], i) => ({
+        mountId: 100 + i,
+        parentId: 1,
+        root: '/',
+        mountPoint: path,
+        options: s.writable ? 'rw,relatime' : 'ro,relatime',
+        fsType: 'nfs4',
+        source: `filer:/export/${i}`,
+        superOptions: s.writable ? 'rw' : 'ro',
+      }));
   }
 
   async realpath(path: string): Promise<string> {

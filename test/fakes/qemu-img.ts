@@ -17,21 +17,11 @@ import { dirname } from 'node:path';
 import { precondition } from '../../src/domain/errors.js';
 import type { Format, Preallocation } from '../../src/domain/parameters.js';
 import type { ChainLink, CheckResult, CreateOptions, ImageInfo, QemuImg } from '../../src/system/qemu-img.js';
-import {
-  allocated,
-  backingPath,
-  guestView,
-  inode,
-  openImage,
-  SECTOR,
-  writeQcow2,
-  writeRaw,
-  type FakeQcow2,
-  type Opened,
-} from './image-file.js';
+import { allocated, backingPath, guestView, inode, openImage, SECTOR, writeQcow2, writeRaw, type FakeQcow2, type Opened } from './image-file.js';
 import { Recorder, toolFailed } from './recorder.js';
 
-export type QemuImgOp = 'version' | 'create' | 'createOverlay' | 'convert' | 'same' | 'info' | 'backingChain' | 'inUse' | 'measure' | 'resize' | 'check' | 'rebase';
+export type QemuImgOp =
+  'version' | 'create' | 'createOverlay' | 'convert' | 'same' | 'info' | 'backingChain' | 'inUse' | 'measure' | 'resize' | 'check' | 'rebase';
 
 const CLUSTER = 65536n;
 const roundUp = (n: bigint, to: bigint): bigint => ((n + to - 1n) / to) * to;
@@ -109,7 +99,12 @@ export class FakeQemuImg extends Recorder<QemuImgOp> implements QemuImg {
   async info(path: string, format?: Format): Promise<ImageInfo> {
     this.act('info', path, format);
     const img = await this.opened('info', path, format);
-    return { format: img.format, virtualSize: img.sizeBytes, actualSize: await allocated(path), backingFile: img.format === 'qcow2' ? img.qcow2.backing : undefined };
+    return {
+      format: img.format,
+      virtualSize: img.sizeBytes,
+      actualSize: await allocated(path),
+      backingFile: img.format === 'qcow2' ? img.qcow2.backing : undefined,
+    };
   }
 
   async backingChain(path: string, format?: Format): Promise<ChainLink[]> {
@@ -184,7 +179,7 @@ export class FakeQemuImg extends Recorder<QemuImgOp> implements QemuImg {
   /** The image and every image behind it, top first; a missing one fails as qemu does. */
   private async chain(op: string, path: string, format?: Format): Promise<Opened[]> {
     const links = [await this.opened(op, path, format)];
-    for (let img = links[0]; img?.format === 'qcow2' && img.qcow2.backing !== undefined; ) {
+    for (let img = links[0]; img?.format === 'qcow2' && img.qcow2.backing !== undefined;) {
       const next = backingPath(img.path, img.qcow2.backing);
       img = await openImage(next, img.qcow2.backingFormat).catch((e: unknown) => {
         throw failed(op, `Could not open '${path}': Could not open backing file: Could not open '${next}': ${why(e)}`);

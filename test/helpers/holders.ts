@@ -11,9 +11,7 @@ import { parseMountInfo } from '../../src/system/mountinfo.js';
 import { exited } from './wait.js';
 
 export type Holder =
-  | { kind: 'mount'; path: string; fsType: string }
-  | { kind: 'loop'; device: string; file: string }
-  | { kind: 'process'; pid: number; args: string };
+  { kind: 'mount'; path: string; fsType: string } | { kind: 'loop'; device: string; file: string } | { kind: 'process'; pid: number; args: string };
 
 /**
  * Loop devices whose file, mounts whose mount point (or whose device is such a
@@ -83,7 +81,7 @@ export function release(found: readonly Holder[]): void {
     }
   }
   // A SIGKILLed process exits when the scheduler runs it; the bound only keeps a wedged one from hanging the run.
-  for (const end = Date.now() + 30_000; procs.some((p) => !exited(p.pid)) && Date.now() < end; ) pause(20);
+  for (const end = Date.now() + 30_000; procs.some((p) => !exited(p.pid)) && Date.now() < end;) pause(20);
 }
 
 /**

@@ -8,6 +8,7 @@ import { describeHolder, holders, sweepHolders, type Holder } from './holders.js
 import { rootOnlyReason } from './root.js';
 import { makeScratch, type Scratch } from './scratch.js';
 import { startDriver, type Driver } from './server.js';
+import { ifMade } from './teardown.js';
 
 export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1') {
   return {
@@ -24,7 +25,9 @@ export function kubeletPaths(kubeletDir: string, volumeId: string, pod = 'pod-1'
  * driver, volumeLeftovers is exact.
  */
 export function leftovers(fragment: string): string[] {
-  return holders((text) => text.includes(fragment)).filter((h) => !isDataPlane(h)).map(describeHolder);
+  return holders((text) => text.includes(fragment))
+    .filter((h) => !isDataPlane(h))
+    .map(describeHolder);
 }
 
 /**
@@ -67,7 +70,9 @@ export function planePid(scope: Pick<NodeScope, 'kubelet' | 'driverName'>): numb
 
 /** What still holds `id` (see volumeMatcher), one line each: empty when the volume is fully released. */
 export function volumeLeftovers(scope: NodeScope, id: string): string[] {
-  return holders(volumeMatcher(scope, id)).filter((h) => !isDataPlane(h)).map(describeHolder);
+  return holders(volumeMatcher(scope, id))
+    .filter((h) => !isDataPlane(h))
+    .map(describeHolder);
 }
 
 export interface NodeCleanup {
@@ -94,8 +99,10 @@ export function useNodeCleanup(rig: () => NodeScope & { driver: Driver }): NodeC
     const attempt = async (what: string, call: Promise<unknown>) => {
       await call.catch((e: unknown) => problems.push(`${what}: ${e instanceof Error ? e.message : String(e)}`));
     };
-    for (const [target, id] of targets) await attempt(`unpublish ${id} at ${target}`, driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target }));
-    for (const [staging, id] of stagings) await attempt(`unstage ${id} at ${staging}`, driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging }));
+    for (const [target, id] of targets)
+      await attempt(`unpublish ${id} at ${target}`, driver.client.node('NodeUnpublishVolume', { volume_id: id, target_path: target }));
+    for (const [staging, id] of stagings)
+      await attempt(`unstage ${id} at ${staging}`, driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging }));
     for (const id of new Set(stagings.values())) {
       const left = sweepHolders(volumeMatcher(scope, id));
       if (left.length > 0) problems.push(`volume ${id} was left held (now freed by force):\n  ${left.join('\n  ')}`);
@@ -133,7 +140,7 @@ export function useNodeRig(shareMiB: number): NodeRig {
     rig.driver = await startDriver({ mounts: { s: rig.share.path }, args: ['--kubelet-dir', rig.kubelet, '--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await rig.driver?.stop();
+    await ifMade(rig.driver)?.stop();
     releaseRig(rig.kubelet, rig.share);
   });
   return rig;

@@ -38,9 +38,13 @@ export class Writer {
   private readonly child: ChildProcess;
 
   constructor(dir: string) {
-    this.child = spawn('sh', ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`], {
-      detached: true,
-    });
+    this.child = spawn(
+      'sh',
+      ['-c', `i=0; while :; do dd if=/dev/urandom of=${dir}/w$((i%4)) bs=64k count=16 conv=fsync status=none || exit 7; i=$((i+1)); done`],
+      {
+        detached: true,
+      },
+    );
   }
 
   /** Still writing: it never failed. */
@@ -79,18 +83,23 @@ type Call = (method: string, request: object) => Promise<Record<string, any>>;
  * record of what is attached so a test's cleanup can take back whatever its
  * failure left.
  */
-export function podAttacher(calls: () => { controller: Call; node: Call }, paths: (id: string) => { staging: string; target: string }, cap: object, node = 'node-a') {
+export function podAttacher(
+  calls: () => { controller: Call; node: Call },
+  paths: (id: string) => { staging: string; target: string },
+  cap: object,
+  node = 'node-a',
+) {
   const attached = new Set<string>();
   return {
     attached,
-    async attach(id: string): Promise<void> {
+    attach: async (id: string): Promise<void> => {
       const { controller, node: n } = calls();
       attached.add(id);
       await controller('ControllerPublishVolume', { volume_id: id, node_id: node, volume_capability: cap, readonly: false });
       await n('NodeStageVolume', { volume_id: id, staging_target_path: paths(id).staging, volume_capability: cap });
       await n('NodePublishVolume', { volume_id: id, staging_target_path: paths(id).staging, target_path: paths(id).target, volume_capability: cap });
     },
-    async detach(id: string): Promise<void> {
+    detach: async (id: string): Promise<void> => {
       const { controller, node: n } = calls();
       await n('NodeUnpublishVolume', { volume_id: id, target_path: paths(id).target });
       await n('NodeUnstageVolume', { volume_id: id, staging_target_path: paths(id).staging });

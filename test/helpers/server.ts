@@ -64,8 +64,8 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
     detached: options.group === true,
   });
   const log = createWriteStream(logFile);
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
+  child.stdout.pipe(log);
+  child.stderr.pipe(log);
   running.add(child);
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
   child.once('exit', () => running.delete(child));
@@ -73,8 +73,12 @@ export async function startDriver(options: DriverOptions): Promise<Driver> {
   const client = connect(endpoint);
   let up = false;
   // Start-up takes as long as a busy machine makes it; the bound (below vitest's hook timeout) only stops a hang.
-  for (const end = Date.now() + 45_000; !up && child.exitCode === null && Date.now() < end; ) {
-    if (existsSync(socket)) up = await client.identity('Probe').then(() => true, () => false);
+  for (const end = Date.now() + 45_000; !up && child.exitCode === null && Date.now() < end;) {
+    if (existsSync(socket))
+      up = await client.identity('Probe').then(
+        () => true,
+        () => false,
+      );
     if (!up) await new Promise((r) => setTimeout(r, 50));
   }
   if (!up) {

@@ -14,6 +14,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { untilExited } from '../helpers/wait.js';
 
 interface Result {
@@ -74,10 +75,16 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const pidfile = join(out.path, `qsd-${format}.pid`);
     const top = format === 'qcow2' ? ['--blockdev', 'driver=qcow2,node-name=top,file=f'] : [];
     execFileSync('qemu-storage-daemon', [
-      '--blockdev', `driver=file,node-name=f,filename=${img}`, ...top,
-      '--nbd-server', `addr.type=unix,addr.path=${join(out.path, `qsd-${format}.sock`)}`,
-      '--export', `type=nbd,id=e,node-name=${format === 'qcow2' ? 'top' : 'f'},writable=on`,
-      '--daemonize', '--pidfile', pidfile,
+      '--blockdev',
+      `driver=file,node-name=f,filename=${img}`,
+      ...top,
+      '--nbd-server',
+      `addr.type=unix,addr.path=${join(out.path, `qsd-${format}.sock`)}`,
+      '--export',
+      `type=nbd,id=e,node-name=${format === 'qcow2' ? 'top' : 'f'},writable=on`,
+      '--daemonize',
+      '--pidfile',
+      pidfile,
     ]);
     const pid = Number(readFileSync(pidfile, 'utf8').trim());
     return async () => {
@@ -93,12 +100,12 @@ describe.skipIf(!isRoot)('admin commands', () => {
     plain = makeScratch('xfs-noreflink', 1024);
     ram = makeScratch('tmpfs', 512);
     out = makeScratch('dir');
-    env = { ...process.env, FILEDRIVER_MOUNTS: `fast=${fast.path},plain=${plain.path},ram=${ram.path}` } as Record<string, string>;
+    env = { ...process.env, FILEDRIVER_MOUNTS: `fast=${fast.path},plain=${plain.path},ram=${ram.path}` };
     driver = await startDriver({ mounts: { fast: fast.path, plain: plain.path, ram: ram.path }, args: ['--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    for (const s of [fast, plain, ram, out]) s?.cleanup();
+    await ifMade(driver)?.stop();
+    for (const s of [fast, plain, ram, out]) ifMade(s)?.cleanup();
   });
 
   it.each(['import', 'move', 'export', 'list', 'doctor'])('%s --help explains the command', async (command) => {
@@ -127,13 +134,22 @@ describe.skipIf(!isRoot)('admin commands', () => {
         persistentVolumeReclaimPolicy: 'Retain',
         storageClassName: '',
         csi: { driver: 'filedriver.dev', volumeHandle: 'vm-a', fsType: 'ext4', volumeAttributes: { format: 'qcow2', mount: 'fast' } },
-        nodeAffinity: { required: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'filedriver.dev/mount-fast', operator: 'In', values: ['true'] }] }] } },
+        nodeAffinity: {
+          required: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'filedriver.dev/mount-fast', operator: 'In', values: ['true'] }] }] },
+        },
       },
     });
     expect(res.stdout).toMatch(/volumeMode: Filesystem # or Block/);
     expect(record(fast, 'vm-a')).toMatchObject({
-      id: 'vm-a', name: 'vm-a', format: 'qcow2', sizeBytes: String(64n * MiB), parameters: { format: 'qcow2' },
-      contentSource: null, backing: null, pvc: null, publications: [],
+      id: 'vm-a',
+      name: 'vm-a',
+      format: 'qcow2',
+      sizeBytes: String(64n * MiB),
+      parameters: { format: 'qcow2' },
+      contentSource: null,
+      backing: null,
+      pvc: null,
+      publications: [],
     });
     expect(matches(volImage(fast, 'vm-a'), 'qcow2', 0xab)).toBe(true);
     qemuIo(volImage(fast, 'vm-a'), 'qcow2', 'write -P 0xcd 0 1M');
@@ -223,7 +239,18 @@ describe.skipIf(!isRoot)('admin commands', () => {
     });
 
     it('a backing chain that leaves the mount', async () => {
-      qemuImg('create', '-q', '-f', 'qcow2', '-b', join(plain.path, 'images/other.qcow2'), '-F', 'qcow2', join(fast.path, 'images/escape.qcow2'), '64M');
+      qemuImg(
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-b',
+        join(plain.path, 'images/other.qcow2'),
+        '-F',
+        'qcow2',
+        join(fast.path, 'images/escape.qcow2'),
+        '64M',
+      );
       await refused(['--path', 'images/escape.qcow2'], /is backed by .*other\.qcow2, outside the mount/);
     });
 
@@ -288,7 +315,10 @@ describe.skipIf(!isRoot)('admin commands', () => {
     await c('CreateVolume', createRequest('pvc-src', { parameters: { mounts: 'fast' } }));
     qemuIo(volImage(fast, 'pvc-src'), 'qcow2', 'write -P 0x99 0 1M');
     await c('CreateSnapshot', { name: 'snap-src', source_volume_id: 'pvc-src' });
-    await c('CreateVolume', createRequest('pvc-linked', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }));
+    await c(
+      'CreateVolume',
+      createRequest('pvc-linked', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }),
+    );
     expect(readdirSync(join(fast.path, 'filedriver/snapshots/snap-src/refs'))).toEqual(['pvc-linked']);
     const res = await fd('move', 'pvc-linked', '--to', 'ram');
     expect(res.code).toBe(0);
@@ -315,7 +345,10 @@ describe.skipIf(!isRoot)('admin commands', () => {
     expect((await fd('export', 'vm-a', '--to', 'relative.qcow2')).code).toBe(2);
 
     const clone = join(out.path, 'linked.qcow2');
-    await c('CreateVolume', createRequest('pvc-linked-2', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }));
+    await c(
+      'CreateVolume',
+      createRequest('pvc-linked-2', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }),
+    );
     expect((await fd('export', 'pvc-linked-2', '--to', clone)).code).toBe(0);
     expect(info(clone)['backing-filename']).toBeUndefined();
     expect(matches(clone, 'qcow2', 0x99)).toBe(true);
@@ -323,7 +356,10 @@ describe.skipIf(!isRoot)('admin commands', () => {
 
   it('lists volumes and snapshots per mount', async () => {
     // Hidden: two clones still depend on it (with one, it would be merged into that one and removed).
-    await c('CreateVolume', createRequest('pvc-linked-3', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }));
+    await c(
+      'CreateVolume',
+      createRequest('pvc-linked-3', { parameters: { mounts: 'fast' }, volume_content_source: { snapshot: { snapshot_id: 'snap-src' } } }),
+    );
     await c('DeleteSnapshot', { snapshot_id: 'snap-src' });
     const res = await fd('list');
     expect(res.code).toBe(0);
@@ -337,7 +373,13 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const linked = fastJson.volumes.find((v: { id: string }) => v.id === 'pvc-linked-2');
     expect(linked).toMatchObject({ format: 'qcow2', sizeBytes: String(64n * MiB), backing: 'snap-src', publishedTo: [] });
     expect(BigInt(linked.allocatedBytes)).toBeGreaterThan(0n);
-    expect(fastJson.snapshots.find((s: { id: string }) => s.id === 'snap-src')).toMatchObject({ dependents: ['pvc-linked-2', 'pvc-linked-3'], hidden: true, internal: false, merging: false, ready: true });
+    expect(fastJson.snapshots.find((s: { id: string }) => s.id === 'snap-src')).toMatchObject({
+      dependents: ['pvc-linked-2', 'pvc-linked-3'],
+      hidden: true,
+      internal: false,
+      merging: false,
+      ready: true,
+    });
   });
 
   it('list and doctor show a snapshot layer waiting for the node that serves its volume', async () => {
@@ -368,7 +410,12 @@ describe.skipIf(!isRoot)('admin commands', () => {
     expect(row('node-a')).toMatch(/^node-a\s+\d+s ago\s+fresh\s+-\s+fast,plain,ram\s/);
     expect(row('node-down')).toMatch(/^node-down\s+3h ago\s+stale\s/);
     const json = JSON.parse((await fd('list', '--json')).stdout);
-    expect(json.nodes.find((n: { node: string }) => n.node === 'node-a')).toMatchObject({ registeredOn: ['fast', 'plain', 'ram'], sees: ['fast', 'plain', 'ram'], staged: [], stale: false });
+    expect(json.nodes.find((n: { node: string }) => n.node === 'node-a')).toMatchObject({
+      registeredOn: ['fast', 'plain', 'ram'],
+      sees: ['fast', 'plain', 'ram'],
+      staged: [],
+      stale: false,
+    });
     expect(json.nodes.find((n: { node: string }) => n.node === 'node-down')).toMatchObject({ registeredOn: ['ram'], stale: true });
   });
 
@@ -383,10 +430,22 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const ghost = join(ram.path, 'filedriver/snapshots/ghost');
     mkdirSync(join(ghost, 'refs'), { recursive: true });
     qemuImg('create', '-q', '-f', 'qcow2', join(ghost, 'disk.qcow2'), '16M');
-    writeFileSync(join(ghost, 'snapshot.json'), JSON.stringify({
-      schema: 1, id: 'ghost', name: 'ghost', sourceVolumeId: 'gone', format: 'qcow2', sizeBytes: String(16n * MiB),
-      createdAt: new Date(0).toISOString(), method: 'copy', backing: null, deleted: true, internal: false,
-    }));
+    writeFileSync(
+      join(ghost, 'snapshot.json'),
+      JSON.stringify({
+        schema: 1,
+        id: 'ghost',
+        name: 'ghost',
+        sourceVolumeId: 'gone',
+        format: 'qcow2',
+        sizeBytes: String(16n * MiB),
+        createdAt: new Date(0).toISOString(),
+        method: 'copy',
+        backing: null,
+        deleted: true,
+        internal: false,
+      }),
+    );
     const hourAgo = new Date(Date.now() - 2 * 3600_000);
     utimesSync(join(ghost, 'refs'), hourAgo, hourAgo);
     execFileSync('cp', ['-a', volDir(ram, 'overlay'), volDir(plain, 'overlay')]);
@@ -399,7 +458,9 @@ describe.skipIf(!isRoot)('admin commands', () => {
     const report = JSON.parse(sick.stdout);
     expect(report.healthy).toBe(false);
     const problem = (check: string, subject: string) =>
-      report.findings.find((f: { check: string; subject: string; status: string }) => f.check === check && f.subject === subject && f.status === 'problem');
+      report.findings.find(
+        (f: { check: string; subject: string; status: string }) => f.check === check && f.subject === subject && f.status === 'problem',
+      );
     expect(problem('leftover', `fast: tmp/${hostname()}_999999_abc`).message).toMatch(/process 999999 on this host, which is gone/);
     expect(problem('hidden', 'ram: snapshot ghost')).toBeDefined();
     expect(problem('duplicate', 'volume overlay').message).toMatch(/mounts plain, ram|mounts ram, plain/);

@@ -12,6 +12,7 @@ import { blockCap, createRequest, GiB, MiB, mountCap } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 const DRIVER = 'filedriver.dev';
 const key = (mount: string) => `${DRIVER}/mount-${mount}`;
@@ -34,9 +35,9 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     driver = await startDriver({ mounts: { big: big.path, small: small.path }, args: ['--health-cache-seconds', '0'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    big?.cleanup();
-    small?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(big)?.cleanup();
+    ifMade(small)?.cleanup();
   });
 
   it('reports plugin info, capabilities and readiness', async () => {
@@ -91,7 +92,7 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     const req = createRequest('pvc-race');
     const results = await Promise.allSettled(Array.from({ length: 50 }, () => driver.client.controller('CreateVolume', req)));
     const ok = results.filter((r) => r.status === 'fulfilled');
-    const aborted = results.filter((r) => r.status === 'rejected' && (r.reason as { code: number }).code === status.ABORTED);
+    const aborted = results.filter((r) => r.status === 'rejected' && (r.reason as { code: status }).code === status.ABORTED);
     expect(ok.length).toBeGreaterThanOrEqual(1);
     expect(ok.length + aborted.length).toBe(50);
     const again = await driver.client.controller('CreateVolume', req);
@@ -136,7 +137,10 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
   });
 
   it('uses the default size when no range is given, and the limit when only it is', async () => {
-    const small1 = await driver.client.controller('CreateVolume', createRequest('pvc-limit', { capacity_range: { limit_bytes: String(20n * MiB + 5n) } }));
+    const small1 = await driver.client.controller(
+      'CreateVolume',
+      createRequest('pvc-limit', { capacity_range: { limit_bytes: String(20n * MiB + 5n) } }),
+    );
     expect(small1.volume.capacity_bytes).toBe(String(20n * MiB));
     const d = await driver.client.controller('CreateVolume', createRequest('pvc-nosize', { capacity_range: null, parameters: { mounts: 'big' } }));
     expect(d.volume.capacity_bytes).toBe(String(GiB));
@@ -166,9 +170,16 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     const same = await driver.client.controller('ControllerExpandVolume', { volume_id: 'pvc-grow', capacity_range: { required_bytes: String(MiB) } });
     expect(same.capacity_bytes).toBe(String(100n * MiB));
     expect(
-      await codeOf(driver.client.controller('ControllerExpandVolume', { volume_id: 'pvc-grow', capacity_range: { required_bytes: String(200n * MiB), limit_bytes: String(150n * MiB) } })),
+      await codeOf(
+        driver.client.controller('ControllerExpandVolume', {
+          volume_id: 'pvc-grow',
+          capacity_range: { required_bytes: String(200n * MiB), limit_bytes: String(150n * MiB) },
+        }),
+      ),
     ).toBe(status.OUT_OF_RANGE);
-    expect(await codeOf(driver.client.controller('ControllerExpandVolume', { volume_id: 'nope', capacity_range: { required_bytes: '1' } }))).toBe(status.NOT_FOUND);
+    expect(await codeOf(driver.client.controller('ControllerExpandVolume', { volume_id: 'nope', capacity_range: { required_bytes: '1' } }))).toBe(
+      status.NOT_FOUND,
+    );
     expect(await codeOf(driver.client.controller('ControllerExpandVolume', { volume_id: 'pvc-grow' }))).toBe(status.INVALID_ARGUMENT);
   });
 
@@ -215,7 +226,8 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     expect(conditions['pvc-lc-rawgone']).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
     const raw = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-lc-rawgone' });
     expect(raw.status.volume_condition).toEqual({ abnormal: true, message: expect.stringMatching(/missing/) });
-    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone', 'pvc-lc-rawgone']) await driver.client.controller('DeleteVolume', { volume_id: name });
+    for (const name of ['pvc-lc-ok', 'pvc-lc-corrupt', 'pvc-lc-gone', 'pvc-lc-rawgone'])
+      await driver.client.controller('DeleteVolume', { volume_id: name });
   });
 
   it('never over-commits a mount with sparse raw images, even when many creates arrive at once', async () => {
@@ -227,8 +239,14 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
       // Eight at once, each larger than half the mount: exactly one fits, whatever the format.
       for (const format of ['raw', 'qcow2']) {
         const codes = await Promise.all(Array.from({ length: 8 }, (_, i) => codeOf(make(`pvc-tight-${format}-${i}`, format))));
-        expect(codes.filter((c) => c === "OK"), JSON.stringify(codes)).toHaveLength(1);
-        expect(codes.filter((c) => c === status.RESOURCE_EXHAUSTED), JSON.stringify(codes)).toHaveLength(7);
+        expect(
+          codes.filter((c) => c === 'OK'),
+          JSON.stringify(codes),
+        ).toHaveLength(1);
+        expect(
+          codes.filter((c) => c === status.RESOURCE_EXHAUSTED),
+          JSON.stringify(codes),
+        ).toHaveLength(7);
         const left = await d.client.controller('GetCapacity', { parameters: { format } });
         expect(BigInt(left.available_capacity)).toBeLessThan(120n * MiB);
         const made = codes.findIndex((c) => c === 'OK');
@@ -236,10 +254,17 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
       }
       // Growth claims room the same way: two raw volumes may not both grow into the last 80-odd MiB.
       for (const n of ['a', 'b']) {
-        await d.client.controller('CreateVolume', createRequest(`pvc-grow-${n}`, { capacity_range: { required_bytes: String(50n * MiB) }, parameters: { format: 'raw' } }));
+        await d.client.controller(
+          'CreateVolume',
+          createRequest(`pvc-grow-${n}`, { capacity_range: { required_bytes: String(50n * MiB) }, parameters: { format: 'raw' } }),
+        );
       }
       const grown = await Promise.all(
-        ['a', 'b'].map((n) => codeOf(d.client.controller('ControllerExpandVolume', { volume_id: `pvc-grow-${n}`, capacity_range: { required_bytes: String(120n * MiB) } }))),
+        ['a', 'b'].map((n) =>
+          codeOf(
+            d.client.controller('ControllerExpandVolume', { volume_id: `pvc-grow-${n}`, capacity_range: { required_bytes: String(120n * MiB) } }),
+          ),
+        ),
       );
       expect(grown.sort()).toEqual([status.RESOURCE_EXHAUSTED, 'OK'].sort());
       for (const n of ['a', 'b']) await d.client.controller('DeleteVolume', { volume_id: `pvc-grow-${n}` });
@@ -264,7 +289,9 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     } while (token !== '');
     expect(listed).toContain('pvc-after-torn');
     expect(listed).not.toContain('pvc-torn');
-    const err = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-torn' }).catch((e: unknown) => e as { code: number; details: string });
+    const err = await driver.client
+      .controller('ControllerGetVolume', { volume_id: 'pvc-torn' })
+      .catch((e: unknown) => e as { code: number; details: string });
     expect(err).toMatchObject({ code: status.INTERNAL, details: expect.stringMatching(/pvc-torn\/volume\.json is not valid JSON/) });
     // A record whose backing is not an id is refused before any path is built from it.
     writeFileSync(bad, JSON.stringify({ schema: 1, id: 'pvc-torn', name: 'pvc-torn', format: 'qcow2', sizeBytes: '1', backing: '../../../etc' }));
@@ -277,10 +304,17 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
 
   it.each(['raw', 'qcow2'])('keeps a preallocated %s volume allocated when it grows', async (format) => {
     const name = `pvc-falloc-${format}`;
-    await driver.client.controller('CreateVolume', createRequest(name, { capacity_range: { required_bytes: String(16n * MiB) }, parameters: { mounts: 'big', format, preallocation: 'falloc' } }));
+    await driver.client.controller(
+      'CreateVolume',
+      createRequest(name, { capacity_range: { required_bytes: String(16n * MiB) }, parameters: { mounts: 'big', format, preallocation: 'falloc' } }),
+    );
     await driver.client.controller('ControllerExpandVolume', { volume_id: name, capacity_range: { required_bytes: String(48n * MiB) } });
     const image = join(vol(big, name), `disk.${format}`);
-    const allocated = BigInt(execFileSync('stat', ['-c', '%b*%B', image], { encoding: 'utf8' }).trim().split('*').map(BigInt).reduce((a, b) => a * b));
+    const allocated = execFileSync('stat', ['-c', '%b*%B', image], { encoding: 'utf8' })
+      .trim()
+      .split('*')
+      .map(BigInt)
+      .reduce((a, b) => a * b);
     expect(allocated).toBeGreaterThanOrEqual(48n * MiB);
     await driver.client.controller('DeleteVolume', { volume_id: name });
   });
@@ -352,8 +386,15 @@ describe.skipIf(!isRoot)('controller over the socket', () => {
     const room = (sc: Scratch) => {
       const [free, total, bsize] = execFileSync('stat', ['-f', '-c', '%a %b %S', sc.path], { encoding: 'utf8' }).trim().split(' ').map(BigInt);
       const dir = join(sc.path, 'filedriver', 'volumes');
-      const records = readdirSync(dir).map((id) => JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')));
-      const thick = records.filter((r) => r.format === 'raw' || ['falloc', 'full'].includes(r.parameters?.preallocation));
+      const records = readdirSync(dir).map(
+        (id) =>
+          JSON.parse(readFileSync(join(dir, id, 'volume.json'), 'utf8')) as {
+            format: string;
+            sizeBytes: string;
+            parameters?: Record<string, string>;
+          },
+      );
+      const thick = records.filter((r) => r.format === 'raw' || ['falloc', 'full'].includes(r.parameters?.preallocation ?? ''));
       const committed = thick.reduce((sum, r) => sum + BigInt(r.sizeBytes), 0n);
       const byCommitment = total! * bsize! - committed;
       const byFree = free! * bsize!;

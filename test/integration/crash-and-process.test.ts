@@ -30,10 +30,12 @@ describe.skipIf(!isRoot)('crash safety', () => {
     const driver = await startDriver({ mounts: { s: share.path }, dir });
     // Fully preallocated raw images take a while to write: the kill lands mid-work.
     const names = Array.from({ length: 8 }, (_, i) => `pvc-crash-${i}`);
-    const req = (name: string) => createRequest(name, { capacity_range: { required_bytes: String(96n * MiB) }, parameters: { format: 'raw', preallocation: 'full' } });
+    const req = (name: string) =>
+      createRequest(name, { capacity_range: { required_bytes: String(96n * MiB) }, parameters: { format: 'raw', preallocation: 'full' } });
     const pending = names.map((n) => driver.client.controller('CreateVolume', req(n)).catch(() => undefined));
     let settled = false; // all answered (failures included): nothing left to interrupt
     void Promise.all(pending).then(() => (settled = true));
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- set by the then() above while this loop waits
     while (!settled && readdirSync(join(tree, 'tmp')).length === 0 && readdirSync(join(tree, 'volumes')).length < names.length) {
       await new Promise((r) => setTimeout(r, 5));
     }
@@ -69,7 +71,9 @@ describe.skipIf(!isRoot)('crash safety', () => {
         createRequest('pvc-huge', { capacity_range: { required_bytes: required.toString() }, parameters: { clusterSize: '2M' } }),
       );
       expect(res.volume.capacity_bytes).toBe(expected.toString());
-      const info = execFileSync('qemu-img', ['info', '--output=json', join(share.path, 'filedriver/volumes/pvc-huge/disk.qcow2')], { encoding: 'utf8' });
+      const info = execFileSync('qemu-img', ['info', '--output=json', join(share.path, 'filedriver/volumes/pvc-huge/disk.qcow2')], {
+        encoding: 'utf8',
+      });
       expect(/"virtual-size":\s*(\d+)/.exec(info)?.[1]).toBe(expected.toString());
       const got = await driver.client.controller('ControllerGetVolume', { volume_id: 'pvc-huge' });
       expect(got.volume.capacity_bytes).toBe(expected.toString());
@@ -86,7 +90,10 @@ describe.skipIf(!isRoot)('crash safety', () => {
   it('replaces a stale socket, makes it 0660, and exits 0 on SIGTERM', async () => {
     const socket = join(dir, 'csi.sock');
     // A crashed server leaves its socket file behind: listen, then die by SIGKILL.
-    spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(socket)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    spawnSync(process.execPath, [
+      '-e',
+      `require('net').createServer().listen(${JSON.stringify(socket)}, () => process.kill(process.pid, 'SIGKILL'))`,
+    ]);
     expect(statSync(socket).isSocket()).toBe(true);
     const driver = await startDriver({ mounts: { s: share.path }, dir });
     expect(statSync(socket).mode & 0o777).toBe(0o660);
@@ -96,9 +103,13 @@ describe.skipIf(!isRoot)('crash safety', () => {
   });
 
   it('exits 0 on a SIGTERM that arrives as soon as it has logged its start', async () => {
-    const child = spawn(process.execPath, [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'early.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n3'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'early.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n3'],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
     let seen = '';
     // Its start logged, or its end: a server that dies at start fails here at once, not at the test's timeout.
@@ -119,10 +130,14 @@ describe.skipIf(!isRoot)('crash safety', () => {
   it('refuses to take the socket of a server that still answers on it', async () => {
     const first = await startDriver({ mounts: { s: share.path }, dir });
     try {
-      const second = spawnSync(process.execPath, [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'csi.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n2'], {
-        encoding: 'utf8',
-        timeout: 20_000,
-      });
+      const second = spawnSync(
+        process.execPath,
+        [MAIN, 'serve', '--endpoint', `unix://${join(dir, 'csi.sock')}`, '--mount', `s=${share.path}`, '--node-id', 'n2'],
+        {
+          encoding: 'utf8',
+          timeout: 20_000,
+        },
+      );
       expect(second.status).not.toBe(0);
       expect(second.stderr).toMatch(/another process is serving on .*csi\.sock/);
       expect((await first.client.identity('Probe')).ready.value).toBe(true);
@@ -145,7 +160,19 @@ describe('command line', () => {
   });
 
   it('lists every invalid setting, one line each, and exits 2', () => {
-    const r = cli(['serve', '--endpoint', 'tcp://x', '--mount', 'Bad_Name=/x', '--mount', 'ok=relative', '--mode', 'both', '--default-format', 'vmdk']);
+    const r = cli([
+      'serve',
+      '--endpoint',
+      'tcp://x',
+      '--mount',
+      'Bad_Name=/x',
+      '--mount',
+      'ok=relative',
+      '--mode',
+      'both',
+      '--default-format',
+      'vmdk',
+    ]);
     expect(r.status).toBe(2);
     const lines = r.stderr.trim().split('\n');
     expect(lines).toHaveLength(5);
@@ -176,8 +203,16 @@ describe('command line', () => {
   });
 
   it.each([
-    ['a config file that is not there', ['serve', '--config', '/nonexistent/filedriver.yaml'], /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read the config file: no such file$/],
-    ['an admin command given a config file that is not there', ['list', '--config', '/nonexistent/filedriver.yaml'], /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read/],
+    [
+      'a config file that is not there',
+      ['serve', '--config', '/nonexistent/filedriver.yaml'],
+      /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read the config file: no such file$/,
+    ],
+    [
+      'an admin command given a config file that is not there',
+      ['list', '--config', '/nonexistent/filedriver.yaml'],
+      /^filedriver: \/nonexistent\/filedriver\.yaml: cannot read/,
+    ],
     ['an unknown flag', ['serve', '--bogus'], /^filedriver: Unknown option '--bogus' \(see filedriver serve --help\)$/],
   ])('exits 2 on %s, saying so in one line', (_what, args, line) => {
     const r = cli(args);

@@ -16,6 +16,7 @@ import { kubeletPaths, planePid, releaseRig, useNodeCleanup, volumeLeftovers } f
 import { rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { MAIN, startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { exited, until } from '../helpers/wait.js';
 
 /**
@@ -24,9 +25,24 @@ import { exited, until } from '../helpers/wait.js';
  */
 function fioArgs(file: string, sizeMiB: number, jobs: number): string[] {
   const slice = `${Math.floor(sizeMiB / jobs)}M`;
-  return ['--name=verify', `--filename=${file}`, `--size=${slice}`, `--offset_increment=${slice}`, '--rw=randwrite', '--bs=4k', '--direct=1',
-    '--ioengine=libaio', '--iodepth=16', `--numjobs=${jobs}`, '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0', '--group_reporting',
-    '--output-format=json'];
+  return [
+    '--name=verify',
+    `--filename=${file}`,
+    `--size=${slice}`,
+    `--offset_increment=${slice}`,
+    '--rw=randwrite',
+    '--bs=4k',
+    '--direct=1',
+    '--ioengine=libaio',
+    '--iodepth=16',
+    `--numjobs=${jobs}`,
+    '--verify=crc32c',
+    '--verify_fatal=1',
+    '--do_verify=1',
+    '--verify_state_save=0',
+    '--group_reporting',
+    '--output-format=json',
+  ];
 }
 
 interface FioResult {
@@ -47,7 +63,8 @@ function startFio(args: string[]): { done: Promise<FioResult>; pid: number } {
 
 /** fio's JSON: any error, and how many bytes were written and verified-read. */
 function summary(r: FioResult): { error: number; written: number; read: number } {
-  const job = (JSON.parse(r.out.slice(r.out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] }).jobs[0];
+  const job = (JSON.parse(r.out.slice(r.out.indexOf('{'))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] })
+    .jobs[0];
   return { error: job?.error ?? -1, written: job?.write.io_bytes ?? 0, read: job?.read.io_bytes ?? 0 };
 }
 
@@ -68,12 +85,19 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     driver = await start();
   });
   afterAll(async () => {
-    await driver?.stop();
+    await ifMade(driver)?.stop();
     releaseRig(kubelet, share);
   });
 
   async function provision(id: string, cap: object, sizeMiB = 256): Promise<void> {
-    await driver.client.controller('CreateVolume', createRequest(id, { parameters: { format: 'qcow2' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(sizeMiB * 1024 * 1024) } }));
+    await driver.client.controller(
+      'CreateVolume',
+      createRequest(id, {
+        parameters: { format: 'qcow2' },
+        volume_capabilities: [cap],
+        capacity_range: { required_bytes: String(sizeMiB * 1024 * 1024) },
+      }),
+    );
   }
 
   /** Stages and publishes `id` as a pod would use it; returns the block device or the mounted directory. */
@@ -94,7 +118,10 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     expect(volumeLeftovers(scope(), id)).toEqual([]);
   }
 
-  const record = (id: string) => JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes', id, 'stage.json'), 'utf8')) as { export: { loopDirectIo?: boolean; qemu?: string } };
+  const record = (id: string) =>
+    JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes', id, 'stage.json'), 'utf8')) as {
+      export: { loopDirectIo?: boolean; qemu?: string };
+    };
 
   it('fio crc32c verify through a qcow2 block volume, 4 writers: clean', async () => {
     await provision('pvc-verify-block', blockCap());
@@ -129,7 +156,10 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
     const fio = startFio(fioArgs(device, 128, 2));
     // Kill once fio has written something: the volume is busy when the plugin goes.
     const image = join(share.path, 'filedriver/volumes', id, 'disk.qcow2');
-    const allocated = () => Number((JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', image], { encoding: 'utf8' })) as { 'actual-size': number })['actual-size']);
+    const allocated = () =>
+      (JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', image], { encoding: 'utf8' })) as { 'actual-size': number })[
+        'actual-size'
+      ];
     const empty = allocated();
     await until('fio has written into the image', () => allocated() > empty + 4 * 1024 * 1024);
     await driver.killGroup();
@@ -147,8 +177,8 @@ describe.skipIf(rootOnlyReason() !== undefined)('the data plane under I/O', () =
   });
 });
 
-describe.skipIf(rootOnlyReason() !== undefined)('filedriver data-plane (the chart\'s DaemonSet) with a node plugin in external mode', () => {
-  it('serves the plugin\'s qcow2 volumes, refuses a second daemon on its socket, and ends on SIGTERM', async () => {
+describe.skipIf(rootOnlyReason() !== undefined)("filedriver data-plane (the chart's DaemonSet) with a node plugin in external mode", () => {
+  it("serves the plugin's qcow2 volumes, refuses a second daemon on its socket, and ends on SIGTERM", async () => {
     const share = makeScratch('xfs', 512);
     const kubelet = mkdtempSync(join(tmpdir(), 'fdtest-kubelet-'));
     const socket = join(kubelet, 'plugins/filedriver.dev/dp/qmp.sock');
@@ -162,16 +192,21 @@ describe.skipIf(rootOnlyReason() !== undefined)('filedriver data-plane (the char
 
       driver = await startDriver({ mounts: { s: share.path }, args: ['--kubelet-dir', kubelet, '--data-plane', 'external'] });
       const p = kubeletPaths(kubelet, 'pvc-external');
-      await driver.client.controller('CreateVolume', createRequest('pvc-external', { parameters: { format: 'qcow2' }, volume_capabilities: [blockCap()] }));
+      await driver.client.controller(
+        'CreateVolume',
+        createRequest('pvc-external', { parameters: { format: 'qcow2' }, volume_capabilities: [blockCap()] }),
+      );
       await driver.client.node('NodeStageVolume', { volume_id: 'pvc-external', staging_target_path: p.staging, volume_capability: blockCap() });
-      const stage = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes/pvc-external/stage.json'), 'utf8')) as { export: { qmpSocket: string } };
+      const stage = JSON.parse(readFileSync(join(kubelet, 'plugins/filedriver.dev/volumes/pvc-external/stage.json'), 'utf8')) as {
+        export: { qmpSocket: string };
+      };
       expect(stage.export.qmpSocket).toBe(socket);
       await driver.client.node('NodeUnstageVolume', { volume_id: 'pvc-external', staging_target_path: p.staging });
       expect(await driver.stop()).toBe(0);
       driver = undefined;
       expect(exited(plane.pid ?? 0)).toBe(false); // an external data plane is not the plugin's to stop
     } finally {
-      await driver?.stop();
+      await ifMade(driver)?.stop();
       const gone = new Promise((r) => plane.once('exit', r));
       plane.kill('SIGTERM');
       await gone;

@@ -9,6 +9,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('attachment fencing', () => {
   let share: Scratch;
@@ -32,8 +33,8 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     );
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
   });
 
   it('records the node and returns what the node needs', async () => {
@@ -77,7 +78,7 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     expect(meta('pvc-rox').publications.map((p: { node: string }) => p.node)).toContain('node-asleep');
   });
 
-  it('registers the driver\'s own node on its share before serving', async () => {
+  it("registers the driver's own node on its share before serving", async () => {
     const record = JSON.parse(readFileSync(join(share.path, 'filedriver/nodes/node-a.json'), 'utf8'));
     expect(record).toMatchObject({ schema: 1, node: 'node-a', mounts: ['s'], staged: [] });
     expect(Date.parse(record.heartbeatAt)).not.toBeNaN();
@@ -90,7 +91,11 @@ describe.skipIf(!isRoot)('attachment fencing', () => {
     ['no node', { volume_id: 'pvc-rwo', node_id: '', volume_capability: mountCap() }, status.INVALID_ARGUMENT],
     ['no capability', { volume_id: 'pvc-rwo', node_id: 'n' }, status.INVALID_ARGUMENT],
     ['bad id', { volume_id: '../x', node_id: 'n', volume_capability: mountCap() }, status.INVALID_ARGUMENT],
-    ['multi-writer filesystem', { volume_id: 'pvc-rwx', node_id: 'n', volume_capability: mountCap('MULTI_NODE_MULTI_WRITER') }, status.INVALID_ARGUMENT],
+    [
+      'multi-writer filesystem',
+      { volume_id: 'pvc-rwx', node_id: 'n', volume_capability: mountCap('MULTI_NODE_MULTI_WRITER') },
+      status.INVALID_ARGUMENT,
+    ],
   ])('rejects publishing with %s', async (_n, req, code) => {
     expect(await codeOf(driver.client.controller('ControllerPublishVolume', req))).toBe(code);
   });

@@ -128,11 +128,17 @@ describe.skipIf(rootOnlyReason() !== undefined)('filesystems (real tools)', () =
     const pidFile = join(base, 'qsd.pid');
     writeFileSync(exp, '');
     execFileSync('qemu-storage-daemon', [
-      '--blockdev', `driver=file,node-name=file0,filename=${image}`,
-      '--blockdev', 'driver=blkdebug,node-name=dbg0,image=file0,inject-error.0.event=read_aio,inject-error.0.errno=5',
-      '--blockdev', 'driver=raw,node-name=fmt0,file=dbg0',
-      '--export', `type=fuse,id=e0,node-name=fmt0,mountpoint=${exp},writable=off`,
-      '--pidfile', pidFile, '--daemonize',
+      '--blockdev',
+      `driver=file,node-name=file0,filename=${image}`,
+      '--blockdev',
+      'driver=blkdebug,node-name=dbg0,image=file0,inject-error.0.event=read_aio,inject-error.0.errno=5',
+      '--blockdev',
+      'driver=raw,node-name=fmt0,file=dbg0',
+      '--export',
+      `type=fuse,id=e0,node-name=fmt0,mountpoint=${exp},writable=off`,
+      '--pidfile',
+      pidFile,
+      '--daemonize',
     ]);
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     cleanups.push(async () => {

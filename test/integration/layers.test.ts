@@ -17,6 +17,7 @@ import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../h
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 function qemuIo(image: string, command: string): string {
   // Reads open read-only and share the image: a background merge may hold it, and never changes what it reads.
@@ -63,7 +64,11 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     throw new Error(`snapshot ${name} never became ready`);
   }
   /** Volumes a test attached are detached after it whatever happened, so one failure leaks nothing. */
-  const pod = podAttacher(() => ({ controller: c, node: n }), (id) => paths(id), mountCap());
+  const pod = podAttacher(
+    () => ({ controller: c, node: n }),
+    (id) => paths(id),
+    mountCap(),
+  );
   const { attached, attach, detach } = pod;
   afterEach(async () => {
     // A kill test that failed may leave its driver dead: a live one is needed to detach.
@@ -79,9 +84,9 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     await start();
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    for (const d of [kubelet, sockDir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
+    for (const d of [kubelet, sockDir]) if (ifMade(d) !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it('freezes a detached volume as its snapshot without copying, and the volume goes on in an overlay', async () => {
@@ -131,8 +136,12 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     const listed = await c('ListSnapshots', { snapshot_id: 'snap-wait' });
     expect(listed.entries[0].snapshot.ready_to_use).toBe(false);
     // Nothing that needs the frozen image, or changes the volume's, goes ahead meanwhile.
-    expect(await codeOf(c('CreateVolume', createRequest('pvc-wait-clone', { volume_content_source: { snapshot: { snapshot_id: 'snap-wait' } } })))).toBe(status.FAILED_PRECONDITION);
-    expect(await codeOf(once('ControllerExpandVolume', { volume_id: 'pvc-wait', capacity_range: { required_bytes: String(128n * MiB) } }))).toBe(status.ABORTED);
+    expect(
+      await codeOf(c('CreateVolume', createRequest('pvc-wait-clone', { volume_content_source: { snapshot: { snapshot_id: 'snap-wait' } } }))),
+    ).toBe(status.FAILED_PRECONDITION);
+    expect(await codeOf(once('ControllerExpandVolume', { volume_id: 'pvc-wait', capacity_range: { required_bytes: String(128n * MiB) } }))).toBe(
+      status.ABORTED,
+    );
     expect(await codeOf(once('CreateSnapshot', { name: 'snap-wait-2', source_volume_id: 'pvc-wait' }))).toBe(status.ABORTED);
 
     await c('ControllerUnpublishVolume', { volume_id: 'pvc-wait', node_id: 'node-a' });
@@ -176,7 +185,13 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       expect(sha(join(target, 'after.bin'))).toBe(after);
       expect(writer.running).toBe(true); // still writing, never failed
 
-      await c('CreateVolume', createRequest('pvc-live-clone', { capacity_range: { required_bytes: String(256n * MiB) }, volume_content_source: { snapshot: { snapshot_id: 'snap-live' } } }));
+      await c(
+        'CreateVolume',
+        createRequest('pvc-live-clone', {
+          capacity_range: { required_bytes: String(256n * MiB) },
+          volume_content_source: { snapshot: { snapshot_id: 'snap-live' } },
+        }),
+      );
       await attach('pvc-live-clone');
       const cloneTarget = paths('pvc-live-clone').target;
       expect(sha(join(cloneTarget, 'before.bin'))).toBe(before);
@@ -196,7 +211,10 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       await c('CreateVolume', createRequest('pvc-src-live', { capacity_range: { required_bytes: String(256n * MiB) } }));
       await attach('pvc-src-live');
       const sum = writeSynced(join(paths('pvc-src-live').target, 'data.bin'), randomBytes(2 * 1024 * 1024));
-      const clone = createRequest('pvc-clone-live', { capacity_range: { required_bytes: String(256n * MiB) }, volume_content_source: { volume: { volume_id: 'pvc-src-live' } } });
+      const clone = createRequest('pvc-clone-live', {
+        capacity_range: { required_bytes: String(256n * MiB) },
+        volume_content_source: { volume: { volume_id: 'pvc-src-live' } },
+      });
       let code: number | 'OK' = status.ABORTED;
       for (let i = 0; i < 150 && code === status.ABORTED; i++) {
         code = await codeOf(once('CreateVolume', clone));
@@ -362,7 +380,7 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
       // Answered "not ready", or not at all: the process dies while the controller waits for the switch.
       const answer = await driver.client.controller('CreateSnapshot', { name: 'snap-k-node', source_volume_id: id }).then(
         (r) => r.snapshot.ready_to_use as boolean,
-        (e: { code?: number }) => e.code,
+        (e: unknown) => (e as { code?: number }).code,
       );
       expect([false, status.UNAVAILABLE]).toContain(answer);
       await died; // the node's poll switched the export, then was killed

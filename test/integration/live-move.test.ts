@@ -17,6 +17,7 @@ import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../h
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('live moves', () => {
   let a: Scratch;
@@ -34,7 +35,12 @@ describe.skipIf(!isRoot)('live moves', () => {
   const c = (method: string, req: object) => retryAborted(() => driver.client.controller(method, req));
   const n = (method: string, req: object) => retryAborted(() => driver.client.node(method, req));
   const start = async (env: Record<string, string> = {}) => {
-    driver = await startDriver({ mounts: { a: a.path, b: b.path }, dir: sockDir, args: ['--kubelet-dir', kubelet, '--over-subscription', '10'], env });
+    driver = await startDriver({
+      mounts: { a: a.path, b: b.path },
+      dir: sockDir,
+      args: ['--kubelet-dir', kubelet, '--over-subscription', '10'],
+      env,
+    });
   };
   const paths = (id: string) => kubeletPaths(kubelet, id);
   const volDir = (s: Scratch, id: string) => join(s.path, 'filedriver/volumes', id);
@@ -42,7 +48,11 @@ describe.skipIf(!isRoot)('live moves', () => {
   /** The resizer's loop: ControllerModifyVolume until it answers OK. */
   const moveTo = (id: string, mount: string) => c('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount } });
 
-  const pod = podAttacher(() => ({ controller: c, node: n }), (id) => paths(id), mountCap());
+  const pod = podAttacher(
+    () => ({ controller: c, node: n }),
+    (id) => paths(id),
+    mountCap(),
+  );
   const { attached, attach, detach } = pod;
   beforeAll(async () => {
     rootOnlyReason();
@@ -59,10 +69,10 @@ describe.skipIf(!isRoot)('live moves', () => {
     for (const id of [...attached]) await detach(id).catch(() => undefined);
   });
   afterAll(async () => {
-    await driver?.stop();
-    a?.cleanup();
-    b?.cleanup();
-    for (const d of [kubelet, sockDir]) if (d !== undefined) rmSync(d, { recursive: true, force: true });
+    await ifMade(driver)?.stop();
+    ifMade(a)?.cleanup();
+    ifMade(b)?.cleanup();
+    for (const d of [kubelet, sockDir]) if (ifMade(d) !== undefined) rmSync(d, { recursive: true, force: true });
   });
 
   it('moves a published qcow2 volume, with a snapshot layer, while it is written: same data, no write error, old copy gone', async () => {
@@ -72,7 +82,8 @@ describe.skipIf(!isRoot)('live moves', () => {
     const target = paths(id).target;
     const sums: Record<string, string> = { first: writeSynced(join(target, 'first.bin'), randomBytes(4 * 1024 * 1024)) };
     // A layer under the top: the move flattens the chain into the new base.
-    for (let i = 0; i < 100 && (await c('CreateSnapshot', { name: 'snap-before-move', source_volume_id: id })).snapshot.ready_to_use !== true; i++) await sleep(200);
+    for (let i = 0; i < 100 && (await c('CreateSnapshot', { name: 'snap-before-move', source_volume_id: id })).snapshot.ready_to_use !== true; i++)
+      await sleep(200);
     sums['second'] = writeSynced(join(target, 'second.bin'), randomBytes(2 * 1024 * 1024));
     writer = new Writer(target);
 
@@ -85,7 +96,7 @@ describe.skipIf(!isRoot)('live moves', () => {
     expect((await c('ControllerGetVolume', { volume_id: id })).volume.volume_context.mount).toBe('b');
     // The pod keeps writing, now to mount b.
     sums['third'] = writeSynced(join(target, 'third.bin'), randomBytes(1024 * 1024));
-    expect(writer?.running).toBe(true);
+    expect(writer.running).toBe(true);
     expect(await stopWriter()).not.toBe(7);
     for (const [name, sum] of Object.entries(sums)) expect(sha(join(target, `${name}.bin`))).toBe(sum);
     // The snapshot stays where it was taken, no longer backing the volume.
@@ -107,7 +118,9 @@ describe.skipIf(!isRoot)('live moves', () => {
   it('refuses to move a published raw volume or to convert a published volume, naming why', async () => {
     await c('CreateVolume', createRequest('pvc-raw-pub', { parameters: { mounts: 'a', format: 'raw' }, volume_capabilities: [blockCap()] }));
     await c('ControllerPublishVolume', { volume_id: 'pvc-raw-pub', node_id: 'node-a', volume_capability: blockCap(), readonly: false });
-    const raw = await driver.client.controller('ControllerModifyVolume', { volume_id: 'pvc-raw-pub', mutable_parameters: { mount: 'b' } }).catch((e: unknown) => e as { code: number; details: string });
+    const raw = await driver.client
+      .controller('ControllerModifyVolume', { volume_id: 'pvc-raw-pub', mutable_parameters: { mount: 'b' } })
+      .catch((e: unknown) => e as { code: number; details: string });
     expect(raw).toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/raw image .* moves only while detached/) });
     await c('ControllerUnpublishVolume', { volume_id: 'pvc-raw-pub', node_id: 'node-a' });
     await c('DeleteVolume', { volume_id: 'pvc-raw-pub' });
@@ -119,7 +132,9 @@ describe.skipIf(!isRoot)('live moves', () => {
     await attach(id);
     const sum = writeSynced(join(paths(id).target, 'data.bin'), randomBytes(1024 * 1024));
     // One try: the node then switches in the background; the pod goes before the move is done.
-    expect(await codeOf(driver.client.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount: 'b' } }))).toBe(status.ABORTED);
+    expect(await codeOf(driver.client.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount: 'b' } }))).toBe(
+      status.ABORTED,
+    );
     for (let i = 0; i < 100 && JSON.parse(readFileSync(join(volDir(a, id), 'moving.json'), 'utf8')).switched !== true; i++) await sleep(100);
     // Mid-move the source image lacks the newest writes: no snapshot is cut from it.
     expect(await codeOf(driver.client.controller('CreateSnapshot', { name: 'snap-mid-move', source_volume_id: id }))).toBe(status.ABORTED);
@@ -134,34 +149,37 @@ describe.skipIf(!isRoot)('live moves', () => {
     await c('DeleteVolume', { volume_id: id });
   });
 
-  it.each(['node-move:switched', 'move:based', 'node-move:repointed', 'move:arrived'])('killed at %s: the restarted driver finishes the move, no write lost', async (step) => {
-    const id = `pvc-mv-${step.replace(/[^a-z]/g, '')}`;
-    await c('CreateVolume', createRequest(id, { parameters: { mounts: 'a' } }));
-    await attach(id);
-    const target = paths(id).target;
-    const sum = writeSynced(join(target, 'before.bin'), randomBytes(1024 * 1024));
-    await driver.stop();
-    await start({ FILEDRIVER_CRASH_AT: step });
-    const died = new Promise((r) => driver.process.once('exit', r));
-    for (let i = 0; i < 100 && driver.process.exitCode === null && driver.process.signalCode === null; i++) {
-      await codeOf(driver.client.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount: 'b' } }));
-      await sleep(200);
-    }
-    await died;
-    await driver.kill();
-    // The export outlived the plugin: the pod writes on, wherever its top layer is now.
-    const during = writeSynced(join(target, 'during.bin'), randomBytes(1024 * 1024));
-    await start();
-    await moveTo(id, 'b');
-    expect(existsSync(volDir(a, id))).toBe(false);
-    expect(sha(join(target, 'before.bin'))).toBe(sum);
-    expect(sha(join(target, 'during.bin'))).toBe(during);
-    await detach(id);
-    execFileSync('qemu-img', ['check', '-q', image(b, id)]);
-    await attach(id);
-    expect(sha(join(target, 'during.bin'))).toBe(during);
-    await detach(id);
-    await c('DeleteVolume', { volume_id: id });
-    expect(leftovers(kubelet)).toEqual([]);
-  });
+  it.each(['node-move:switched', 'move:based', 'node-move:repointed', 'move:arrived'])(
+    'killed at %s: the restarted driver finishes the move, no write lost',
+    async (step) => {
+      const id = `pvc-mv-${step.replace(/[^a-z]/g, '')}`;
+      await c('CreateVolume', createRequest(id, { parameters: { mounts: 'a' } }));
+      await attach(id);
+      const target = paths(id).target;
+      const sum = writeSynced(join(target, 'before.bin'), randomBytes(1024 * 1024));
+      await driver.stop();
+      await start({ FILEDRIVER_CRASH_AT: step });
+      const died = new Promise((r) => driver.process.once('exit', r));
+      for (let i = 0; i < 100 && driver.process.exitCode === null && driver.process.signalCode === null; i++) {
+        await codeOf(driver.client.controller('ControllerModifyVolume', { volume_id: id, mutable_parameters: { mount: 'b' } }));
+        await sleep(200);
+      }
+      await died;
+      await driver.kill();
+      // The export outlived the plugin: the pod writes on, wherever its top layer is now.
+      const during = writeSynced(join(target, 'during.bin'), randomBytes(1024 * 1024));
+      await start();
+      await moveTo(id, 'b');
+      expect(existsSync(volDir(a, id))).toBe(false);
+      expect(sha(join(target, 'before.bin'))).toBe(sum);
+      expect(sha(join(target, 'during.bin'))).toBe(during);
+      await detach(id);
+      execFileSync('qemu-img', ['check', '-q', image(b, id)]);
+      await attach(id);
+      expect(sha(join(target, 'during.bin'))).toBe(during);
+      await detach(id);
+      await c('DeleteVolume', { volume_id: id });
+      expect(leftovers(kubelet)).toEqual([]);
+    },
+  );
 });

@@ -99,7 +99,10 @@ describe.skipIf(!isRoot)('a share that appears after start and then disappears',
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'fdtest-late', share]);
     expect([await probe(), await healthz()]).toEqual([true, 200]);
     const cap = blockCap();
-    await d.client.controller('CreateVolume', createRequest('pvc-late', { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(8n * MiB) } }));
+    await d.client.controller(
+      'CreateVolume',
+      createRequest('pvc-late', { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(8n * MiB) } }),
+    );
     // The node records itself on a share within a heartbeat of its appearance; until then the
     // attacher's publish answers NOT_FOUND and is retried.
     const record = join(share, 'filedriver/nodes/node-a.json');
@@ -107,7 +110,13 @@ describe.skipIf(!isRoot)('a share that appears after start and then disappears',
     expect(existsSync(record)).toBe(true);
     const pub = await d.client.controller('ControllerPublishVolume', { volume_id: 'pvc-late', node_id: 'node-a', volume_capability: cap });
     const { staging } = kubeletPaths(kubelet, 'pvc-late');
-    const stage = () => d.client.node('NodeStageVolume', { volume_id: 'pvc-late', staging_target_path: staging, volume_capability: cap, publish_context: pub.publish_context });
+    const stage = () =>
+      d.client.node('NodeStageVolume', {
+        volume_id: 'pvc-late',
+        staging_target_path: staging,
+        volume_capability: cap,
+        publish_context: pub.publish_context,
+      });
     await stage();
     await d.client.node('NodeUnstageVolume', { volume_id: 'pvc-late', staging_target_path: staging });
 

@@ -35,7 +35,7 @@ function makeRamfs(): Scratch {
 // rootOnlyReason() prints why when the suite is skipped.
 describe.skipIf(rootOnlyReason() !== undefined)('loop devices (real losetup)', () => {
   const loops = makeLoopDevices(makeRunner(pino({ level: 'silent' })));
-  const cleanups: (() => void | Promise<unknown>)[] = [];
+  const cleanups: (() => unknown)[] = [];
 
   afterEach(async () => {
     // Newest first: loop devices before the filesystems their files live on.

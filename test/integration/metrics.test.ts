@@ -14,6 +14,7 @@ import { kubeletPaths, useNodeCleanup } from '../helpers/node.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { until } from '../helpers/wait.js';
 
 /**
@@ -49,9 +50,7 @@ describe('--metrics-address parsing', () => {
     ['[::1]:0', { host: '::1', port: 0 }],
     ['metrics.local:80', { host: 'metrics.local', port: 80 }],
   ])('accepts %s', (text, want) => expect(parseListenAddress(text)).toEqual(want));
-  it.each(['9810', '127.0.0.1', '1.2.3.4:65536', '::1:9810', 'host:port'])('refuses %s', (text) =>
-    expect(parseListenAddress(text)).toBeUndefined(),
-  );
+  it.each(['9810', '127.0.0.1', '1.2.3.4:65536', '::1:9810', 'host:port'])('refuses %s', (text) => expect(parseListenAddress(text)).toBeUndefined());
 });
 
 describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
@@ -73,9 +72,9 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     base = await metricsBase(driver);
   });
   afterAll(async () => {
-    await driver?.stop();
-    share?.cleanup();
-    bare?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(share)?.cleanup();
+    ifMade(bare)?.cleanup();
     rmSync(kubelet, { recursive: true, force: true });
   });
   const cleanup = useNodeCleanup(() => ({ driver, kubelet, shares: [share.path] }));
@@ -84,7 +83,10 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     const c = driver.client.controller;
     const cap = blockCap();
     const size = String(32n * MiB);
-    await c('CreateVolume', createRequest('pvc-raw', { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: size } }));
+    await c(
+      'CreateVolume',
+      createRequest('pvc-raw', { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: size } }),
+    );
     await c('CreateVolume', createRequest('pvc-thin', { parameters: { format: 'qcow2' }, capacity_range: { required_bytes: size } }));
     await c('CreateSnapshot', { name: 'snap-1', source_volume_id: 'pvc-thin' });
     expect(await codeOf(c('ControllerGetVolume', { volume_id: 'pvc-elsewhere' }))).toBe(status.NOT_FOUND);
@@ -92,7 +94,12 @@ describe.skipIf(!isRoot)('metrics and health over HTTP', () => {
     const pub = await c('ControllerPublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a', volume_capability: cap });
     const staging = kubeletPaths(kubelet, 'pvc-raw').staging;
     cleanup.staged('pvc-raw', staging);
-    await driver.client.node('NodeStageVolume', { volume_id: 'pvc-raw', staging_target_path: staging, volume_capability: cap, publish_context: pub.publish_context });
+    await driver.client.node('NodeStageVolume', {
+      volume_id: 'pvc-raw',
+      staging_target_path: staging,
+      volume_capability: cap,
+      publish_context: pub.publish_context,
+    });
     await driver.client.node('NodeUnstageVolume', { volume_id: 'pvc-raw', staging_target_path: staging });
     await c('ControllerUnpublishVolume', { volume_id: 'pvc-raw', node_id: 'node-a' });
 

@@ -10,6 +10,7 @@ import { registerNodes } from '../helpers/nodes.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 const io = (image: string, format: string, cmd: string) => execFileSync('qemu-io', ['-f', format, '-c', cmd, image], { encoding: 'utf8' });
 
@@ -30,9 +31,9 @@ describe.skipIf(!isRoot)('ControllerModifyVolume', () => {
     await registerNodes([a.path, b.path], ['n1']);
   });
   afterAll(async () => {
-    await driver?.stop();
-    a?.cleanup();
-    b?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(a)?.cleanup();
+    ifMade(b)?.cleanup();
   });
 
   it('moves a volume to another mount, keeping its id and data', async () => {

@@ -11,6 +11,7 @@ import { createRequest } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 describe.skipIf(!isRoot)('mount safety', () => {
   let good: Scratch;
@@ -27,13 +28,15 @@ describe.skipIf(!isRoot)('mount safety', () => {
     driver = await startDriver({ mounts: { good: good.path, bare: bare.path, ro: readOnly.path } });
   });
   afterAll(async () => {
-    await driver?.stop();
-    for (const s of [good, bare, readOnly]) s?.cleanup();
+    await ifMade(driver)?.stop();
+    for (const s of [good, bare, readOnly]) ifMade(s)?.cleanup();
   });
 
   it('never writes into a bare directory or a read-only mount', async () => {
     const fail = (params: Record<string, string>) =>
-      driver.client.controller('CreateVolume', createRequest('pvc-x', { parameters: params })).catch((e: unknown) => e as { code: number; details: string });
+      driver.client
+        .controller('CreateVolume', createRequest('pvc-x', { parameters: params }))
+        .catch((e: unknown) => e as { code: number; details: string });
     const ro = await fail({ mounts: 'ro' });
     expect(ro.code).toBe(status.RESOURCE_EXHAUSTED);
     expect(ro.details).toMatch(/ro: unusable .*cannot write/);
@@ -103,7 +106,9 @@ describe.skipIf(!isRoot)('readiness without usable mounts', () => {
     try {
       await d.client.controller('CreateVolume', createRequest('pvc-before', { parameters: { mounts: 'cached' } }));
       execFileSync('umount', [share.path]);
-      const err = await d.client.controller('CreateVolume', createRequest('pvc-after', { parameters: { mounts: 'cached' } })).catch((e: unknown) => e as { code: number; details: string });
+      const err = await d.client
+        .controller('CreateVolume', createRequest('pvc-after', { parameters: { mounts: 'cached' } }))
+        .catch((e: unknown) => e as { code: number; details: string });
       // Found out by the fresh check behind "not found", or by the build's non-recursive mkdir.
       expect(err).toMatchObject({ code: status.UNAVAILABLE, details: expect.stringMatching(/no longer mounted|not a mount point/) });
       expect(readdirSync(share.path)).toEqual([]);

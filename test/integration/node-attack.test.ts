@@ -14,10 +14,18 @@ import { codeOf } from '../helpers/client.js';
 import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers, useNodeRig } from '../helpers/node.js';
 import { isRoot } from '../helpers/root.js';
+import { ifMade } from '../helpers/teardown.js';
 
-const mounted = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+const mounted = (path: string) =>
+  readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === path);
 const mountOptions = (path: string) =>
-  readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === path)?.split(' ')[5]?.split(',');
+  readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[4] === path)
+    ?.split(' ')[5]
+    ?.split(',');
 /** blkid -p: exit 2 means no signature at all (the image was never formatted). */
 const blank = (file: string) => spawnSync('blkid', ['-p', file]).status === 2;
 
@@ -25,7 +33,8 @@ describe.skipIf(!isRoot)('node under attack', () => {
   const rig = useNodeRig(1024);
   let decoy: string;
   let foreign: string;
-  const snapshot = () => JSON.stringify({ entries: readdirSync(decoy).sort(), file: readFileSync(join(decoy, 'passwd'), 'utf8'), foreign: mounted(foreign) });
+  const snapshot = () =>
+    JSON.stringify({ entries: readdirSync(decoy).sort(), file: readFileSync(join(decoy, 'passwd'), 'utf8'), foreign: mounted(foreign) });
   let before: string;
 
   beforeAll(() => {
@@ -42,14 +51,17 @@ describe.skipIf(!isRoot)('node under attack', () => {
     before = snapshot();
   });
   afterAll(() => {
-    if (decoy === undefined) return;
+    if (ifMade(decoy) === undefined) return;
     if (mounted(foreign)) execFileSync('umount', [foreign]);
     rmSync(decoy, { recursive: true, force: true });
   });
 
   const node = (method: string, req: object) => rig.driver.client.node(method, req);
   async function volume(name: string, cap: object, format = 'raw') {
-    await rig.driver.client.controller('CreateVolume', createRequest(name, { volume_capabilities: [cap], parameters: { format }, capacity_range: { required_bytes: String(64n * MiB) } }));
+    await rig.driver.client.controller(
+      'CreateVolume',
+      createRequest(name, { volume_capabilities: [cap], parameters: { format }, capacity_range: { required_bytes: String(64n * MiB) } }),
+    );
     return { id: name, image: join(rig.share.path, 'filedriver/volumes', name, `disk.${format}`), ...kubeletPaths(rig.kubelet, name) };
   }
   const stage = (id: string, staging: string, cap: object, readonly = false) =>
@@ -59,7 +71,11 @@ describe.skipIf(!isRoot)('node under attack', () => {
 
   it('refuses to stage through a link, and neither formats the volume nor touches the decoy', async () => {
     const v = await volume('pvc-att-stage', mountCap());
-    for (const staging of [join(rig.kubelet, 'evil', 'globalmount'), join(rig.kubelet, 'pods', 'p-link', 'vol', 'globalmount'), join(rig.kubelet, 'evil')]) {
+    for (const staging of [
+      join(rig.kubelet, 'evil', 'globalmount'),
+      join(rig.kubelet, 'pods', 'p-link', 'vol', 'globalmount'),
+      join(rig.kubelet, 'evil'),
+    ]) {
       expect(await codeOf(stage(v.id, staging, mountCap()))).toBe(status.INVALID_ARGUMENT);
     }
     expect(blank(v.image)).toBe(true);
@@ -70,7 +86,11 @@ describe.skipIf(!isRoot)('node under attack', () => {
   it('refuses to publish a filesystem or a block device through a link, creating nothing outside', async () => {
     const fs = await volume('pvc-att-fs', mountCap());
     await stage(fs.id, fs.staging, mountCap());
-    for (const target of [join(rig.kubelet, 'evil', 'x'), join(rig.kubelet, 'pods', 'p-link', 'volumes', 'x', 'mount'), join(rig.kubelet, 'evil', 'ssl')]) {
+    for (const target of [
+      join(rig.kubelet, 'evil', 'x'),
+      join(rig.kubelet, 'pods', 'p-link', 'volumes', 'x', 'mount'),
+      join(rig.kubelet, 'evil', 'ssl'),
+    ]) {
       expect(await codeOf(publish(fs.id, fs.staging, target, mountCap()))).toBe(status.INVALID_ARGUMENT);
     }
     const blk = await volume('pvc-att-blk', blockCap());

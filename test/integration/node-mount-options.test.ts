@@ -17,7 +17,11 @@ describe.skipIf(!isRoot)('node mount options', () => {
 
   // mkfs.xfs needs 300 MiB at least.
   async function provision(name: string, cap: object, sizeBytes = 320n * MiB): Promise<string> {
-    const req = createRequest(name, { parameters: { format: 'raw' }, volume_capabilities: [cap], capacity_range: { required_bytes: String(sizeBytes) } });
+    const req = createRequest(name, {
+      parameters: { format: 'raw' },
+      volume_capabilities: [cap],
+      capacity_range: { required_bytes: String(sizeBytes) },
+    });
     await rig.driver.client.controller('CreateVolume', req);
     return name;
   }
@@ -34,7 +38,10 @@ describe.skipIf(!isRoot)('node mount options', () => {
   const unstage = (id: string) => rig.driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: staging(id) });
   const image = (id: string) => join(rig.share.path, 'filedriver/volumes', id, 'disk.raw');
   const mountOptions = (path: string) =>
-    readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === path)?.split(' ')[5];
+    readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.split(' ')[4] === path)
+      ?.split(' ')[5];
 
   it('stages two xfs volumes that are byte copies of each other (same UUID) on one node', async () => {
     const cap = mountCap('SINGLE_NODE_WRITER', 'xfs');

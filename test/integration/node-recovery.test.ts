@@ -49,7 +49,10 @@ describe.skipIf(!isRoot)('node service recovery', () => {
   const record = (id: string) => JSON.parse(readFileSync(join(stateDir(), 'volumes', id, 'stage.json'), 'utf8'));
   const image = (id: string, format = 'raw') => join(rig.share.path, 'filedriver/volumes', id, `disk.${format}`);
   const loopsOf = (file: string) => execFileSync('losetup', ['-j', file], { encoding: 'utf8' }).trim();
-  const mountedAt = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+  const mountedAt = (path: string) =>
+    readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .some((l) => l.split(' ')[4] === path);
 
   it('stages afresh after its loop device was detached behind its back, and never publishes a stale device', async () => {
     const cap = blockCap();
@@ -114,9 +117,21 @@ describe.skipIf(!isRoot)('node service recovery', () => {
       tag: volumeTag(id),
     });
     await state.write({
-      volumeId: id, image: image(id, 'qcow2'), format: 'qcow2', mount: 's', stagingPath: paths(id).staging, access: 'block',
-      fsType: undefined, readOnly: false, capability: 'block:SINGLE_NODE_WRITER:false', export: undefined, loopFile: undefined,
-      device: undefined, mounted: false, stagedAt: new Date().toISOString(), targets: [],
+      volumeId: id,
+      image: image(id, 'qcow2'),
+      format: 'qcow2',
+      mount: 's',
+      stagingPath: paths(id).staging,
+      access: 'block',
+      fsType: undefined,
+      readOnly: false,
+      capability: 'block:SINGLE_NODE_WRITER:false',
+      export: undefined,
+      loopFile: undefined,
+      device: undefined,
+      mounted: false,
+      stagedAt: new Date().toISOString(),
+      targets: [],
     });
     await unstage(id);
     expect(mountedAt(h.exportFile)).toBe(false);

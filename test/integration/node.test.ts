@@ -5,7 +5,19 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync, writeSync, fsyncSync, statfsSync, existsSync } from 'node:fs';
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+  fsyncSync,
+  statfsSync,
+  existsSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -17,6 +29,7 @@ import { holders, sweepHolders } from '../helpers/holders.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 import { untilExited } from '../helpers/wait.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -37,7 +50,7 @@ describe.skipIf(!isRoot)('node service', () => {
     driver = await start();
   });
   afterAll(async () => {
-    await driver?.stop();
+    await ifMade(driver)?.stop();
     releaseRig(kubelet, share);
   });
   // After each test, whatever happened: what it staged and published is undone, and checked gone.
@@ -53,7 +66,12 @@ describe.skipIf(!isRoot)('node service', () => {
   }
   const stage = (id: string, cap: object, context: Record<string, string> = {}) => {
     cleanup.staged(id, kubeletPaths(kubelet, id).staging);
-    return driver.client.node('NodeStageVolume', { volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging, volume_capability: cap, publish_context: context });
+    return driver.client.node('NodeStageVolume', {
+      volume_id: id,
+      staging_target_path: kubeletPaths(kubelet, id).staging,
+      volume_capability: cap,
+      publish_context: context,
+    });
   };
   const unstage = (id: string) => driver.client.node('NodeUnstageVolume', { volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging });
   const target = (id: string, block: boolean) => (block ? kubeletPaths(kubelet, id).device : kubeletPaths(kubelet, id).target);
@@ -90,7 +108,13 @@ describe.skipIf(!isRoot)('node service', () => {
 
   it('reports its capabilities and one topology key per configured mount', async () => {
     const caps = await driver.client.node('NodeGetCapabilities');
-    expect(caps.capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER']);
+    expect(caps.capabilities.map((c: any) => c.rpc.type)).toEqual([
+      'STAGE_UNSTAGE_VOLUME',
+      'GET_VOLUME_STATS',
+      'EXPAND_VOLUME',
+      'VOLUME_CONDITION',
+      'SINGLE_NODE_MULTI_WRITER',
+    ]);
     const info = await driver.client.node('NodeGetInfo');
     expect(info).toEqual({ node_id: 'node-a', max_volumes_per_node: '0', accessible_topology: { segments: { 'filedriver.dev/mount-s': 'true' } } });
   });
@@ -126,7 +150,7 @@ describe.skipIf(!isRoot)('node service', () => {
     expect(existsSync(target(id, block))).toBe(false);
   });
 
-  it('stages a linked clone, reading its snapshot\'s files through the qcow2 backing chain', async () => {
+  it("stages a linked clone, reading its snapshot's files through the qcow2 backing chain", async () => {
     const cap = mountCap();
     const { id, context } = await provision('pvc-origin', 'qcow2', cap);
     await stage(id, cap, context);
@@ -137,7 +161,11 @@ describe.skipIf(!isRoot)('node service', () => {
     await driver.client.controller('CreateSnapshot', { name: 'snap-origin', source_volume_id: id });
     await driver.client.controller(
       'CreateVolume',
-      createRequest('pvc-child', { volume_capabilities: [cap], capacity_range: { required_bytes: String(96n * MiB) }, volume_content_source: { snapshot: { snapshot_id: 'snap-origin' } } }),
+      createRequest('pvc-child', {
+        volume_capabilities: [cap],
+        capacity_range: { required_bytes: String(96n * MiB) },
+        volume_content_source: { snapshot: { snapshot_id: 'snap-origin' } },
+      }),
     );
     await stage('pvc-child', cap);
     await publish('pvc-child', cap, false);
@@ -247,7 +275,7 @@ describe.skipIf(!isRoot)('node service', () => {
     expect(leftFor(id)).toEqual([]);
   });
 
-  it('reports a block volume\'s size', async () => {
+  it("reports a block volume's size", async () => {
     const cap = blockCap();
     const { id, context } = await provision('pvc-bstats', 'qcow2', cap);
     await stage(id, cap, context);
@@ -281,13 +309,48 @@ describe.skipIf(!isRoot)('node service', () => {
   });
 
   it.each([
-    ['publish before stage', 'NodePublishVolume', (id: string) => ({ volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging, target_path: kubeletPaths(kubelet, id).target, volume_capability: mountCap() }), status.FAILED_PRECONDITION],
+    [
+      'publish before stage',
+      'NodePublishVolume',
+      (id: string) => ({
+        volume_id: id,
+        staging_target_path: kubeletPaths(kubelet, id).staging,
+        target_path: kubeletPaths(kubelet, id).target,
+        volume_capability: mountCap(),
+      }),
+      status.FAILED_PRECONDITION,
+    ],
     ['stats of a missing path', 'NodeGetVolumeStats', (id: string) => ({ volume_id: id, volume_path: join(kubelet, 'nope') }), status.NOT_FOUND],
-    ['a staging path outside kubelet', 'NodeStageVolume', (id: string) => ({ volume_id: id, staging_target_path: '/etc/x', volume_capability: mountCap() }), status.INVALID_ARGUMENT],
-    ['a traversal target', 'NodePublishVolume', (id: string) => ({ volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging, target_path: `${kubelet}/../etc`, volume_capability: mountCap() }), status.INVALID_ARGUMENT],
-    ['no capability', 'NodeStageVolume', (id: string) => ({ volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging }), status.INVALID_ARGUMENT],
+    [
+      'a staging path outside kubelet',
+      'NodeStageVolume',
+      (id: string) => ({ volume_id: id, staging_target_path: '/etc/x', volume_capability: mountCap() }),
+      status.INVALID_ARGUMENT,
+    ],
+    [
+      'a traversal target',
+      'NodePublishVolume',
+      (id: string) => ({
+        volume_id: id,
+        staging_target_path: kubeletPaths(kubelet, id).staging,
+        target_path: `${kubelet}/../etc`,
+        volume_capability: mountCap(),
+      }),
+      status.INVALID_ARGUMENT,
+    ],
+    [
+      'no capability',
+      'NodeStageVolume',
+      (id: string) => ({ volume_id: id, staging_target_path: kubeletPaths(kubelet, id).staging }),
+      status.INVALID_ARGUMENT,
+    ],
     ['a bad id', 'NodeUnstageVolume', () => ({ volume_id: '../x', staging_target_path: join(kubelet, 'x') }), status.INVALID_ARGUMENT],
-    ['an unknown volume', 'NodeStageVolume', () => ({ volume_id: 'nope', staging_target_path: kubeletPaths(kubelet, 'nope').staging, volume_capability: mountCap() }), status.NOT_FOUND],
+    [
+      'an unknown volume',
+      'NodeStageVolume',
+      () => ({ volume_id: 'nope', staging_target_path: kubeletPaths(kubelet, 'nope').staging, volume_capability: mountCap() }),
+      status.NOT_FOUND,
+    ],
   ])('refuses %s', async (_n, method, req, code) => {
     await driver.client.controller('CreateVolume', createRequest('pvc-order'));
     expect(await codeOf(driver.client.node(method, req('pvc-order')))).toBe(code);
@@ -306,7 +369,11 @@ describe.skipIf(!isRoot)('qemu image locks as a second fence', () => {
       await a.client.controller('CreateVolume', createRequest('pvc-locked', { volume_capabilities: [cap] }));
       await a.client.controller('ControllerPublishVolume', { volume_id: 'pvc-locked', node_id: 'node-a', volume_capability: cap, readonly: false });
       const stage = (d: Driver, k: string) =>
-        d.client.node('NodeStageVolume', { volume_id: 'pvc-locked', staging_target_path: kubeletPaths(k, 'pvc-locked').staging, volume_capability: cap });
+        d.client.node('NodeStageVolume', {
+          volume_id: 'pvc-locked',
+          staging_target_path: kubeletPaths(k, 'pvc-locked').staging,
+          volume_capability: cap,
+        });
       await stage(a, kubeletA);
       // Node B skipped ControllerPublish (a lost fence): qemu's lock still stops it.
       const err = await stage(b, kubeletB).catch((e: unknown) => e as { code: number; details: string });

@@ -12,6 +12,7 @@ import { createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
 import { makeScratch, type Scratch } from '../helpers/scratch.js';
 import { startDriver, type Driver } from '../helpers/server.js';
+import { ifMade } from '../helpers/teardown.js';
 
 /** Writes or checks a byte pattern with qemu-io (exit 0 only when the read matches). */
 function qemuIo(image: string, format: string, command: string): string {
@@ -62,9 +63,9 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     driver = await startDriver({ mounts: { fast: fast.path, plain: plain.path }, args: ['--over-subscription', '10'] });
   });
   afterAll(async () => {
-    await driver?.stop();
-    fast?.cleanup();
-    plain?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(fast)?.cleanup();
+    ifMade(plain)?.cleanup();
   });
 
   it('snapshots by reflink, immutably, and idempotently by name', async () => {
@@ -95,10 +96,15 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
     await c('CreateVolume', createRequest('pvc-plain-busy', { parameters: raw }));
     await publish('pvc-plain-busy');
     const refused = c('CreateSnapshot', { name: 'snap-plain-busy', source_volume_id: 'pvc-plain-busy' });
-    await expect(refused).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/attached to node\(s\) node-a.*cannot reflink/) });
-    expect(await codeOf(c('CreateVolume', createRequest('pvc-plain-clone', { parameters: raw, volume_content_source: { volume: { volume_id: 'pvc-plain-busy' } } })))).toBe(
-      status.FAILED_PRECONDITION,
-    );
+    await expect(refused).rejects.toMatchObject({
+      code: status.FAILED_PRECONDITION,
+      details: expect.stringMatching(/attached to node\(s\) node-a.*cannot reflink/),
+    });
+    expect(
+      await codeOf(
+        c('CreateVolume', createRequest('pvc-plain-clone', { parameters: raw, volume_content_source: { volume: { volume_id: 'pvc-plain-busy' } } })),
+      ),
+    ).toBe(status.FAILED_PRECONDITION);
     // Nothing half-made is left: no snapshot, no hidden base, no clone.
     expect(readdirNames(join(plain.path, 'filedriver/snapshots')).filter((n) => n.includes('plain-busy'))).toEqual([]);
     expect(existsSync(join(plain.path, 'filedriver/volumes/pvc-plain-clone'))).toBe(false);
@@ -241,7 +247,6 @@ describe.skipIf(!isRoot)('snapshots and clones', () => {
   });
 });
 
-
 describe.skipIf(!isRoot)('a snapshot on a full share', () => {
   let small: Scratch;
   let driver: Driver;
@@ -251,14 +256,19 @@ describe.skipIf(!isRoot)('a snapshot on a full share', () => {
     driver = await startDriver({ mounts: { small: small.path } });
   });
   afterAll(async () => {
-    await driver?.stop();
-    small?.cleanup();
+    await ifMade(driver)?.stop();
+    ifMade(small)?.cleanup();
   });
 
   it('is RESOURCE_EXHAUSTED, not INTERNAL, and leaves nothing half-made', async () => {
-    await driver.client.controller('CreateVolume', createRequest('pvc-full', { parameters: { format: 'raw' }, capacity_range: { required_bytes: String(40n * MiB) } }));
+    await driver.client.controller(
+      'CreateVolume',
+      createRequest('pvc-full', { parameters: { format: 'raw' }, capacity_range: { required_bytes: String(40n * MiB) } }),
+    );
     qemuIo(join(small.path, 'filedriver/volumes/pvc-full/disk.raw'), 'raw', 'write -P 0x5a 0 40M');
-    const err = await driver.client.controller('CreateSnapshot', { name: 'snap-full', source_volume_id: 'pvc-full' }).catch((e: unknown) => e as { code: number; details: string });
+    const err = await driver.client
+      .controller('CreateSnapshot', { name: 'snap-full', source_volume_id: 'pvc-full' })
+      .catch((e: unknown) => e as { code: number; details: string });
     expect(err).toMatchObject({ code: status.RESOURCE_EXHAUSTED, details: expect.stringMatching(/no room left for snapshot snap-full/) });
     expect(readdirNames(join(small.path, 'filedriver/snapshots'))).toEqual([]);
     expect(readdirNames(join(small.path, 'filedriver/tmp')).filter((n) => !n.startsWith('.probe'))).toEqual([]);
@@ -266,5 +276,5 @@ describe.skipIf(!isRoot)('a snapshot on a full share', () => {
 });
 
 function readdirNames(dir: string): string[] {
-  return existsSync(dir) ? (execFileSync('ls', ['-1', dir], { encoding: 'utf8' }).split('\n').filter(Boolean)) : [];
+  return existsSync(dir) ? execFileSync('ls', ['-1', dir], { encoding: 'utf8' }).split('\n').filter(Boolean) : [];
 }

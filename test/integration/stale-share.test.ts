@@ -37,7 +37,10 @@ function toolsOn(path: string): number[] {
 const until = async (what: () => boolean): Promise<void> => {
   while (!what()) await new Promise((r) => setTimeout(r, 5));
 };
-const mounted = (path: string) => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+const mounted = (path: string) =>
+  readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === path);
 /** Entries of the temp area other than health probes. */
 const work = (share: Scratch) => readdirSync(join(share.path, 'filedriver/tmp')).filter((e) => !e.startsWith('.probe-'));
 
@@ -81,7 +84,8 @@ describe.skipIf(!isRoot)('a share that goes away under the controller', () => {
       ControllerPublishVolume: { volume_id: 'pvc-stale', node_id: 'node-a', volume_capability: mountCap(), readonly: false },
       ControllerExpandVolume: { volume_id: 'pvc-stale', capacity_range: { required_bytes: String(128n * MiB) } },
     };
-    for (const [method, req] of Object.entries(calls)) expect([method, await codeOf(d.client.controller(method, req))]).toEqual([method, status.UNAVAILABLE]);
+    for (const [method, req] of Object.entries(calls))
+      expect([method, await codeOf(d.client.controller(method, req))]).toEqual([method, status.UNAVAILABLE]);
     expect(readdirSync(share.path)).toEqual([]);
     remount();
     expect(existsSync(join(share.path, 'filedriver/volumes/pvc-stale/disk.raw'))).toBe(true);
@@ -92,7 +96,10 @@ describe.skipIf(!isRoot)('a share that goes away under the controller', () => {
 
   it('answers UNAVAILABLE to a create whose share vanishes mid-build, and removes its half-built entry once the share is back', async () => {
     const d = await start(['--health-cache-seconds', '0']);
-    const req = createRequest('pvc-vanish', { parameters: { format: 'raw', preallocation: 'full' }, capacity_range: { required_bytes: String(1024n * MiB) } });
+    const req = createRequest('pvc-vanish', {
+      parameters: { format: 'raw', preallocation: 'full' },
+      capacity_range: { required_bytes: String(1024n * MiB) },
+    });
     // Holds the share's filesystem once it is detached, so it can be thawed through /proc/<pid>/cwd.
     const holder = spawn('sleep', ['600'], { cwd: join(share.path, 'filedriver'), stdio: 'ignore' });
     helpers.push(holder);
@@ -118,7 +125,10 @@ describe.skipIf(!isRoot)('a share that goes away under the controller', () => {
   it('leaves no image and no running tool after kill -9 mid preallocated create, and a retry right after the restart succeeds', async () => {
     const first = await start(['--health-cache-seconds', '300']);
     // 1 GiB thick on a 1.5 GiB share: a second GiB never fits, so the retry fits only if the leftover is gone.
-    const req = createRequest('pvc-killed', { parameters: { format: 'raw', preallocation: 'full' }, capacity_range: { required_bytes: String(1024n * MiB) } });
+    const req = createRequest('pvc-killed', {
+      parameters: { format: 'raw', preallocation: 'full' },
+      capacity_range: { required_bytes: String(1024n * MiB) },
+    });
     const answer = codeOf(first.client.controller('CreateVolume', req));
     await until(() => toolsOn(share.path).length > 0);
     await first.kill();
@@ -132,7 +142,8 @@ describe.skipIf(!isRoot)('a share that goes away under the controller', () => {
   });
 
   it('sees the space a delete freed at once, with a long health cache', async () => {
-    const req = (name: string) => createRequest(name, { parameters: { format: 'raw', preallocation: 'falloc' }, capacity_range: { required_bytes: String(1024n * MiB) } });
+    const req = (name: string) =>
+      createRequest(name, { parameters: { format: 'raw', preallocation: 'falloc' }, capacity_range: { required_bytes: String(1024n * MiB) } });
     const before = await start();
     await before.client.controller('CreateVolume', req('pvc-first'));
     await before.stop();

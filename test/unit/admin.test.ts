@@ -58,7 +58,16 @@ describe('PersistentVolume for an imported image', () => {
   });
 
   it('requires the mount topology and keeps the data on delete', () => {
-    const pv = parseYaml(persistentVolumeYaml({ driverName: 'files.example.com', volumeId: 'Vm_1', mount: 'fast', format: 'raw', sizeBytes: 1n << 30n, origin: 'fast/vm.raw' }));
+    const pv = parseYaml(
+      persistentVolumeYaml({
+        driverName: 'files.example.com',
+        volumeId: 'Vm_1',
+        mount: 'fast',
+        format: 'raw',
+        sizeBytes: 1n << 30n,
+        origin: 'fast/vm.raw',
+      }),
+    );
     expect(pv.metadata.name).toBe('vm-1');
     expect(pv.spec).toMatchObject({
       capacity: { storage: '1Gi' },
@@ -66,18 +75,33 @@ describe('PersistentVolume for an imported image', () => {
       storageClassName: '',
       csi: { driver: 'files.example.com', volumeHandle: 'Vm_1', volumeAttributes: { format: 'raw', mount: 'fast' } },
     });
-    expect(pv.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions).toEqual([{ key: 'files.example.com/mount-fast', operator: 'In', values: ['true'] }]);
+    expect(pv.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions).toEqual([
+      { key: 'files.example.com/mount-fast', operator: 'In', values: ['true'] },
+    ]);
   });
 });
 
 describe('admin command settings', () => {
   it('need mounts but no endpoint', () => {
     const config = buildAdminConfig({ mounts: ['a=/srv/a', 'b=/srv/b/'] }, { driverName: 'files.example.com' });
-    expect(config).toEqual({ driverName: 'files.example.com', defaultFormat: 'qcow2', mounts: [{ name: 'a', path: '/srv/a' }, { name: 'b', path: '/srv/b' }], overSubscription: 1, healthCacheSeconds: 2, qemu: undefined, kubeletDir: '/var/lib/kubelet' });
+    expect(config).toEqual({
+      driverName: 'files.example.com',
+      defaultFormat: 'qcow2',
+      mounts: [
+        { name: 'a', path: '/srv/a' },
+        { name: 'b', path: '/srv/b' },
+      ],
+      overSubscription: 1,
+      healthCacheSeconds: 2,
+      qemu: undefined,
+      kubeletDir: '/var/lib/kubelet',
+    });
   });
-  it('take the qemu and the kubelet dir (doctor looks at this host\'s data plane there)', () => {
+  it("take the qemu and the kubelet dir (doctor looks at this host's data plane there)", () => {
     expect(buildAdminConfig({ mounts: ['a=/x'], qemu: 'system', kubeletDir: '/k' })).toMatchObject({ qemu: 'system', kubeletDir: '/k' });
-    expect(() => buildAdminConfig({ mounts: ['a=/x'], qemu: 'relative/dir' })).toThrow(/--qemu relative\/dir must be an absolute directory or system/);
+    expect(() => buildAdminConfig({ mounts: ['a=/x'], qemu: 'relative/dir' })).toThrow(
+      /--qemu relative\/dir must be an absolute directory or system/,
+    );
   });
   it('report bad settings as serve does', () => {
     expect(() => buildAdminConfig({})).toThrow(ConfigError);

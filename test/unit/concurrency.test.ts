@@ -5,13 +5,17 @@ describe('mapLimit', () => {
   it('keeps order and never runs more than the limit at once', async () => {
     let running = 0;
     let most = 0;
-    const out = await mapLimit(Array.from({ length: 50 }, (_, i) => i), 4, async (i) => {
-      running++;
-      most = Math.max(most, running);
-      await new Promise((r) => setImmediate(r));
-      running--;
-      return i * 2;
-    });
+    const out = await mapLimit(
+      Array.from({ length: 50 }, (_, i) => i),
+      4,
+      async (i) => {
+        running++;
+        most = Math.max(most, running);
+        await new Promise((r) => setImmediate(r));
+        running--;
+        return i * 2;
+      },
+    );
     expect(out).toEqual(Array.from({ length: 50 }, (_, i) => i * 2));
     expect(most).toBe(4);
     expect(await mapLimit([], 4, async () => 1)).toEqual([]);
@@ -26,16 +30,18 @@ describe('Serial', () => {
     const log: string[] = [];
     let running = 0;
     let most = 0;
-    const job = (name: string, fail = false) => async () => {
-      running++;
-      most = Math.max(most, running);
-      log.push(`start ${name}`);
-      await tick();
-      log.push(`end ${name}`);
-      running--;
-      if (fail) throw new Error(name);
-      return name;
-    };
+    const job =
+      (name: string, fail = false) =>
+      async () => {
+        running++;
+        most = Math.max(most, running);
+        log.push(`start ${name}`);
+        await tick();
+        log.push(`end ${name}`);
+        running--;
+        if (fail) throw new Error(name);
+        return name;
+      };
     const a = serial.run('k', job('a'));
     const b = serial.run('k', job('b', true));
     const c = serial.run('k', job('c'));

@@ -73,14 +73,22 @@ describe('config file', () => {
 
   it('reads YAML (and so JSON), mounts as a list or a map, flags winning', () => {
     const f = file('endpoint: unix:///run/fd.sock\nmounts:\n  - name: a\n    path: /srv/a\ndefaultFormat: raw\noverSubscription: 2\n');
-    expect(buildConfig(readConfigFile(f), { defaultFormat: 'qcow2' })).toMatchObject({ defaultFormat: 'qcow2', overSubscription: 2, mounts: [{ name: 'a', path: '/srv/a' }] });
+    expect(buildConfig(readConfigFile(f), { defaultFormat: 'qcow2' })).toMatchObject({
+      defaultFormat: 'qcow2',
+      overSubscription: 2,
+      mounts: [{ name: 'a', path: '/srv/a' }],
+    });
     const j = file('{"endpoint": "unix:///run/fd.sock", "mounts": {"b": "/srv/b"}}');
     expect(buildConfig(readConfigFile(j)).mounts).toEqual([{ name: 'b', path: '/srv/b' }]);
   });
 
   it.each([
     ['a file that is not there', (f: string) => (rmSync(f), f), /^(.*): cannot read the config file: no such file$/],
-    ['a file that does not parse', (f: string) => (writeFileSync(f, 'mounts: [a=/x\n  b: : :\n'), f), /^(.*): not YAML or JSON: .* at line \d+, column \d+$/],
+    [
+      'a file that does not parse',
+      (f: string) => (writeFileSync(f, 'mounts: [a=/x\n  b: : :\n'), f),
+      /^(.*): not YAML or JSON: .* at line \d+, column \d+$/,
+    ],
     ['a file that is not a mapping', (f: string) => (writeFileSync(f, '- a\n- b\n'), f), /^(.*): expected a mapping of settings$/],
   ])('refuses %s, naming it', (_what, make, line) => {
     const f = make(file(''));
@@ -90,7 +98,19 @@ describe('config file', () => {
   });
 
   it('lists every problem, one line each, naming the file and its key for what came from it', () => {
-    const f = file(['endpoint: unix:///run/fd.sock', 'mounts:', '  - name: a', '    path: relative', '  - {name: 3}', 'defaultFormat: qcow3', 'mode: [a]', 'bogus: 1', ''].join('\n'));
+    const f = file(
+      [
+        'endpoint: unix:///run/fd.sock',
+        'mounts:',
+        '  - name: a',
+        '    path: relative',
+        '  - {name: 3}',
+        'defaultFormat: qcow3',
+        'mode: [a]',
+        'bogus: 1',
+        '',
+      ].join('\n'),
+    );
     const problems = problemsOf(() => buildConfig(readConfigFile(f), { logLevel: 'loud' }));
     expect(problems).toEqual([
       `${f}: mounts entry {"name":3} must be NAME=PATH or {name, path}`,
@@ -104,6 +124,8 @@ describe('config file', () => {
 
   it('names the flag, not the file, for a value a flag or the environment overrides', () => {
     const f = file('endpoint: unix:///run/fd.sock\nmounts: {a: /srv/a}\ndefaultFormat: qcow3\n');
-    expect(problemsOf(() => buildConfig(readConfigFile(f), envSettings({ FILEDRIVER_DEFAULT_FORMAT: 'vmdk' })))).toEqual(['--default-format vmdk must be qcow2 or raw']);
+    expect(problemsOf(() => buildConfig(readConfigFile(f), envSettings({ FILEDRIVER_DEFAULT_FORMAT: 'vmdk' })))).toEqual([
+      '--default-format vmdk must be qcow2 or raw',
+    ]);
   });
 });

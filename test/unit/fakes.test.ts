@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { noSpace } from '../../src/controller/volumes.js';
+import { noSpace } from '../../src/controller/no-space.js';
 import { FakeFiles } from '../fakes/files.js';
 import { FakeQemuImg } from '../fakes/qemu-img.js';
 import { toolFailed } from '../fakes/recorder.js';

@@ -48,8 +48,7 @@ const WIPEFS_TWO = `{
       }
    ]
 }`;
-const AMBIVALENT =
-  'blkid: /dev/loop1: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more details)';
+const AMBIVALENT = 'blkid: /dev/loop1: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more details)';
 
 describe('blkid -o export', () => {
   it.each([
@@ -145,9 +144,7 @@ describe('probe', () => {
   });
 
   it('names every signature of an ambivalent device (exit 8)', async () => {
-    const { run } = scripted((argv) =>
-      argv[0] === 'blkid' ? new CommandFailed(argv, 8, AMBIVALENT) : { stdout: WIPEFS_TWO, stderr: '' },
-    );
+    const { run } = scripted((argv) => (argv[0] === 'blkid' ? new CommandFailed(argv, 8, AMBIVALENT) : { stdout: WIPEFS_TWO, stderr: '' }));
     expect(await makeFilesystems(run).probe('/dev/loop1')).toEqual({
       kind: 'other',
       description: 'several signatures: xfs at 0x0, ext4 at 0x438',
@@ -164,7 +161,16 @@ describe('probe', () => {
     const device = fakeDevice();
     expect(await makeFilesystems(run).formatIfBlank(device, 'ext4')).toEqual({ kind: 'blank' });
     expect(calls.at(-1)).toEqual([
-      'mkfs.ext4', '-F', '-q', '-m', '0', '-b', '4096', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', device,
+      'mkfs.ext4',
+      '-F',
+      '-q',
+      '-m',
+      '0',
+      '-b',
+      '4096',
+      '-E',
+      'lazy_itable_init=1,lazy_journal_init=1,nodiscard',
+      device,
     ]);
   });
 
@@ -209,7 +215,9 @@ describe('mount', () => {
   });
 
   it('says so when the bind cannot be undone either', async () => {
-    const { run } = scripted((argv) => (argv[0] === 'mount' && argv[1] === '--bind' ? { stdout: '', stderr: '' } : new CommandFailed(argv, 32, 'busy')));
+    const { run } = scripted((argv) =>
+      argv[0] === 'mount' && argv[1] === '--bind' ? { stdout: '', stderr: '' } : new CommandFailed(argv, 32, 'busy'),
+    );
     await expect(makeFilesystems(run).mount('/src', '/dst', { bind: true, readOnly: true, flags: [] })).rejects.toMatchObject({
       kind: 'internal',
       message: expect.stringMatching(/mounting \/dst went wrong .*and so did unmounting it/),
@@ -240,4 +248,3 @@ describe('canonicalPath', () => {
     expect(await canonicalPath(join(dir, path))).toBe(join(dir, want));
   });
 });
-

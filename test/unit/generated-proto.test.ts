@@ -12,12 +12,13 @@ describe('generated proto types', () => {
   it('are generated with the options the server loads csi.proto with', () => {
     const scripts = (JSON.parse(readFileSync(`${packageRoot()}/package.json`, 'utf8')) as { scripts: Record<string, string> }).scripts;
     const flags = new Set((scripts['gen:proto:into'] ?? '').split(/\s+/).filter((a) => a.startsWith('--')));
+    const when = (on: boolean, flag: string): string[] => (on ? [flag] : []);
     const expected = [
-      ...(LOADER_OPTIONS.keepCase ? ['--keepCase'] : []),
+      ...when(LOADER_OPTIONS.keepCase, '--keepCase'),
       `--longs=${LOADER_OPTIONS.longs.name}`,
       `--enums=${LOADER_OPTIONS.enums.name}`,
-      ...(LOADER_OPTIONS.defaults ? ['--defaults'] : []),
-      ...(LOADER_OPTIONS.oneofs ? ['--oneofs'] : []),
+      ...when(LOADER_OPTIONS.defaults, '--defaults'),
+      ...when(LOADER_OPTIONS.oneofs, '--oneofs'),
     ];
     for (const flag of expected) expect(flags, flag).toContain(flag);
   });

@@ -35,7 +35,14 @@ function fakeStore(n: number) {
       return size === undefined ? undefined : rec(id, size);
     },
   };
-  return { store, sizes, counts, hold: (p: Promise<void>) => (gate = p) };
+  return {
+    store,
+    sizes,
+    counts,
+    hold: (p: Promise<void>): void => {
+      gate = p;
+    },
+  };
 }
 
 const layout = new Layout('/nowhere');

@@ -18,8 +18,11 @@ const files = (over: Partial<LoopSysfsFiles> = {}): LoopSysfsFiles => ({
 describe('one device from its sysfs files', () => {
   it.each([
     ['a plain file', files(), { backingFile: '/tmp/fdtest-x/a.raw', backingDeleted: false, readOnly: false, directIo: true, autoclear: false }],
-    ['a deleted file, the kernel\'s suffix cut off', files({ backingFile: '/tmp/fdtest-x/sp ace.raw (deleted)\n', ro: '1\n', dio: '0\n' }),
-      { backingFile: '/tmp/fdtest-x/sp ace.raw', backingDeleted: true, readOnly: true, directIo: false, autoclear: false }],
+    [
+      "a deleted file, the kernel's suffix cut off",
+      files({ backingFile: '/tmp/fdtest-x/sp ace.raw (deleted)\n', ro: '1\n', dio: '0\n' }),
+      { backingFile: '/tmp/fdtest-x/sp ace.raw', backingDeleted: true, readOnly: true, directIo: false, autoclear: false },
+    ],
     ['a deferred detach', files({ autoclear: '1\n', dio: '0\n' }), { backingDeleted: false, directIo: false, autoclear: true }],
     ['a path ending in a space (only the newline is cut)', files({ backingFile: '/tmp/fdtest-x/b \n' }), { backingFile: '/tmp/fdtest-x/b ' }],
   ])('reads %s', (_name, input, want) => {
@@ -194,14 +197,14 @@ describe('loop devices over a fake sysfs', () => {
     await expect(makeLoopDevices(run, { sysBlock: sys }).attach(file, { readOnly: false, directIo: false })).rejects.toThrow(/vanished/);
   });
 
-  it.each([
-    ['losetup: /dev/loop7: detach failed: No such device or address'],
-    ['losetup: /dev/loop99: failed to use device: No such device'],
-  ])('counts a device that is already gone as detached: %s', async (stderr) => {
-    const { sys } = setup();
-    const { run } = scripted((argv) => fail(argv, stderr));
-    expect(await makeLoopDevices(run, { sysBlock: sys }).detach('/dev/loop7')).toBe('detached');
-  });
+  it.each([['losetup: /dev/loop7: detach failed: No such device or address'], ['losetup: /dev/loop99: failed to use device: No such device']])(
+    'counts a device that is already gone as detached: %s',
+    async (stderr) => {
+      const { sys } = setup();
+      const { run } = scripted((argv) => fail(argv, stderr));
+      expect(await makeLoopDevices(run, { sysBlock: sys }).detach('/dev/loop7')).toBe('detached');
+    },
+  );
 
   it.each([
     ['detached', 'the kernel freed it', (sys: string) => rmSync(join(sys, 'loop2', 'loop'), { recursive: true })],

@@ -28,7 +28,15 @@ const log = pino({ level: 'silent' });
 describe('mount health', () => {
   it('is usable only when mounted and writable, and never probes an unmounted path', async () => {
     const { probes, calls } = fakeProbes({ mounted: ['/srv/a'], writable: true });
-    const mounts = new Mounts([{ name: 'a', path: '/srv/a' }, { name: 'b', path: '/srv/b' }], probes, 0, log);
+    const mounts = new Mounts(
+      [
+        { name: 'a', path: '/srv/a' },
+        { name: 'b', path: '/srv/b' },
+      ],
+      probes,
+      0,
+      log,
+    );
     const [a, b] = await mounts.all();
     expect(a).toMatchObject({ usable: true, mounted: true, freeBytes: 100n });
     expect(b).toMatchObject({ usable: false, mounted: false, reason: expect.stringMatching(/not a mount point/) });

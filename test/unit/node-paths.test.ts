@@ -58,7 +58,10 @@ describe('safe node paths', () => {
     await expect(paths.check(join(root, 'etc', 'x'), 'target_path')).rejects.toMatchObject({ kind: 'invalid' });
     await expect(paths.check(kubelet, 'target_path')).rejects.toMatchObject({ kind: 'invalid' });
     writeFileSync(join(kubelet, 'pods', 'file'), '');
-    await expect(paths.makeDirs(join(kubelet, 'pods', 'file', 'x'), 'target_path')).rejects.toMatchObject({ kind: 'invalid', message: expect.stringMatching(/not a directory/) });
+    await expect(paths.makeDirs(join(kubelet, 'pods', 'file', 'x'), 'target_path')).rejects.toMatchObject({
+      kind: 'invalid',
+      message: expect.stringMatching(/not a directory/),
+    });
   });
 
   it('follows a link that is the kubelet directory itself (the admin set it so)', async () => {
@@ -76,12 +79,16 @@ describe('mount flags', () => {
     expect(() => checkMountFlags(['noatime', flag])).toThrow(/mount_flags #2 are not allowed/);
   });
 
-  it.each([[['noatime', 'nodev', 'nosuid', 'noexec', 'discard', 'data=ordered', 'commit=30', 'context=system_u:object_r:container_file_t:s0', 'rw', 'ro']]])('accepts %j', (flags) => {
+  it.each([
+    [['noatime', 'nodev', 'nosuid', 'noexec', 'discard', 'data=ordered', 'commit=30', 'context=system_u:object_r:container_file_t:s0', 'rw', 'ro']],
+  ])('accepts %j', (flags) => {
     expect(() => checkMountFlags(flags)).not.toThrow();
   });
 
   it('refuses rw on a read-only mount and names only its position', () => {
-    expect(() => checkReadOnlyFlags(['noatime', 'rw'], true, 'the stage')).toThrow(/the stage is read-only, but mount_flags #2 ask for a writable mount/);
+    expect(() => checkReadOnlyFlags(['noatime', 'rw'], true, 'the stage')).toThrow(
+      /the stage is read-only, but mount_flags #2 ask for a writable mount/,
+    );
     expect(() => checkReadOnlyFlags(['rw'], false, 'the stage')).not.toThrow();
   });
 });
@@ -103,7 +110,11 @@ describe('kubelet paths', () => {
     ['a path inside', '/k/pods/p1/mount', { clean: '/k/pods/p1/mount' }],
     ['a trailing slash', '/k/pods/p1/', { clean: '/k/pods/p1' }],
     ['a relative path', 'some/path', { clean: 'some/path', outside: 'volume_path some/path must be an absolute path' }],
-    ['a path elsewhere', '/path/does/not/exist', { clean: '/path/does/not/exist', outside: 'volume_path /path/does/not/exist is outside the kubelet directory /k' }],
+    [
+      'a path elsewhere',
+      '/path/does/not/exist',
+      { clean: '/path/does/not/exist', outside: 'volume_path /path/does/not/exist is outside the kubelet directory /k' },
+    ],
     ['the kubelet directory itself', '/k', { clean: '/k', outside: 'volume_path /k is outside the kubelet directory /k' }],
     ['a sibling with the same prefix', '/kk/x', { clean: '/kk/x', outside: 'volume_path /kk/x is outside the kubelet directory /k' }],
   ])('says where %s lies', (_what, path, expected) => {
@@ -116,7 +127,9 @@ describe('kubelet paths', () => {
     ['a traversal', '/k/pods/../../etc', /must not contain \.\./],
     ['a relative traversal', '../etc', /must not contain \.\./],
   ])('refuses %s as malformed (INVALID_ARGUMENT) wherever it points', (_what, path, message) => {
-    expect(() => kubeletPath(path, 'volume_path', '/k')).toThrow(expect.objectContaining({ kind: 'invalid', message: expect.stringMatching(message) }));
+    expect(() => kubeletPath(path, 'volume_path', '/k')).toThrow(
+      expect.objectContaining({ kind: 'invalid', message: expect.stringMatching(message) }),
+    );
   });
 
   it('refuses a path outside with INVALID_ARGUMENT where the call would act on it', () => {

@@ -7,7 +7,17 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Layout } from '../../src/storage/layout.js';
 import { linuxProbes, Mounts, type MountProbes } from '../../src/storage/mounts.js';
 import { NodeHeartbeat } from '../../src/node/heartbeat.js';
-import { forgetNode, HEARTBEAT_MS, NODE_SCHEMA, nodeFile, readNodes, ShareNodeRegistry, STALE_MS, writeNode, type NodeRecord } from '../../src/storage/nodes.js';
+import {
+  forgetNode,
+  HEARTBEAT_MS,
+  NODE_SCHEMA,
+  nodeFile,
+  readNodes,
+  ShareNodeRegistry,
+  STALE_MS,
+  writeNode,
+  type NodeRecord,
+} from '../../src/storage/nodes.js';
 import { parseMountInfo } from '../../src/system/mountinfo.js';
 
 const log = pino({ level: 'silent' });
@@ -34,7 +44,12 @@ function shares(mounted: string[], writable: string[] = mounted, cacheMs = 0) {
     sameFilesystem: async () => true,
     space: async () => ({ freeBytes: 1n, totalBytes: 2n }),
   };
-  const mounts = new Mounts(Object.entries(paths).map(([name, path]) => ({ name, path })), probes, cacheMs, log);
+  const mounts = new Mounts(
+    Object.entries(paths).map(([name, path]) => ({ name, path })),
+    probes,
+    cacheMs,
+    log,
+  );
   return { mounts, paths, layout: (n: 'a' | 'b' | 'c') => new Layout(paths[n]) };
 }
 
@@ -67,10 +82,16 @@ describe('node heartbeat', () => {
   it('still beats when the stage records cannot be read, keeping the last list', async () => {
     const { mounts, layout } = shares(['a']);
     let fail = false;
-    const heartbeat = new NodeHeartbeat(mounts, 'node-1', 'v', async () => {
-      if (fail) throw new Error('stage.json is not JSON');
-      return ['pvc-1'];
-    }, log);
+    const heartbeat = new NodeHeartbeat(
+      mounts,
+      'node-1',
+      'v',
+      async () => {
+        if (fail) throw new Error('stage.json is not JSON');
+        return ['pvc-1'];
+      },
+      log,
+    );
     await heartbeat.beat();
     fail = true;
     expect(await heartbeat.beat()).toEqual(['a']);
@@ -105,7 +126,7 @@ describe('node heartbeat', () => {
 });
 
 describe('node registry', () => {
-  it('finds a node on the volume\'s mount even while another share is unmounted', async () => {
+  it("finds a node on the volume's mount even while another share is unmounted", async () => {
     const { mounts, layout } = shares(['a', 'b']);
     await mounts.all();
     await writeNode(layout('a'), record('node-1'));
@@ -113,7 +134,7 @@ describe('node registry', () => {
     expect(found).toEqual([expect.objectContaining({ mount: 'a', fresh: true, record: expect.objectContaining({ node: 'node-1' }) })]);
   });
 
-  it('finds a node on any mount when the volume\'s has no record of it', async () => {
+  it("finds a node on any mount when the volume's has no record of it", async () => {
     const { mounts, layout } = shares(['a', 'b', 'c']);
     await mounts.all();
     await writeNode(layout('b'), record('node-1'));
@@ -126,15 +147,21 @@ describe('node registry', () => {
     expect(await new ShareNodeRegistry(full.mounts).lookup('node-x', 'a')).toBeUndefined();
     const partial = shares(['a', 'b']);
     await partial.mounts.all();
-    await expect(new ShareNodeRegistry(partial.mounts).lookup('node-x', 'a')).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/node-x.*mount\(s\) c/) });
+    await expect(new ShareNodeRegistry(partial.mounts).lookup('node-x', 'a')).rejects.toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/node-x.*mount\(s\) c/),
+    });
   });
 
-  it('answers UNAVAILABLE, not unknown, when the volume\'s own mount is the one unmounted', async () => {
+  it("answers UNAVAILABLE, not unknown, when the volume's own mount is the one unmounted", async () => {
     const { mounts, layout } = shares(['b', 'c']);
     await mounts.all();
     await writeNode(layout('b'), record('node-1'));
     expect((await new ShareNodeRegistry(mounts).lookup('node-1', 'a'))?.map((s) => s.mount)).toEqual(['b']);
-    await expect(new ShareNodeRegistry(mounts).lookup('node-x', 'a')).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/mount\(s\) a/) });
+    await expect(new ShareNodeRegistry(mounts).lookup('node-x', 'a')).rejects.toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/mount\(s\) a/),
+    });
   });
 
   it('still knows a node whose heartbeat stopped, marked stale', async () => {

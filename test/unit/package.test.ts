@@ -28,7 +28,11 @@ describe('the shipped package', () => {
   });
 
   it('holds the driver, its proto and README, and neither the demo nor the test client', () => {
-    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     const files = (JSON.parse(out) as { files: { path: string }[] }[])[0]?.files.map((f) => f.path) ?? [];
     expect(files.filter((f) => !/^(dist\/src\/|proto\/)/.test(f)).sort()).toEqual(['README.md', 'package.json']);
     expect(files.filter((f) => /demo|client/.test(f))).toEqual([]);

@@ -25,7 +25,9 @@ function fakeSystem(table: Map<string, string>, failMount = false) {
     },
     async mountEntry(path) {
       const options = table.get(path);
-      return options === undefined ? undefined : { mountId: 1, parentId: 0, root: '/', mountPoint: path, options, fsType: 'ext4', source: '/dev/loop9', superOptions: 'rw' };
+      return options === undefined
+        ? undefined
+        : { mountId: 1, parentId: 0, root: '/', mountPoint: path, options, fsType: 'ext4', source: '/dev/loop9', superOptions: 'rw' };
     },
     async mount(source: string, target: string, o: MountOptions) {
       actions.push(`mount ${source} ${target}${o.readOnly ? ' ro' : ''}`);
@@ -51,12 +53,35 @@ describe('publish', () => {
     dirs.push(dir);
     const state = new StageState(join(dir, 'state'));
     const rec: StageRecord = {
-      volumeId: 'pvc-1', image: join(dir, 'disk.raw'), format: 'raw', mount: 's', stagingPath: join(dir, 'staging'),
-      access: cap.access, fsType: cap.access === 'mount' ? 'ext4' : undefined, readOnly: false,
-      capability: fingerprint(cap, false), export: undefined, loopFile: join(dir, 'disk.raw'), device: '/dev/loop9',
-      mounted: cap.access === 'mount', stagedAt: '', targets: [],
+      volumeId: 'pvc-1',
+      image: join(dir, 'disk.raw'),
+      format: 'raw',
+      mount: 's',
+      stagingPath: join(dir, 'staging'),
+      access: cap.access,
+      fsType: cap.access === 'mount' ? 'ext4' : undefined,
+      readOnly: false,
+      capability: fingerprint(cap, false),
+      export: undefined,
+      loopFile: join(dir, 'disk.raw'),
+      device: '/dev/loop9',
+      mounted: cap.access === 'mount',
+      stagedAt: '',
+      targets: [],
     };
-    return { dir, state, rec, input: (target: string, readonly = false) => ({ volumeId: 'pvc-1', stagingPath: rec.stagingPath, targetPath: target, capability: cap, readonly, paths: new SafePaths(dir) }) };
+    return {
+      dir,
+      state,
+      rec,
+      input: (target: string, readonly = false) => ({
+        volumeId: 'pvc-1',
+        stagingPath: rec.stagingPath,
+        targetPath: target,
+        capability: cap,
+        readonly,
+        paths: new SafePaths(dir),
+      }),
+    };
   }
 
   it.each([
@@ -110,7 +135,10 @@ describe('publish', () => {
     await state.write(rec);
     const { sys, actions } = fakeSystem(new Map());
     const target = join(dir, 'pod', 'target');
-    await expect(new Publisher(state, sys).publish(input(target, true), rec, log)).rejects.toMatchObject({ kind: 'invalid', message: expect.stringMatching(/#2 ask for a writable mount/) });
+    await expect(new Publisher(state, sys).publish(input(target, true), rec, log)).rejects.toMatchObject({
+      kind: 'invalid',
+      message: expect.stringMatching(/#2 ask for a writable mount/),
+    });
     expect(actions).toEqual([]);
     expect(existsSync(join(dir, 'pod'))).toBe(false);
   });

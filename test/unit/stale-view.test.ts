@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { hostname } from 'node:os';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -41,7 +42,10 @@ describe('a stale view of a share', () => {
     const { state, mounts } = share();
     expect((await mounts.health('a')).mounted).toBe(true);
     state.mounted = false; // the cache still says mounted; the read sees the bare mountpoint
-    await expect(findOnMounts(mounts, 'volume v', async () => undefined)).rejects.toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/not a mount point/) });
+    await expect(findOnMounts(mounts, 'volume v', async () => undefined)).rejects.toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/not a mount point/),
+    });
   });
 
   it('answers "not found" after a fresh check that finds the share still there', async () => {
@@ -72,8 +76,15 @@ describe('errors that mean the share went away', () => {
     const e = errno('ENOENT', '/srv/a/filedriver/tmp/h_1_x/volume.json');
     expect(await whenShareGone(e, mounts)).toBe(e);
     state.mounted = false;
-    expect(await whenShareGone(e, mounts)).toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/mount a .* went away during the call/) });
-    const tool = new CommandFailed(['qemu-img', 'create', '-f', 'raw', '/srv/a/filedriver/tmp/h_1_x/disk.raw', '1G'], 1, 'Could not create: No such file or directory');
+    expect(await whenShareGone(e, mounts)).toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/mount a .* went away during the call/),
+    });
+    const tool = new CommandFailed(
+      ['qemu-img', 'create', '-f', 'raw', '/srv/a/filedriver/tmp/h_1_x/disk.raw', '1G'],
+      1,
+      'Could not create: No such file or directory',
+    );
     expect(await whenShareGone(tool, mounts)).toMatchObject({ kind: 'unavailable' });
   });
 
@@ -115,7 +126,6 @@ describe('start-up clean-up of the temp area', () => {
   it('removes the probe file and the work of a killed process, and keeps live work and its own probes', async () => {
     const { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const { join } = await import('node:path');
     const { cleanTemp } = await import('../../src/storage/whole.js');
     const tmp = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
     try {
@@ -137,7 +147,6 @@ describe('building and removing whole while the share goes away', () => {
   it('answers UNAVAILABLE for a removal whose temp area is gone, and removes a half-built entry once it is back', async () => {
     const { mkdirSync, mkdtempSync, existsSync, rmSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const { basename, join } = await import('node:path');
     const { buildWhole, removeWhole, sweepOrphans } = await import('../../src/storage/whole.js');
     const root = mkdtempSync(join(tmpdir(), 'fdtest-unit-'));
     const tmp = join(root, 'tmp');

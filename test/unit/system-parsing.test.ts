@@ -57,6 +57,12 @@ describe('stderr summaries', () => {
 describe('logged commands', () => {
   it('hide credential-like option values', async () => {
     const { loggable } = await import('../../src/system/command.js');
-    expect(loggable(['mount', '-o', 'ro,password=hunter2,cred=x', '/dev/loop0', '/mnt'])).toEqual(['mount', '-o', 'ro,password=***,cred=***', '/dev/loop0', '/mnt']);
+    expect(loggable(['mount', '-o', 'ro,password=hunter2,cred=x', '/dev/loop0', '/mnt'])).toEqual([
+      'mount',
+      '-o',
+      'ro,password=***,cred=***',
+      '/dev/loop0',
+      '/mnt',
+    ]);
   });
 });

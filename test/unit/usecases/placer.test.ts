@@ -15,7 +15,16 @@ function shares(space: Record<string, number>, options: WorldOptions = {}) {
   for (const [name, m] of Object.entries(space)) w.shares.probes.set(w.shares.path(name), { totalBytes: BigInt(m) * MiB });
   return w;
 }
-const claim = (over: Partial<Claim> = {}): Claim => ({ id: 'pvc-1', name: 'pvc-1', sizeBytes: 10n * MiB, thin: true, allowed: undefined, requisite: [], preferred: [], ...over });
+const claim = (over: Partial<Claim> = {}): Claim => ({
+  id: 'pvc-1',
+  name: 'pvc-1',
+  sizeBytes: 10n * MiB,
+  thin: true,
+  allowed: undefined,
+  requisite: [],
+  preferred: [],
+  ...over,
+});
 const seg = (...mounts: string[]) => Object.fromEntries(mounts.map((m) => [keyOf(m), 'true']));
 
 describe('placement', () => {
@@ -47,7 +56,10 @@ describe('placement', () => {
     const w = shares({ a: 300, b: 100 });
     w.shares.probes.set(w.shares.path('a'), { writable: false });
     expect((await w.placer.claim(claim())).mount).toBe('b');
-    await expect(w.placer.claim(claim({ allowed: ['a'] }))).rejects.toMatchObject({ kind: 'exhausted', message: expect.stringMatching(/a: unusable \(cannot write/) });
+    await expect(w.placer.claim(claim({ allowed: ['a'] }))).rejects.toMatchObject({
+      kind: 'exhausted',
+      message: expect.stringMatching(/a: unusable \(cannot write/),
+    });
   });
 
   it('lets thin volumes over-commit a share by the ratio, and thick ones not at all', async () => {
@@ -66,11 +78,17 @@ describe('placement', () => {
     expect((await w.placer.claim(thick('pvc-3'))).mount).toBe(one.mount);
   });
 
-  it('reserves room for growth on the volume\'s own share, or refuses', async () => {
+  it("reserves room for growth on the volume's own share, or refuses", async () => {
     const w = shares({ a: 100, b: 1000 });
-    await w.volumes.create(w.request('pvc-1', { parameters: { mounts: 'a', format: 'raw' }, capacity: { requiredBytes: 50n * MiB, limitBytes: 0n } }), log);
+    await w.volumes.create(
+      w.request('pvc-1', { parameters: { mounts: 'a', format: 'raw' }, capacity: { requiredBytes: 50n * MiB, limitBytes: 0n } }),
+      log,
+    );
     const release = await w.placer.grow('a', 'pvc-1', 40n * MiB, false);
-    await expect(w.placer.grow('a', 'pvc-1', 20n * MiB, false)).rejects.toMatchObject({ kind: 'exhausted', message: expect.stringMatching(/mount a has no room to grow volume pvc-1/) });
+    await expect(w.placer.grow('a', 'pvc-1', 20n * MiB, false)).rejects.toMatchObject({
+      kind: 'exhausted',
+      message: expect.stringMatching(/mount a has no room to grow volume pvc-1/),
+    });
     release();
     (await w.placer.grow('a', 'pvc-1', 20n * MiB, false))();
   });

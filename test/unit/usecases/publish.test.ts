@@ -46,7 +46,7 @@ const input = (nodeId: string): PublishInput => ({
 });
 
 describe('ControllerPublishVolume and the node registry', () => {
-  it('records a registered node, looking on the volume\'s mount first', async () => {
+  it("records a registered node, looking on the volume's mount first", async () => {
     const { registry, asked } = fakeRegistry({ 'node-1': 'fast' });
     const { publishing, published } = await service(registry);
     await publishing.publish(input('node-1'), log);
@@ -56,7 +56,10 @@ describe('ControllerPublishVolume and the node registry', () => {
 
   it('answers NOT_FOUND for a node that never registered, and records nothing', async () => {
     const { publishing, published } = await service(fakeRegistry({}).registry);
-    await expect(publishing.publish(input('node-x'), log)).rejects.toMatchObject({ kind: 'notFound', message: expect.stringMatching(/node node-x is not registered/) });
+    await expect(publishing.publish(input('node-x'), log)).rejects.toMatchObject({
+      kind: 'notFound',
+      message: expect.stringMatching(/node node-x is not registered/),
+    });
     expect(await published()).toEqual([]);
   });
 

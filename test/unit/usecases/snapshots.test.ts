@@ -74,7 +74,10 @@ describe('CreateSnapshot', () => {
     const record = await w.store.read(layout, 'pvc-1');
     if (record === undefined) throw new Error('no record');
     await w.store.update(layout, { ...record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
-    await expect(w.snapshots.create('snap-1', 'pvc-1', {}, log)).rejects.toMatchObject({ kind: 'precondition', message: expect.stringMatching(/node-1/) });
+    await expect(w.snapshots.create('snap-1', 'pvc-1', {}, log)).rejects.toMatchObject({
+      kind: 'precondition',
+      message: expect.stringMatching(/node-1/),
+    });
   });
 
   it('answers "not ready" while the node serving a qcow2 volume has yet to switch layers', async () => {
@@ -107,7 +110,9 @@ describe('DeleteSnapshot', () => {
     await w.snapshots.delete('snap-1', log);
     expect(w.contents('fast').snapshots).toEqual(['snap-1']);
     expect((await w.snapshots.list(0, '', { snapshotId: '', sourceVolumeId: '' })).entries).toEqual([]);
-    await expect(w.volumes.create(w.request('pvc-2', { contentSource: { type: 'snapshot', id: 'snap-1' } }), log)).rejects.toMatchObject({ kind: 'notFound' });
+    await expect(w.volumes.create(w.request('pvc-2', { contentSource: { type: 'snapshot', id: 'snap-1' } }), log)).rejects.toMatchObject({
+      kind: 'notFound',
+    });
     await w.volumes.delete('pvc-1', log);
     expect(w.contents('fast').snapshots).toEqual([]);
   });
@@ -117,7 +122,12 @@ describe('ListSnapshots', () => {
   async function three() {
     const { w } = await withVolume('raw', { reflinks: true });
     await w.volumes.create(w.request('pvc-2', { parameters: { format: 'raw' } }), log);
-    for (const [name, source] of [['snap-a', 'pvc-1'], ['snap-b', 'pvc-2'], ['snap-c', 'pvc-1']] as const) await w.snapshots.create(name, source, {}, log);
+    for (const [name, source] of [
+      ['snap-a', 'pvc-1'],
+      ['snap-b', 'pvc-2'],
+      ['snap-c', 'pvc-1'],
+    ] as const)
+      await w.snapshots.create(name, source, {}, log);
     return w;
   }
   const ids = (r: { entries: { id: string }[] }) => r.entries.map((e) => e.id);

@@ -45,7 +45,12 @@ describe('content sources', () => {
     const base = await resolve(w, { type: 'volume', id: 'pvc-src' });
     const id = cloneBaseId('pvc-src', 'pvc-new');
     expect(base).toMatchObject({ mount: 'fast', snapshotId: id, internal: true, sizeBytes: 16n * MiB });
-    expect(await w.snapshotStore.read(w.shares.layout('fast'), id)).toMatchObject({ deleted: true, internal: true, method: 'reflink', sourceVolumeId: 'pvc-src' });
+    expect(await w.snapshotStore.read(w.shares.layout('fast'), id)).toMatchObject({
+      deleted: true,
+      internal: true,
+      method: 'reflink',
+      sourceVolumeId: 'pvc-src',
+    });
     // A retry finds it instead of making another.
     const ops = w.files.actions.length;
     expect(await resolve(w, { type: 'volume', id: 'pvc-src' })).toMatchObject({ snapshotId: id });
@@ -61,25 +66,43 @@ describe('content sources', () => {
 
   it.each<[string, string, (w: World) => Promise<ContentSource>]>([
     ['a snapshot that does not exist', 'notFound', async () => ({ type: 'snapshot', id: 'snap-nope' })],
-    ['a deleted snapshot a volume still reads through', 'notFound', async (w) => {
-      await w.volumes.create(w.request('pvc-src'), log);
-      await w.snapshots.create('snap-1', 'pvc-src', {}, log);
-      await w.snapshots.delete('snap-1', log);
-      return { type: 'snapshot', id: 'snap-1' };
-    }],
-    ['a snapshot the serving node has yet to switch to', 'precondition', async (w) => {
-      const v = await w.volumes.create(w.request('pvc-src'), log);
-      await w.store.update(w.shares.layout(v.mount), { ...v.record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
-      await w.snapshots.create('snap-1', 'pvc-src', {}, log);
-      return { type: 'snapshot', id: 'snap-1' };
-    }],
+    [
+      'a deleted snapshot a volume still reads through',
+      'notFound',
+      async (w) => {
+        await w.volumes.create(w.request('pvc-src'), log);
+        await w.snapshots.create('snap-1', 'pvc-src', {}, log);
+        await w.snapshots.delete('snap-1', log);
+        return { type: 'snapshot', id: 'snap-1' };
+      },
+    ],
+    [
+      'a snapshot the serving node has yet to switch to',
+      'precondition',
+      async (w) => {
+        const v = await w.volumes.create(w.request('pvc-src'), log);
+        await w.store.update(w.shares.layout(v.mount), {
+          ...v.record,
+          publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }],
+        });
+        await w.snapshots.create('snap-1', 'pvc-src', {}, log);
+        return { type: 'snapshot', id: 'snap-1' };
+      },
+    ],
     ['a volume that does not exist', 'notFound', async () => ({ type: 'volume', id: 'pvc-nope' })],
     ['a volume id that could leave the tree', 'invalid', async () => ({ type: 'volume', id: '../x' })],
-    ['a qcow2 volume its node has yet to freeze for the clone', 'busy', async (w) => {
-      const v = await w.volumes.create(w.request('pvc-src'), log);
-      await w.store.update(w.shares.layout(v.mount), { ...v.record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
-      return { type: 'volume', id: 'pvc-src' };
-    }],
+    [
+      'a qcow2 volume its node has yet to freeze for the clone',
+      'busy',
+      async (w) => {
+        const v = await w.volumes.create(w.request('pvc-src'), log);
+        await w.store.update(w.shares.layout(v.mount), {
+          ...v.record,
+          publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }],
+        });
+        return { type: 'volume', id: 'pvc-src' };
+      },
+    ],
   ])('refuses %s (%s)', async (_what, kind, setup) => {
     const w = make();
     const source = await setup(w);
@@ -124,15 +147,23 @@ describe('golden images', () => {
   it.each<[string, string, (w: World) => Promise<string>]>([
     ['a share that is not configured', 'invalid', async () => 'nope/images/golden.qcow2'],
     ['a file that does not exist', 'notFound', async () => 'fast/images/none.qcow2'],
-    ['a link out of the share', 'invalid', async (w) => {
-      writeFileSync(join(w.shares.root, 'outside.qcow2'), 'x');
-      symlinkSync(join(w.shares.root, 'outside.qcow2'), join(w.shares.path('fast'), 'escape.qcow2'));
-      return 'fast/escape.qcow2';
-    }],
-    ['a file inside the driver\'s own tree', 'invalid', async (w) => {
-      await w.volumes.create(w.request('pvc-1', { parameters: { mounts: 'fast' } }), log);
-      return 'fast/filedriver/volumes/pvc-1/disk.qcow2';
-    }],
+    [
+      'a link out of the share',
+      'invalid',
+      async (w) => {
+        writeFileSync(join(w.shares.root, 'outside.qcow2'), 'x');
+        symlinkSync(join(w.shares.root, 'outside.qcow2'), join(w.shares.path('fast'), 'escape.qcow2'));
+        return 'fast/escape.qcow2';
+      },
+    ],
+    [
+      "a file inside the driver's own tree",
+      'invalid',
+      async (w) => {
+        await w.volumes.create(w.request('pvc-1', { parameters: { mounts: 'fast' } }), log);
+        return 'fast/filedriver/volumes/pvc-1/disk.qcow2';
+      },
+    ],
   ])('refuses %s (%s)', async (_what, kind, setup) => {
     const w = make();
     const sourceImage = await setup(w);

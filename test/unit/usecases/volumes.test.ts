@@ -21,10 +21,18 @@ describe('CreateVolume', () => {
     ['a raw volume', { parameters: { format: 'raw' } }, { format: 'raw', size: 16n * MiB }],
     ['a size rounded up to a whole MiB', { capacity: { requiredBytes: 16n * MiB + 1n, limitBytes: 0n } }, { format: 'qcow2', size: 17n * MiB }],
     ['the default size when none is asked', { capacity: { requiredBytes: 0n, limitBytes: 0n } }, { format: 'qcow2', size: 64n * MiB }],
-    ['the whole MiB under a limit given alone', { capacity: { requiredBytes: 0n, limitBytes: 10n * MiB + 5n } }, { format: 'qcow2', size: 10n * MiB }],
+    [
+      'the whole MiB under a limit given alone',
+      { capacity: { requiredBytes: 0n, limitBytes: 10n * MiB + 5n } },
+      { format: 'qcow2', size: 10n * MiB },
+    ],
     ['on the share the StorageClass names', { parameters: { mounts: 'slow' } }, { mount: 'slow', format: 'qcow2', size: 16n * MiB }],
     ['on the share the requisite topology names', { requisite: [{ [keyOf('slow')]: 'true' }] }, { mount: 'slow', format: 'qcow2', size: 16n * MiB }],
-    ['on a preferred share though another has more room', { preferred: [{ [keyOf('slow')]: 'true' }] }, { mount: 'slow', format: 'qcow2', size: 16n * MiB }],
+    [
+      'on a preferred share though another has more room',
+      { preferred: [{ [keyOf('slow')]: 'true' }] },
+      { mount: 'slow', format: 'qcow2', size: 16n * MiB },
+    ],
   ])('creates %s', async (_what, over, expected) => {
     const w = make({ space: { fast: 200n * GiB, slow: 100n * GiB } });
     const v = await w.volumes.create(w.request('pvc-1', over), log);
@@ -69,7 +77,7 @@ describe('CreateVolume', () => {
   });
 
   it.each<[string, Partial<CreateVolumeInput>]>([
-    ['a size outside the first one\'s', { capacity: { requiredBytes: 32n * MiB, limitBytes: 0n } }],
+    ["a size outside the first one's", { capacity: { requiredBytes: 32n * MiB, limitBytes: 0n } }],
     ['other StorageClass parameters', { parameters: { format: 'raw' } }],
     ['a content source the first did not have', { contentSource: { type: 'volume', id: 'pvc-0' } }],
     ['a topology the volume is outside of', { requisite: [{ [keyOf('slow')]: 'true' }] }],
@@ -97,7 +105,7 @@ describe('CreateVolume', () => {
     expect(w.contents('fast').volumes).toEqual([]);
   });
 
-  it('places thick volumes by what is promised, not by the sparse files\' use of free space', async () => {
+  it("places thick volumes by what is promised, not by the sparse files' use of free space", async () => {
     const w = make({ shares: ['fast'], space: { fast: 100n * MiB } });
     w.shares.probes.set(w.shares.path('fast'), { totalBytes: 100n * MiB }); // an empty share: all free
     const raw = (name: string) => w.request(name, { parameters: { format: 'raw' }, capacity: { requiredBytes: 60n * MiB, limitBytes: 0n } });
@@ -114,7 +122,10 @@ describe('CreateVolume', () => {
     const layout = w.shares.layout('fast');
     expect((await w.qemuImg.info(layout.imagePath('pvc-linked', 'qcow2'))).backingFile).toBe('../../snapshots/snap-1/disk.qcow2');
     expect(await w.snapshotStore.dependents(layout, 'snap-1')).toContain('pvc-linked');
-    const full = await w.volumes.create(w.request('pvc-full', { parameters: { format: 'raw' }, contentSource: { type: 'snapshot', id: 'snap-1' } }), log);
+    const full = await w.volumes.create(
+      w.request('pvc-full', { parameters: { format: 'raw' }, contentSource: { type: 'snapshot', id: 'snap-1' } }),
+      log,
+    );
     expect(full.record.backing).toBeNull();
     expect(await w.qemuImg.info(layout.imagePath('pvc-full', 'raw'), 'raw')).toMatchObject({ format: 'raw', virtualSize: 16n * MiB });
   });
@@ -135,15 +146,26 @@ describe('DeleteVolume', () => {
 
   it.each<[string, string, (w: World) => Promise<string>]>([
     ['an id that could leave the tree', 'invalid', async () => '../etc'],
-    ['a volume still published to a node', 'precondition', async (w) => {
-      const v = await w.volumes.create(w.request('pvc-1'), log);
-      await w.store.update(w.shares.layout(v.mount), { ...v.record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
-      return 'pvc-1';
-    }],
-    ['an unknown volume while a share is unmounted', 'unavailable', async (w) => {
-      w.shares.probes.set(w.shares.path('slow'), { mounted: false });
-      return 'pvc-1';
-    }],
+    [
+      'a volume still published to a node',
+      'precondition',
+      async (w) => {
+        const v = await w.volumes.create(w.request('pvc-1'), log);
+        await w.store.update(w.shares.layout(v.mount), {
+          ...v.record,
+          publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }],
+        });
+        return 'pvc-1';
+      },
+    ],
+    [
+      'an unknown volume while a share is unmounted',
+      'unavailable',
+      async (w) => {
+        w.shares.probes.set(w.shares.path('slow'), { mounted: false });
+        return 'pvc-1';
+      },
+    ],
   ])('refuses %s (%s), removing nothing', async (_what, kind, setup) => {
     const w = make();
     const id = await setup(w);
@@ -196,7 +218,7 @@ describe('ControllerExpandVolume', () => {
     expect((await w.store.read(w.shares.layout('fast'), 'pvc-1'))?.sizeBytes).toBe((16n * MiB).toString());
   });
 
-  it('records the new size of a qcow2 volume a node\'s qemu holds, leaving the image to that node', async () => {
+  it("records the new size of a qcow2 volume a node's qemu holds, leaving the image to that node", async () => {
     const w = make({ shares: ['fast'] });
     await w.volumes.create(w.request('pvc-1'), log);
     const image = w.shares.layout('fast').imagePath('pvc-1', 'qcow2');

@@ -83,7 +83,22 @@ export function world(options: WorldOptions = {}) {
     return { volumes: list(layout.volumes), snapshots: list(layout.snapshots), tmp: list(layout.tmp) };
   };
 
-  return { shares, mounts, qemuImg, files, store, ledger, snapshotStore, placer, volumes, snapshots, sources, request, contents, cleanup: () => shares.cleanup() };
+  return {
+    shares,
+    mounts,
+    qemuImg,
+    files,
+    store,
+    ledger,
+    snapshotStore,
+    placer,
+    volumes,
+    snapshots,
+    sources,
+    request,
+    contents,
+    cleanup: () => shares.cleanup(),
+  };
 }
 
 export type World = ReturnType<typeof world>;

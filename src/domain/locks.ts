@@ -4,7 +4,7 @@
  * retries later. In-process suffices: the controller runs as one
  * leader-elected replica, and each node plugin owns its node.
  */
-import { busy } from '../domain/errors.js';
+import { busy } from './errors.js';
 
 export class KeyedLocks {
   private readonly held = new Set<string>();
