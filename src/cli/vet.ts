@@ -7,7 +7,7 @@
 import { realpath, stat } from 'node:fs/promises';
 import { isAbsolute, sep } from 'node:path';
 import { insideMount } from '../controller/sources.js';
-import { invalid, precondition } from '../domain/errors.js';
+import { imageLocked, invalid, precondition } from '../domain/errors.js';
 import { isFormat, type Format } from '../domain/parameters.js';
 import type { Layout } from '../storage/layout.js';
 import { CommandFailed } from '../system/command.js';
@@ -46,7 +46,7 @@ export async function vetImage(ctx: Context, layout: Layout, relative: string, w
   }
   // A qcow2 image imported as raw bytes is still locked as the qcow2 image it is.
   if (await ctx.qemuImg.inUse(image, isFormat(probed) ? probed : format))
-    throw precondition(`image ${image} is in use by another qemu process (qemu image lock held)`);
+    throw imageLocked(`image ${image} is in use by another qemu process (qemu image lock held)`);
   const backing = await chainOnMount(ctx, layout, image, format);
   return { image, format, sizeBytes: info.virtualSize, backing, links: st.nlink, probed };
 }

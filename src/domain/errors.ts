@@ -5,15 +5,25 @@
 export type ErrorKind =
   'invalid' | 'notFound' | 'alreadyExists' | 'outOfRange' | 'exhausted' | 'busy' | 'precondition' | 'unavailable' | 'unimplemented' | 'internal';
 
+/**
+ * Why, where a caller acts on it (not only the client): named here so no
+ * caller matches message text.
+ * - imageLocked: another process holds the image's qemu lock.
+ */
+export type ErrorReason = 'imageLocked';
+
 export class DriverError extends Error {
   constructor(
     readonly kind: ErrorKind,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; reason?: ErrorReason },
   ) {
     super(message, options);
     this.name = 'DriverError';
+    this.reason = options?.reason;
   }
+
+  readonly reason: ErrorReason | undefined;
 }
 
 export const invalid = (msg: string): DriverError => new DriverError('invalid', msg);
@@ -23,6 +33,8 @@ export const outOfRange = (msg: string): DriverError => new DriverError('outOfRa
 export const exhausted = (msg: string): DriverError => new DriverError('exhausted', msg);
 export const busy = (msg: string): DriverError => new DriverError('busy', msg);
 export const precondition = (msg: string): DriverError => new DriverError('precondition', msg);
+/** The image is open in another qemu process (its lock): FAILED_PRECONDITION, and callers can tell. */
+export const imageLocked = (msg: string): DriverError => new DriverError('precondition', msg, { reason: 'imageLocked' });
 export const unavailable = (msg: string): DriverError => new DriverError('unavailable', msg);
 export const internal = (msg: string, cause?: unknown): DriverError => new DriverError('internal', msg, { cause });
 

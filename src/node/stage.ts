@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'pino';
 import { isFsType, isReadOnlyMode, unsupportedReason, type Capability } from '../domain/capabilities.js';
-import { alreadyExists, busy, invalid, isDriverError, notFound, precondition } from '../domain/errors.js';
+import { alreadyExists, busy, imageLocked, invalid, isDriverError, notFound, precondition } from '../domain/errors.js';
 import { checkReadOnlyFlags } from '../domain/mount-flags.js';
 import type { VolumeStore } from '../storage/volume-store.js';
 import { stageMountFlags } from '../system/filesystems.js';
@@ -240,10 +240,10 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** A qemu lock conflict names the nodes the controller has published the volume to: the likely holders. */
 function withHolders(e: unknown, nodes: readonly string[]): unknown {
-  if (!isDriverError(e) || e.kind !== 'precondition' || !/image lock/.test(e.message)) return e;
+  if (!isDriverError(e) || e.reason !== 'imageLocked') return e;
   const who =
     nodes.length === 0
       ? 'the controller records no node for it (another process on a node holds it)'
       : `it is published to node(s) ${nodes.join(', ')}`;
-  return precondition(`${e.message}; ${who}`);
+  return imageLocked(`${e.message}; ${who}`);
 }

@@ -36,7 +36,7 @@ import { type Runner } from './command.js';
 import type { DataPlane, DataPlaneFeatures } from './data-plane.js';
 import { mountAt, readMountInfo } from './mountinfo.js';
 import { Qmp, type QmpValue } from './qmp.js';
-import { describe, internal, outOfRange, precondition } from '../domain/errors.js';
+import { describe, imageLocked, internal, outOfRange, precondition } from '../domain/errors.js';
 import type { Format } from '../domain/parameters.js';
 
 export interface ExportHandle {
@@ -355,7 +355,7 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
         if (failed === undefined) break;
         await removeIn(q, o.tag);
         await clearDir(dir, image);
-        if (LOCK_CONFLICT.test(failed)) throw precondition(`image ${image} is in use by another process (qemu image lock): ${failed}`);
+        if (LOCK_CONFLICT.test(failed)) throw imageLocked(`image ${image} is in use by another process (qemu image lock): ${failed}`);
         if (directIo && /O_DIRECT/.test(failed)) directIo = false;
         else if (aio === 'io_uring' && /io_uring/i.test(failed)) aio = 'threads';
         else throw internal(`cannot export ${image}: ${failed}`);

@@ -4,7 +4,7 @@
  * which qemu allows for readers.
  */
 import { CommandFailed, type Runner } from './command.js';
-import { precondition } from '../domain/errors.js';
+import { imageLocked } from '../domain/errors.js';
 import type { Format, Preallocation } from '../domain/parameters.js';
 
 export interface CreateOptions {
@@ -123,7 +123,7 @@ const LOCK_ERROR = /Failed to get ".*" lock|Is another process using the image/;
 /** Turns qemu's lock conflict into a precondition failure naming the image. */
 function lockAware(path: string, e: unknown): never {
   if (e instanceof CommandFailed && LOCK_ERROR.test(e.stderr)) {
-    throw precondition(`image ${path} is in use by another qemu process (qemu image lock held)`);
+    throw imageLocked(`image ${path} is in use by another qemu process (qemu image lock held)`);
   }
   throw e;
 }

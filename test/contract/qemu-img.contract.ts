@@ -145,8 +145,8 @@ export function qemuImgContract(name: string, make: () => QemuImgSubject): void 
         expect((await w.img.info(base)).virtualSize).toBe(MiB);
         await w.img.convert(base, 'qcow2', w.at('volumes/v/copy.raw'), 'raw');
         // Writers do not: a resize of it, or of an image above it, is refused as "in use".
-        await expect(w.img.resize(base, 'qcow2', 2n * MiB)).rejects.toMatchObject({ kind: 'precondition' });
-        await expect(w.img.resize(top, 'qcow2', 2n * MiB)).rejects.toMatchObject({ kind: 'precondition' });
+        await expect(w.img.resize(base, 'qcow2', 2n * MiB)).rejects.toMatchObject({ kind: 'precondition', reason: 'imageLocked' });
+        await expect(w.img.resize(top, 'qcow2', 2n * MiB)).rejects.toMatchObject({ kind: 'precondition', reason: 'imageLocked' });
         // An overlay is made while the base is held (qemu opens it sharing writes).
         await w.img.createOverlay(w.at('volumes/v/next.qcow2'), '../../snapshots/s/disk.qcow2', 'qcow2', MiB);
       } finally {

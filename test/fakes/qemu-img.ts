@@ -14,7 +14,7 @@
  */
 import { open, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { precondition } from '../../src/domain/errors.js';
+import { imageLocked } from '../../src/domain/errors.js';
 import type { Format, Preallocation } from '../../src/domain/parameters.js';
 import type { ChainLink, CheckResult, CreateOptions, ImageInfo, QemuImg } from '../../src/system/qemu-img.js';
 import { allocated, backingPath, guestView, inode, openImage, SECTOR, writeQcow2, writeRaw, type FakeQcow2, type Opened } from './image-file.js';
@@ -133,7 +133,7 @@ export class FakeQemuImg extends Recorder<QemuImgOp> implements QemuImg {
     this.act('resize', path, format, sizeBytes, preallocation);
     const chain = await this.chain('resize', path, format);
     const top = chain[0] as Opened;
-    if (await this.anyHeld(chain)) throw precondition(`image ${path} is in use by another qemu process (qemu image lock held)`);
+    if (await this.anyHeld(chain)) throw imageLocked(`image ${path} is in use by another qemu process (qemu image lock held)`);
     const size = roundUp(sizeBytes, BigInt(SECTOR));
     if (size < top.sizeBytes) throw failed('resize', 'Use the --shrink option to perform a shrink operation.');
     if (top.format === 'raw') {

@@ -244,7 +244,7 @@ describe
       for (const readOnly of [false, true]) {
         const err = await exportsA.start(image, options(join(dir, 'b'), readOnly, 'qcow2', 2)).catch((e: unknown) => e);
         expect(err).toBeInstanceOf(DriverError);
-        expect(err).toMatchObject({ kind: 'precondition' });
+        expect(err).toMatchObject({ kind: 'precondition', reason: 'imageLocked' });
         expect((err as Error).message).toContain(image);
         expect((err as Error).message).toMatch(/in use by another process.*lock/);
         expect(readdirSync(join(dir, 'b'))).toEqual([]);
@@ -261,7 +261,10 @@ describe
       const device = await attach(r2, true);
       expect(await loops.size(device)).toBe(32n * MiB);
       await expect(exportsA.resize(r1, 64n * MiB)).rejects.toMatchObject({ kind: 'precondition' });
-      await expect(exportsA.start(image, options(join(dir, 'w'), false, 'qcow2', 3))).rejects.toMatchObject({ kind: 'precondition' });
+      await expect(exportsA.start(image, options(join(dir, 'w'), false, 'qcow2', 3))).rejects.toMatchObject({
+        kind: 'precondition',
+        reason: 'imageLocked',
+      });
     });
 
     it('exports a raw image, and falls back to buffered I/O on a filesystem without O_DIRECT', async () => {
