@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { ConfigError, type Config } from './config.js';
+import { ConfigError, type AdminConfig, type Config } from './config.js';
 import { Metrics } from './metrics.js';
 import { capacity } from './controller/capacity.js';
 import { listVolumes } from './controller/listing.js';
@@ -98,14 +98,29 @@ function nodeParts(config: Config, log: Logger, run: Runner, store: VolumeStore,
   return { stager: new Stager(store, state, sys, layers), publisher: new Publisher(state, sys), health: new NodeHealth(state, sys), layers, plane };
 }
 
+/**
+ * The mounts, their stores and the machinery that moves volumes between them:
+ * what serve's controller and the admin commands (cli/context.ts) share.
+ */
+export function storeParts(config: AdminConfig, log: Logger, run: Runner) {
+  const qemuImg = makeQemuImg(run);
+  const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
+  const store = new VolumeStore(mounts);
+  const snapshotStore = new SnapshotStore(mounts);
+  const ledger = new Ledger(store);
+  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
+  const layering = new Layering(store, snapshotStore, qemuImg);
+  const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
+  const settler = new Settler(store, layering, mover);
+  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
+  return { qemuImg, mounts, store, snapshotStore, ledger, placer, layering, mover, settler, relocator };
+}
+
 export function buildApp(config: Config, log: Logger): App {
   // Controller tools die with the controller; the node's keep running (see RunnerOptions).
   const qemu = qemuOf(config);
   const run = makeRunner(log.child({ component: 'command' }), { dieWithParent: config.mode !== 'node', qemu });
-  const qemuImg = makeQemuImg(run);
-  const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
-  const store = new VolumeStore(mounts);
-  const ledger = new Ledger(store);
+  const { qemuImg, mounts, store, snapshotStore, ledger, placer, layering, mover, settler, relocator } = storeParts(config, log, run);
   const metrics = new Metrics(mounts, config.mode !== 'node');
   // One set of locks for the RPCs and the node's background work on the same volumes.
   const locks = new KeyedLocks();
@@ -113,23 +128,17 @@ export function buildApp(config: Config, log: Logger): App {
   const controller = config.mode !== 'node';
   const node = config.mode !== 'controller';
   const files = makeFiles(run);
-  const snapshotStore = new SnapshotStore(mounts);
   const merger = new Merger(mounts, store, snapshotStore, qemuImg, locks, log.child({ component: 'merger' }));
   if (controller) snapshotStore.onLonely = (layout, id) => merger.kick(layout, id);
   merger.report = metrics.layerEvent;
   metrics.watchMerges(() => merger.waitingCount);
-  const layering = new Layering(store, snapshotStore, qemuImg);
-  const mover = new LiveMover(mounts, store, snapshotStore, ledger, qemuImg);
-  const settler = new Settler(store, layering, mover);
   layering.report = metrics.layerEvent;
   mover.report = metrics.layerEvent;
   const snapshots = new SnapshotService(mounts, store, snapshotStore, qemuImg, files, layering);
   const sources = new Sources(mounts, store, snapshotStore, snapshots, qemuImg);
   const images = new ImageBuilder(qemuImg, files, log.child({ component: 'images' }));
-  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
   const volumes = new VolumeService(config, mounts, store, ledger, placer, qemuImg, snapshotStore, sources, images, settler);
   const publishing = new PublishService(volumes, mounts, store, new ShareNodeRegistry(mounts));
-  const relocator = new Relocator(mounts, store, snapshotStore, ledger, placer, qemuImg, mover, settler);
 
   const nodeSide = nodeParts(config, log, makeRunner(log.child({ component: 'command' }), { qemu }), store, mounts, locks);
   nodeSide.layers.report = metrics.layerEvent;

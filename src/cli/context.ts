@@ -5,24 +5,19 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { destination, pino, type Logger } from 'pino';
-import { qemuOf } from '../app.js';
+import { qemuOf, storeParts } from '../app.js';
 import type { QemuInstall } from '../system/qemu-tools.js';
 import { buildAdminConfig, ConfigError, envSettings, readConfigFile, type AdminConfig, type RawSettings } from '../config.js';
-import { Layering } from '../controller/layering.js';
-import { LiveMover } from '../controller/live-move.js';
-import { Settler } from '../controller/settle.js';
-import { Relocator } from '../controller/relocate.js';
+import type { Relocator } from '../controller/relocate.js';
 import { describe } from '../domain/errors.js';
-import { Placer } from '../controller/placer.js';
-import { topologyKey } from '../domain/topology.js';
-import { Ledger } from '../storage/ledger.js';
-import { linuxProbes, Mounts } from '../storage/mounts.js';
-import { SnapshotStore } from '../storage/snapshot-store.js';
-import { VolumeStore } from '../storage/volume-store.js';
+import type { Ledger } from '../storage/ledger.js';
+import type { Mounts } from '../storage/mounts.js';
+import type { SnapshotStore } from '../storage/snapshot-store.js';
+import type { VolumeStore } from '../storage/volume-store.js';
 import { makeRunner, type Runner } from '../system/command.js';
 import { makeFiles, type Files } from '../system/files.js';
 import { makeLoopDevices, type LoopDevices } from '../system/loop-devices.js';
-import { makeQemuImg, type QemuImg } from '../system/qemu-img.js';
+import type { QemuImg } from '../system/qemu-img.js';
 
 /** Flags every admin command takes. `--mount` is import's target, so shares are defined with `--share`. */
 export const COMMON_OPTIONS = {
@@ -95,15 +90,8 @@ export function buildContext(values: CommonValues): Context {
   const log = pino({ level: values.verbose === true ? 'debug' : 'silent', base: { driver: config.driverName } }, destination(2));
   const qemu = qemuOf(config);
   const run = makeRunner(log.child({ component: 'command' }), { qemu });
-  const qemuImg = makeQemuImg(run);
-  const mounts = new Mounts(config.mounts, linuxProbes, config.healthCacheSeconds * 1000, log.child({ component: 'mounts' }));
-  const store = new VolumeStore(mounts);
-  const snapshots = new SnapshotStore(mounts);
-  const ledger = new Ledger(store);
-  const placer = new Placer(mounts, ledger, config.overSubscription, (m) => topologyKey(config.driverName, m));
-  const mover = new LiveMover(mounts, store, snapshots, ledger, qemuImg);
-  const settler = new Settler(store, new Layering(store, snapshots, qemuImg), mover);
-  const relocator = new Relocator(mounts, store, snapshots, ledger, placer, qemuImg, mover, settler);
+  // The same stores and move machinery as serve's controller (app.ts).
+  const { qemuImg, mounts, store, snapshotStore: snapshots, ledger, relocator } = storeParts(config, log, run);
   return { config, log, qemu, run, qemuImg, files: makeFiles(run), loops: makeLoopDevices(run), mounts, store, snapshots, ledger, relocator };
 }
 
