@@ -17,7 +17,19 @@ import { dirname } from 'node:path';
 import { imageLocked } from '../../src/domain/errors.js';
 import type { Format, Preallocation } from '../../src/domain/parameters.js';
 import type { ChainLink, CheckResult, CreateOptions, ImageInfo, QemuImg } from '../../src/system/qemu-img.js';
-import { allocated, backingPath, guestView, inode, openImage, SECTOR, writeQcow2, writeRaw, type FakeQcow2, type Opened } from './image-file.js';
+import {
+  allocated,
+  backingPath,
+  guestView,
+  inode,
+  openImage,
+  SECTOR,
+  writeGuest,
+  writeQcow2,
+  writeRaw,
+  type FakeQcow2,
+  type Opened,
+} from './image-file.js';
 import { Recorder, toolFailed } from './recorder.js';
 
 export type QemuImgOp =
@@ -39,18 +51,14 @@ export class FakeQemuImg extends Recorder<QemuImgOp> implements QemuImg {
     return () => this.held.delete(key);
   }
 
+  /** Whether a (pretend) qemu process holds the image open for writing. */
+  async holds(path: string): Promise<boolean> {
+    return this.held.has((await inode(path)) ?? '');
+  }
+
   /** What a guest would write: `data` at `offset` (both whole sectors) of the image's guest view. */
   async write(path: string, format: Format, offset: number, data: Buffer): Promise<void> {
-    if (offset % SECTOR !== 0 || data.length % SECTOR !== 0) throw new Error('fake guest writes are whole sectors');
-    const img = await openImage(path, format);
-    if (BigInt(offset + data.length) > img.sizeBytes) throw new Error(`write beyond the end of ${path}`);
-    if (img.format === 'raw') {
-      const fh = await open(path, 'r+');
-      await fh.write(data, 0, data.length, offset).finally(() => fh.close());
-      return;
-    }
-    for (let at = 0; at < data.length; at += SECTOR) img.qcow2.sectors.set((offset + at) / SECTOR, Buffer.from(data.subarray(at, at + SECTOR)));
-    await writeQcow2(path, img.qcow2);
+    await writeGuest(path, format, offset, data);
   }
 
   async version(): Promise<string> {
