@@ -7,8 +7,9 @@
  * again only on refreshCapacity; a detach of a device still open (mounted, or
  * held as a pod or udev would: `open`) deferred, marking it autoclear until
  * its last close; a file unlinked or replaced while attached shown deleted.
- * Devices are numbered from 1000, so no device node of this machine has
- * their names (node/where.ts stats them).
+ * A detached device stays, free, with size 0. Devices are numbered from
+ * 1000, so no device node of this machine has their names (node/where.ts
+ * stats them).
  *
  * A file a FakeQemuExports serves is read through it (`views`): the device
  * shows the guest data of the export's image. Not modelled: which
@@ -59,6 +60,8 @@ const dead = (file: string): Error =>
 
 export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevices {
   private readonly devices = new Map<string, Device>();
+  /** Every device name handed out: a free one still exists, reading as size 0 (its sysfs entry stays). */
+  private readonly made = new Set<string>();
 
   constructor(private readonly views: FileViews = () => undefined) {
     super();
@@ -96,7 +99,7 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
     const same = [...this.devices.values()].find((d) => d.file === path && d.inode === ino);
     if (same !== undefined) {
       // losetup --nooverlap: a read-only device cannot be reused read-write; reuse clears autoclear.
-      if (same.readOnly && !options.readOnly) throw toolFailed('losetup', `losetup: ${path}: overlapping read-only loop device`);
+      if (same.readOnly && !options.readOnly) throw toolFailed('losetup', `losetup: ${path}: overlapping read-only loop device exists`);
       if (options.readOnly && !same.readOnly) {
         throw precondition(`${path} is already attached read-write at ${name(same)}; it cannot be attached read-only`);
       }
@@ -117,6 +120,7 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
       opens: 0,
     };
     this.devices.set(name(d), d);
+    this.made.add(name(d));
     return this.describe(d);
   }
 
@@ -158,8 +162,9 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
   async size(device: string): Promise<bigint> {
     this.act('size', device);
     const d = this.devices.get(device);
-    if (d === undefined) throw internal(`loop device ${device} does not exist`);
-    return d.sizeBytes;
+    if (d !== undefined) return d.sizeBytes;
+    if (this.made.has(device)) return 0n;
+    throw internal(`loop device ${device} does not exist`);
   }
 
   private sorted(): Device[] {
