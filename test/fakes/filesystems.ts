@@ -2,9 +2,10 @@
  * Filesystems without mkfs or mount(8). What a device holds is the guest data
  * of the file behind its loop device (FakeLoopDevices.medium): the fake mkfs
  * writes the superblock magic and block count where ext4 and xfs keep them,
- * so a snapshot or clone of a formatted volume is formatted too, and usage
- * and grow read the size back from there. The mounts are a table, in
- * mountinfo's terms.
+ * so a snapshot or clone of a formatted volume is formatted too; a mount
+ * reads the size from there and keeps it, as the kernel does (usage reads no
+ * device), and grow writes it anew. The mounts are a table, in mountinfo's
+ * terms.
  *
  * Modelled, as test/contract/filesystems.contract.ts checks against the real
  * adapter: probe finds ext4 and xfs (both at once: 'other'), any other data
@@ -43,7 +44,12 @@ interface Mounted extends MountEntry {
   /** Closes the loop device this mount holds open. */
   close: (() => void) | undefined;
   device: string | undefined;
+  /** The filesystem's size in blocks, kept in memory as the kernel keeps its superblock: statfs reads no device. */
+  blocks: bigint | undefined;
 }
+
+/** What a mount takes from its source. */
+type Source = Pick<Mounted, 'source' | 'fsType' | 'root' | 'superOptions' | 'device' | 'blocks'>;
 
 export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesystems {
   private table: Mounted[] = [];
@@ -55,7 +61,7 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
 
   /** The mount table, oldest first (what /proc/self/mountinfo would list of these mounts). */
   mounts(): MountEntry[] {
-    return this.table.map(({ close: _c, device: _d, ...entry }) => entry);
+    return this.table.map(({ close: _c, device: _d, blocks: _b, ...entry }) => entry);
   }
 
   async probe(device: string): Promise<Probe> {
@@ -121,6 +127,7 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
     }
     const m = this.medium(device);
     await this.writeBlocks(m, fsType, m.sizeBytes / BLOCK);
+    for (const e of this.table) if (e.device === device) e.blocks = m.sizeBytes / BLOCK;
   }
 
   async usage(path: string): Promise<Usage> {
@@ -128,14 +135,14 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
     const at = await canonicalPath(path);
     // The filesystem a path is on: the deepest mount at or above it.
     const under = this.table.filter((e) => at === e.mountPoint || at.startsWith(`${e.mountPoint}/`));
-    const device = under.sort((a, b) => a.mountPoint.length - b.mountPoint.length).pop()?.device;
-    if (device === undefined) {
+    const blocks = under.sort((a, b) => a.mountPoint.length - b.mountPoint.length).pop()?.blocks;
+    if (blocks === undefined) {
       const s = await statfs(at, { bigint: true });
       const total = s.blocks * s.bsize;
       const files = s.files;
       return { totalBytes: total, usedBytes: total - s.bfree * s.bsize, availableBytes: s.bavail * s.bsize, ...inodes(files, s.ffree) };
     }
-    const totalBytes = (await this.blocks(this.medium(device))) * BLOCK;
+    const totalBytes = blocks * BLOCK;
     return { totalBytes, usedBytes: 0n, availableBytes: totalBytes, ...inodes(totalBytes / 16384n, totalBytes / 16384n) };
   }
 
@@ -186,36 +193,30 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
   }
 
   /** A filesystem on a loop device, checked as mount(8) and the kernel check it. */
-  private async filesystemOf(
-    source: string,
-    target: string,
-    options: MountOptions,
-  ): Promise<Pick<Mounted, 'source' | 'fsType' | 'root' | 'superOptions' | 'device'>> {
+  private async filesystemOf(source: string, target: string, options: MountOptions): Promise<Source> {
     if (this.loops.medium(source) === undefined) throw mountFailed(target, `special device ${source} does not exist.`);
     const found = await this.look(source);
     if (found.kind !== 'filesystem' || (options.fsType !== undefined && options.fsType !== found.fsType)) {
       throw mountFailed(target, `wrong fs type, bad option, bad superblock on ${source}, missing codepage or helper program, or other error.`);
     }
-    return { source, fsType: found.fsType, root: '/', superOptions: options.readOnly ? 'ro' : 'rw', device: source };
+    const blocks = await this.blocks(this.medium(source));
+    return { source, fsType: found.fsType, root: '/', superOptions: options.readOnly ? 'ro' : 'rw', device: source, blocks };
   }
 
   /** A bind: of a device node onto a file (it holds nothing open), or of a directory (its filesystem's device stays open). */
-  private async bindOf(
-    source: string,
-    target: string,
-    ontoDirectory: boolean,
-  ): Promise<Pick<Mounted, 'source' | 'fsType' | 'root' | 'superOptions' | 'device'>> {
+  private async bindOf(source: string, target: string, ontoDirectory: boolean): Promise<Source> {
     if (this.loops.medium(source) !== undefined) {
       if (ontoDirectory) throw mountFailed(target, 'mount(2) system call failed: Not a directory.');
-      return { source: 'udev', fsType: 'devtmpfs', root: `/${basename(source)}`, superOptions: 'rw', device: undefined };
+      return { source: 'udev', fsType: 'devtmpfs', root: `/${basename(source)}`, superOptions: 'rw', device: undefined, blocks: undefined };
     }
     const from = await canonicalPath(source);
     const st = await stat(from).catch(() => undefined);
     if (st === undefined) throw mountFailed(target, `special device ${source} does not exist.`);
     if (st.isDirectory() !== ontoDirectory) throw mountFailed(target, 'mount(2) system call failed: Not a directory.');
     const under = this.at(from);
-    if (under === undefined) return { source: 'fakeroot', fsType: 'fakefs', root: from, superOptions: 'rw', device: undefined };
-    return { source: under.source, fsType: under.fsType, root: under.root, superOptions: under.superOptions, device: under.device };
+    if (under === undefined) return { source: 'fakeroot', fsType: 'fakefs', root: from, superOptions: 'rw', device: undefined, blocks: undefined };
+    const { source: src, fsType, root, superOptions, device, blocks } = under;
+    return { source: src, fsType, root, superOptions, device, blocks };
   }
 }
 
