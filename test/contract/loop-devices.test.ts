@@ -19,7 +19,7 @@ loopDevicesContract('the fake', () => {
     dir,
     open: async (device) => {
       const close = loops.open(device);
-      return async () => close();
+      return close;
     },
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };

@@ -27,7 +27,6 @@ import { internal, invalid } from '../../src/domain/errors.js';
 import type { Probe } from '../../src/system/blkid.js';
 import { canonicalPath, type Filesystems, type MountOptions, type Usage } from '../../src/system/filesystems.js';
 import type { MountEntry } from '../../src/system/mountinfo.js';
-import { readGuest, writeGuest } from './image-file.js';
 import type { DeviceMedium, FakeLoopDevices } from './loop-devices.js';
 import { Recorder, toolFailed } from './recorder.js';
 
@@ -42,7 +41,7 @@ const XFS_MAGIC = 'XFSB';
 
 interface Mounted extends MountEntry {
   /** Closes the loop device this mount holds open. */
-  close: (() => void) | undefined;
+  close: (() => Promise<void>) | undefined;
   device: string | undefined;
   /** The filesystem's size in blocks, kept in memory as the kernel keeps its superblock: statfs reads no device. */
   blocks: bigint | undefined;
@@ -102,7 +101,7 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
   async unmount(target: string): Promise<void> {
     this.act('unmount', target);
     const at = await canonicalPath(target);
-    for (const m of this.table.filter((e) => e.mountPoint === at).reverse()) m.close?.();
+    for (const m of this.table.filter((e) => e.mountPoint === at).reverse()) await m.close?.();
     this.table = this.table.filter((e) => e.mountPoint !== at);
   }
 
@@ -161,9 +160,9 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
   private async look(device: string): Promise<Probe> {
     const m = this.medium(device);
     const size = Number(m.sizeBytes);
-    const head = await readGuest(m.path, m.format, 0, Math.min(MiB, size));
+    const head = await m.medium.read(0, Math.min(MiB, size));
     const tailAt = Math.max(head.length, size - MiB);
-    const tail = await readGuest(m.path, m.format, tailAt, size - tailAt);
+    const tail = await m.medium.read(tailAt, size - tailAt);
     const ext4 = head.length >= EXT4_SB + 58 && head.readUInt16LE(EXT4_SB + 56) === 0xef53;
     const xfs = head.toString('latin1', 0, 4) === XFS_MAGIC;
     if (ext4 && xfs) return { kind: 'other', description: 'several signatures: xfs at 0x0, ext4 at 0x438' };
@@ -176,7 +175,7 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
   /** A superblock of `fsType` that spans `blocks` 4 KiB blocks, written where the real one is. */
   private async writeBlocks(m: DeviceMedium, fsType: FsType, blocks: bigint): Promise<void> {
     const at = fsType === 'ext4' ? EXT4_SB : 0;
-    const sector = await readGuest(m.path, m.format, at, 512);
+    const sector = await m.medium.read(at, 512);
     if (fsType === 'ext4') {
       sector.writeUInt32LE(Number(blocks), 4);
       sector.writeUInt16LE(0xef53, 56);
@@ -184,11 +183,11 @@ export class FakeFilesystems extends Recorder<FilesystemsOp> implements Filesyst
       sector.write(XFS_MAGIC, 0, 'latin1');
       sector.writeBigUInt64BE(blocks, 8);
     }
-    await writeGuest(m.path, m.format, at, sector);
+    await m.medium.write(at, sector);
   }
 
   private async blocks(m: DeviceMedium): Promise<bigint> {
-    const head = await readGuest(m.path, m.format, 0, EXT4_SB + 512);
+    const head = await m.medium.read(0, EXT4_SB + 512);
     return head.toString('latin1', 0, 4) === XFS_MAGIC ? head.readBigUInt64BE(8) : BigInt(head.readUInt32LE(EXT4_SB + 4));
   }
 

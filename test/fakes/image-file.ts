@@ -142,27 +142,6 @@ export async function inode(path: string): Promise<string | undefined> {
   return st === undefined ? undefined : `${st.dev}:${st.ino}`;
 }
 
-/** The size a guest sees: a qcow2 image's virtual size, a raw file's whole sectors (as a loop device counts them). */
-export async function virtualSize(path: string, format: Format): Promise<bigint> {
-  if (format === 'qcow2') return (await openImage(path, 'qcow2')).sizeBytes;
-  return (BigInt((await stat(path)).size) / BigInt(SECTOR)) * BigInt(SECTOR);
-}
-
-/** `length` bytes of what the guest reads at `offset` (a raw file is read in place: large sparse ones stay cheap). */
-export async function readGuest(path: string, format: Format, offset: number, length: number): Promise<Buffer> {
-  const out = Buffer.alloc(length);
-  if (format === 'raw') {
-    const fh = await open(path, 'r');
-    await fh.read(out, 0, length, offset).finally(() => fh.close());
-    return out;
-  }
-  for (const [i, s] of await guestView(path, 'qcow2')) {
-    const at = i * SECTOR - offset;
-    if (at + SECTOR > 0 && at < length) s.copy(out, Math.max(at, 0), Math.max(-at, 0), Math.min(SECTOR, length - at));
-  }
-  return out;
-}
-
 /** What a guest writes: `data` at `offset` (both whole sectors), into the top image of a qcow2 chain. */
 export async function writeGuest(path: string, format: Format, offset: number, data: Buffer): Promise<void> {
   if (offset % SECTOR !== 0 || data.length % SECTOR !== 0) throw new Error('fake guest writes are whole sectors');

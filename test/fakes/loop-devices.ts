@@ -1,6 +1,7 @@
 /**
- * LoopDevices without the kernel: a table of devices, each reading one file,
- * with what the node code relies on (test/contract/loop-devices.contract.ts
+ * LoopDevices without the kernel: a table of devices, each holding its file
+ * open as the kernel does (renaming or unlinking the path afterwards changes
+ * nothing for the device), with what the node code relies on (test/contract/loop-devices.contract.ts
  * checks it against losetup): one device per file, `--nooverlap` handing back
  * the device a file already has (refusing a read-write attach over a
  * read-only one, and clearing a pending autoclear); a size read at attach and
@@ -18,25 +19,20 @@
  */
 import { stat } from 'node:fs/promises';
 import { internal, precondition } from '../../src/domain/errors.js';
-import type { Format } from '../../src/domain/parameters.js';
 import { canonicalPath } from '../../src/system/filesystems.js';
 import type { AttachOptions, DetachResult, LoopDevice, LoopDevices } from '../../src/system/loop-devices.js';
-import { inode, virtualSize } from './image-file.js';
+import { inode } from './image-file.js';
+import { openFile, rawMedium, type Medium, type OpenFile } from './medium.js';
 import { Recorder, toolFailed } from './recorder.js';
 
 export type LoopDevicesOp = 'attach' | 'findByFile' | 'list' | 'detach' | 'refreshCapacity' | 'size';
 
-/** Where the bytes a file shows live: an image in a format (a plain file is itself, raw). */
-export interface Medium {
-  path: string;
-  format: Format;
-}
-
-/** How a file another fake serves reads: its image; 'dead' once its server died; undefined for a plain file. */
+/** How a file another fake serves reads (a qemu export's): its guest data; 'dead' once its server died; undefined for a plain file. */
 export type FileViews = (file: string) => Medium | 'dead' | undefined;
 
 /** What a device reads, for the fakes that read and write through it (FakeFilesystems). */
-export interface DeviceMedium extends Medium {
+export interface DeviceMedium {
+  medium: Medium;
   sizeBytes: bigint;
   readOnly: boolean;
 }
@@ -46,6 +42,8 @@ interface Device {
   file: string;
   /** The file's inode at attach: a different one at the path now means the file was replaced. */
   inode: string | undefined;
+  /** A plain file, held open as the kernel holds it; undefined for a served file (read through `views`). */
+  open: OpenFile | undefined;
   readOnly: boolean;
   directIo: boolean;
   autoclear: boolean;
@@ -68,17 +66,17 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
   }
 
   /** Holds the device open (a pod, udev's probe, a mounted filesystem); returns its close. */
-  open(device: string): () => void {
+  open(device: string): () => Promise<void> {
     const d = this.devices.get(device);
     if (d === undefined) throw new Error(`${device} is not attached`);
     d.opens++;
     let closed = false;
-    return () => {
+    return async () => {
       if (closed) return;
       closed = true;
       d.opens--;
       // The kernel frees an autoclear device at its last close.
-      if (d.opens === 0 && d.autoclear) this.devices.delete(device);
+      if (d.opens === 0 && d.autoclear) await this.free(d);
     };
   }
 
@@ -86,8 +84,13 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
   medium(device: string): DeviceMedium | 'dead' | undefined {
     const d = this.devices.get(device);
     if (d === undefined) return undefined;
-    const view = this.views(d.file) ?? { path: d.file, format: 'raw' };
-    return view === 'dead' ? 'dead' : { ...view, sizeBytes: d.sizeBytes, readOnly: d.readOnly };
+    const medium = this.mediumOf(d);
+    return medium === 'dead' ? 'dead' : { medium, sizeBytes: d.sizeBytes, readOnly: d.readOnly };
+  }
+
+  /** The machine restarted: every device is gone. */
+  async reboot(): Promise<void> {
+    await Promise.all([...this.devices.values()].map((d) => this.free(d)));
   }
 
   async attach(file: string, options: AttachOptions): Promise<LoopDevice> {
@@ -96,6 +99,7 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
     if (this.views(path) === 'dead') throw dead(path);
     await stat(path); // ENOENT as the real adapter's statfs
     const ino = await inode(path);
+    const served = this.views(path) !== undefined;
     const same = [...this.devices.values()].find((d) => d.file === path && d.inode === ino);
     if (same !== undefined) {
       // losetup --nooverlap: a read-only device cannot be reused read-write; reuse clears autoclear.
@@ -112,13 +116,15 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
       number,
       file: path,
       inode: ino,
+      open: served ? undefined : await openFile(path, options.readOnly),
       readOnly: options.readOnly,
       // Over an export file (FUSE) only when the export vouches for it.
-      directIo: options.directIo && (this.views(path) === undefined || options.overExport === true),
+      directIo: options.directIo && (!served || options.overExport === true),
       autoclear: false,
-      sizeBytes: await this.fileSize(path),
+      sizeBytes: 0n,
       opens: 0,
     };
+    d.sizeBytes = await this.sizeOf(d);
     this.devices.set(name(d), d);
     this.made.add(name(d));
     return this.describe(d);
@@ -147,7 +153,7 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
       d.autoclear = true;
       return 'deferred';
     }
-    this.devices.delete(device);
+    await this.free(d);
     return 'detached';
   }
 
@@ -155,8 +161,8 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
     this.act('refreshCapacity', device);
     const d = this.devices.get(device);
     if (d === undefined) throw toolFailed('losetup', `losetup: ${device}: set capacity failed: No such device or address`);
-    if (this.views(d.file) === 'dead') throw toolFailed('losetup', `losetup: ${device}: set capacity failed: Transport endpoint is not connected`);
-    d.sizeBytes = await this.fileSize(d.file);
+    if (this.mediumOf(d) === 'dead') throw toolFailed('losetup', `losetup: ${device}: set capacity failed: Transport endpoint is not connected`);
+    d.sizeBytes = await this.sizeOf(d);
   }
 
   async size(device: string): Promise<bigint> {
@@ -183,9 +189,20 @@ export class FakeLoopDevices extends Recorder<LoopDevicesOp> implements LoopDevi
     };
   }
 
-  private async fileSize(file: string): Promise<bigint> {
-    const view = this.views(file);
-    if (view === 'dead') throw dead(file);
-    return view === undefined ? virtualSize(file, 'raw') : virtualSize(view.path, view.format);
+  private mediumOf(d: Device): Medium | 'dead' {
+    if (d.open !== undefined) return rawMedium(d.open);
+    // A served file whose server went away reads as a dead FUSE mount does.
+    return this.views(d.file) ?? 'dead';
+  }
+
+  private async sizeOf(d: Device): Promise<bigint> {
+    const medium = this.mediumOf(d);
+    if (medium === 'dead') throw dead(d.file);
+    return medium.size();
+  }
+
+  private async free(d: Device): Promise<void> {
+    this.devices.delete(name(d));
+    await d.open?.handle.close();
   }
 }

@@ -9,8 +9,8 @@ import { blockCap, fsCap, nodeWorld, type NodeWorld } from './node-world.js';
 import { log } from './world.js';
 
 const worlds: NodeWorld[] = [];
-afterEach(() => {
-  for (const w of worlds.splice(0)) w.cleanup();
+afterEach(async () => {
+  for (const w of worlds.splice(0)) await w.cleanup();
 });
 
 /** Volume pvc-1 (16 MiB) of `format`, staged with `cap` and published to pod-1. */

@@ -11,8 +11,8 @@ import { blockCap, fsCap, nodeWorld, type NodeWorld } from './node-world.js';
 import { log } from './world.js';
 
 const worlds: NodeWorld[] = [];
-afterEach(() => {
-  for (const w of worlds.splice(0)) w.cleanup();
+afterEach(async () => {
+  for (const w of worlds.splice(0)) await w.cleanup();
 });
 
 /** Volume pvc-1 of `format` staged with `cap`; `publish` publishes it to a pod's target. */
@@ -203,7 +203,7 @@ describe('requireStaged (before NodePublishVolume)', () => {
 
   it('answers FAILED_PRECONDITION for a stage whose export died, naming what is missing', async () => {
     const { w } = await staged();
-    w.sys.exports.kill(volumeTag('pvc-1'));
+    await w.sys.exports.kill(volumeTag('pvc-1'));
     await expect(w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'))).rejects.toMatchObject({
       kind: 'precondition',
       message: expect.stringMatching(/qemu export of .* is not running/),

@@ -66,8 +66,9 @@ export function nodeWorld(options: WorldOptions = {}) {
       return node.sys;
     },
     /** The node restarts after a reboot: devices, mounts and exports are gone, the stage records stay. */
-    reboot() {
-      node.sys.exports.kill();
+    async reboot() {
+      await node.sys.exports.kill();
+      await node.sys.loops.reboot();
       node = boot();
     },
     staging,
@@ -100,7 +101,10 @@ export function nodeWorld(options: WorldOptions = {}) {
         exports: node.sys.exports.tags(),
       };
     },
-    cleanup() {
+    /** Closes what the fakes hold open, and removes the shares and the kubelet directory. */
+    async cleanup() {
+      await node.sys.exports.kill();
+      await node.sys.loops.reboot();
       controller.cleanup();
       rmSync(kubelet, { recursive: true, force: true });
     },

@@ -9,8 +9,8 @@ import { blockCap, fsCap, nodeWorld, type NodeWorld } from './node-world.js';
 import { log } from './world.js';
 
 const worlds: NodeWorld[] = [];
-afterEach(() => {
-  for (const w of worlds.splice(0)) w.cleanup();
+afterEach(async () => {
+  for (const w of worlds.splice(0)) await w.cleanup();
 });
 const make = () => {
   const w = nodeWorld();
@@ -267,14 +267,14 @@ describe('NodeUnstageVolume', () => {
     expect(await w.state.read('pvc-1')).toEqual(rec);
     expect(await w.sys.exports.isAlive(rec.export!)).toBe(true);
     expect(await w.sys.loops.findByFile(rec.loopFile ?? '')).toMatchObject([{ device: rec.device, autoclear: true }]);
-    close();
+    await close();
     await w.node.stager.unstage('pvc-1', w.staging('pvc-1'), log);
     expect(await w.held()).toEqual({ loops: [], mounts: [], exports: [] });
   });
 
   it('removes the record of a stage a reboot took away, with nothing left to undo', async () => {
     const { w } = await staged('qcow2');
-    w.reboot();
+    await w.reboot();
     await w.node.stager.unstage('pvc-1', w.staging('pvc-1'), log);
     expect(await w.state.list()).toEqual([]);
     expect(w.sys.exports.ops()).toEqual(['stop']);
