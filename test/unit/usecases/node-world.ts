@@ -40,9 +40,12 @@ export function nodeWorld(options: WorldOptions = {}) {
   /** The node plugin's parts on a fresh system (a new boot: no devices, mounts or exports) and the same state directory. */
   const boot = () => {
     const sys = fakeNodeSystem({ qemuImg: controller.qemuImg });
-    const layers = new NodeLayering(controller.mounts, state, sys.exports, new KeyedLocks(), log);
+    // One set of locks for the node's RPCs and its background work, as in app.ts.
+    const locks = new KeyedLocks();
+    const layers = new NodeLayering(controller.mounts, state, sys.exports, locks, log);
     return {
       sys,
+      locks,
       layers,
       stager: new Stager(controller.store, state, sys, layers),
       publisher: new Publisher(state, sys),
