@@ -60,7 +60,8 @@ export async function checkQemu(ctx: Context): Promise<Finding[]> {
   const found: Finding[] = [{ check: 'qemu', subject: 'install', status: 'ok', message: source }];
   const dir = new StageState(join(ctx.config.kubeletDir, 'plugins', ctx.config.driverName)).planeDir;
   const plane = new DataPlane(dir, 'external', ctx.run, ctx.log);
-  const features = existsSync(plane.socket) ? await plane.look().catch(() => undefined) : undefined;
+  const socketThere = existsSync(plane.socket);
+  const features = socketThere ? await plane.look().catch(() => undefined) : undefined;
   if (features !== undefined) {
     found.push({
       check: 'qemu',
@@ -72,8 +73,8 @@ export async function checkQemu(ctx: Context): Promise<Finding[]> {
     found.push({
       check: 'qemu',
       subject: 'data plane',
-      status: existsSync(plane.socket) ? 'problem' : 'note',
-      message: existsSync(plane.socket)
+      status: socketThere ? 'problem' : 'note',
+      message: socketThere
         ? `${plane.socket} does not answer: qcow2 volumes staged on this host have no I/O`
         : `not running on this host (${dir}); the node plugin or the data-plane pod starts it for the first qcow2 volume`,
     });

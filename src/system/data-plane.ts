@@ -14,7 +14,6 @@
  * The QMP monitor takes one client at a time, so this process sends its
  * sessions one after another (qemu runs monitor commands one at a time anyway).
  */
-import { readFileSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -121,13 +120,17 @@ export class DataPlane {
    */
   session<T>(timeoutMs: number, body: (q: Qmp, features: DataPlaneFeatures) => Promise<T>): Promise<T> {
     return this.serial.run('qmp', async () => {
-      let features = await this.ensure();
-      if (!(await this.answers())) {
+      const features = await this.ensure();
+      try {
+        return await Qmp.session(this.socket, timeoutMs, (q) => body(q, features));
+      } catch (e) {
+        if (!refused(e)) throw e;
         // Gone since we last looked (killed, or the node rebooted): its exports went with it.
+        // The connect failed, so nothing of `body` ran: it runs once, against a new daemon.
         this.features = undefined;
-        features = await this.ensure();
+        const fresh = await this.ensure();
+        return Qmp.session(this.socket, timeoutMs, (q) => body(q, fresh));
       }
-      return Qmp.session(this.socket, timeoutMs, (q) => body(q, features));
     });
   }
 
@@ -149,7 +152,7 @@ export class DataPlane {
       });
       if (!idle) return false;
       this.features = undefined;
-      for (const end = Date.now() + 10_000; pid !== undefined && alive(pid, this.pidFile) && Date.now() < end;) await sleep(20);
+      for (const end = Date.now() + 10_000; pid !== undefined && (await daemonRunning(pid, this.pidFile)) && Date.now() < end;) await sleep(20);
       await rm(this.socket, { force: true });
       await rm(this.pidFile, { force: true });
       return true;
@@ -186,7 +189,7 @@ export class DataPlane {
     }
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const pid = await this.pid();
-    if (pid !== undefined && alive(pid, this.pidFile)) {
+    if (pid !== undefined && (await daemonRunning(pid, this.pidFile))) {
       throw internal(`qemu-storage-daemon ${pid} (the data plane in ${this.dir}) runs but does not answer QMP`);
     }
     await rm(this.socket, { force: true });
@@ -227,14 +230,23 @@ export class DataPlane {
   }
 }
 
-/** A live (not zombie) process started with this pid file: a reused pid is someone else's. */
-function alive(pid: number, pidFile: string): boolean {
+/**
+ * A live (not zombie) qemu-storage-daemon started with this pid file: a
+ * reused pid is someone else's. The data plane's, and a 0.1 volume's own.
+ */
+export async function daemonRunning(pid: number, pidFile: string): Promise<boolean> {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
     if (/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2))) return false;
-    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return argv[argv.indexOf('--pidfile') + 1] === pidFile;
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    return argv.includes('--pidfile') && argv[argv.indexOf('--pidfile') + 1] === pidFile;
   } catch {
     return false;
   }
+}
+
+/** The daemon is not there to connect to (connect only fails so: no socket file, or nobody listening). */
+function refused(e: unknown): boolean {
+  const code = (e instanceof Error ? (e.cause as NodeJS.ErrnoException | undefined) : undefined)?.code;
+  return code === 'ECONNREFUSED' || code === 'ENOENT';
 }

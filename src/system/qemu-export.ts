@@ -33,7 +33,7 @@ import { mkdir, open, readFile, realpath, rename, rm, stat, writeFile } from 'no
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { type Runner } from './command.js';
-import type { DataPlane, DataPlaneFeatures } from './data-plane.js';
+import { daemonRunning, type DataPlane, type DataPlaneFeatures } from './data-plane.js';
 import { mountAt, readMountInfo } from './mountinfo.js';
 import { Qmp, type QmpValue } from './qmp.js';
 import { describe, imageLocked, internal, outOfRange, precondition } from '../domain/errors.js';
@@ -284,7 +284,7 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   /** A daemon of 0.1 serving this one volume from its state dir: ended as gently as it lets us. */
   async function endLegacy(dir: string, image: string): Promise<void> {
     const pid = Number.parseInt((await readText(join(dir, 'qsd.pid'))) ?? '', 10);
-    if (!Number.isInteger(pid) || pid <= 0 || !(await isOurLegacy(pid, join(dir, 'qsd.pid')))) return;
+    if (!Number.isInteger(pid) || pid <= 0 || !(await daemonRunning(pid, join(dir, 'qsd.pid')))) return;
     try {
       await Qmp.session(join(dir, 'qmp.sock'), 5_000, async (q) => {
         const del = await q.execute('block-export-del', { id: 'export0' });
@@ -303,7 +303,7 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
           return;
         }
       }
-      for (const end = Date.now() + 5_000; Date.now() < end; await sleep(50)) if (!(await isOurLegacy(pid, join(dir, 'qsd.pid')))) return;
+      for (const end = Date.now() + 5_000; Date.now() < end; await sleep(50)) if (!(await daemonRunning(pid, join(dir, 'qsd.pid')))) return;
     }
     throw internal(`qemu-storage-daemon ${pid} for ${image} survived SIGKILL`);
   }
@@ -381,7 +381,7 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
 
   async function isAlive(h: ExportHandle): Promise<boolean> {
     if (!(await fuseMounted(h.exportFile))) return false;
-    if (legacy(h)) return h.pid !== undefined && h.pidFile !== undefined && isOurLegacy(h.pid, h.pidFile);
+    if (legacy(h)) return h.pid !== undefined && h.pidFile !== undefined && daemonRunning(h.pid, h.pidFile);
     try {
       return await plane.session(5_000, async (q) => listOf<{ id: string }>(await q.execute('query-block-exports')).some((e) => e.id === h.id));
     } catch {
@@ -509,13 +509,4 @@ export function makeQemuExports(plane: DataPlane, run: Runner, log: Logger): Qem
   }
 
   return { start, isAlive, resize, switchTo, repoint, stream, jobs, top: (h) => qmp(h, 10_000, (q) => topNode(q, h)), stop, stopIn };
-}
-
-/** A live (not zombie) qemu-storage-daemon of 0.1 started with this pid file. */
-async function isOurLegacy(pid: number, pidFile: string): Promise<boolean> {
-  const statText = await readText(`/proc/${pid}/stat`);
-  const state = statText?.slice(statText.lastIndexOf(')') + 2, statText.lastIndexOf(')') + 3);
-  if (state === undefined || state === 'Z' || state === 'X') return false;
-  const argv = (await readText(`/proc/${pid}/cmdline`))?.split('\0') ?? [];
-  return argv.includes('--pidfile') && argv[argv.indexOf('--pidfile') + 1] === pidFile;
 }
