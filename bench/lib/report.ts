@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
-import { sh } from './sh.js';
+import { qemu as qemuSource, sh } from './sh.js';
 
 export type Unit = 'µs' | 'ms' | 's' | 'MiB/s' | 'IOPS' | 'MiB' | 'x' | 'ops/s' | 'spawns';
 
@@ -86,7 +86,8 @@ export interface Machine {
 export async function machine(base: string): Promise<Machine> {
   const osRelease = readFileSync('/etc/os-release', 'utf8');
   const pretty = /^PRETTY_NAME="?([^"\n]*)"?/m.exec(osRelease)?.[1] ?? 'unknown';
-  const qemu = (await sh(['qemu-img', '--version'])).stdout.split('\n')[0] ?? '';
+  const version = (await sh(['qemu-img', '--version'])).stdout.split('\n')[0] ?? '';
+  const qemu = `${version} (${qemuSource.source === 'system' ? "the system's" : qemuSource.source})`;
   const df = (await sh(['df', '--output=fstype,source', base])).stdout.trim().split('\n')[1]?.trim().replace(/\s+/, ' on ') ?? '';
   return {
     cpu: cpus()[0]?.model ?? 'unknown',
