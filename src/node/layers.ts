@@ -82,11 +82,18 @@ export class NodeLayering {
     if ((await phaseOf(layout, volumeId, intent)) === 'ready') await promoteOverlay(layout, volumeId, intent);
   }
 
-  /** The layers under the volume's image as the export opens them: nearest first, with our node names. */
+  /**
+   * The layers under the volume's image as the export opens them: nearest
+   * first, with our node names (merges address them by name). A switch the
+   * controller has yet to record (the overlay renamed in, volume.json not
+   * written) already has the new snapshot under the image.
+   */
   async chain(mount: string, volumeId: string): Promise<(ChainLayer & { id: string })[]> {
     const layout = this.mounts.layout(mount);
     const volume = await readRecord(layout.metaPath(volumeId));
-    const chain = await chainOf(layout, volume?.backing ?? null);
+    const intent = await readIntent(layout, volumeId);
+    const switched = intent !== undefined && (await phaseOf(layout, volumeId, intent)) === 'switched';
+    const chain = await chainOf(layout, switched ? intent.snapshotId : (volume?.backing ?? null));
     return chain.map((r) => ({ id: r.id, node: baseNode(volumeId, r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 

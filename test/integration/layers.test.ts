@@ -5,13 +5,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { codeOf } from '../helpers/client.js';
-import { createRequest, MiB, mountCap } from '../helpers/csi.js';
+import { blockCap, createRequest, MiB, mountCap } from '../helpers/csi.js';
 import { kubeletPaths, leftovers } from '../helpers/node.js';
 import { podAttacher, retryAborted, sha, sleep, writeSynced, Writer } from '../helpers/pod.js';
 import { isRoot, rootOnlyReason } from '../helpers/root.js';
@@ -152,6 +152,46 @@ describe.skipIf(!isRoot)('qcow2 snapshots as layers', () => {
     await c('DeleteVolume', { volume_id: 'pvc-wait' });
     await c('DeleteSnapshot', { snapshot_id: 'snap-wait' });
     expect(existsSync(join(tree(), 'snapshots/snap-wait'))).toBe(false);
+  });
+
+  it('stages a volume whose second snapshot waits for the node onto that snapshot, with the data under it', async () => {
+    const id = 'pvc-rs';
+    await c('CreateVolume', createRequest(id, { volume_capabilities: [blockCap()] }));
+    qemuIo(image(id), 'write -P 0x11 0 1M');
+    await c('CreateSnapshot', { name: 'snap-rs-0', source_volume_id: id });
+    qemuIo(image(id), 'write -P 0x22 1M 1M'); // lands in the layer that becomes snap-rs-1
+    // Published, not staged: the switch waits for the node, and the stage makes it.
+    const block = podAttacher(
+      () => ({ controller: c, node: n }),
+      (v) => ({ staging: paths(v).staging, target: paths(v).device }),
+      blockCap(),
+    );
+    await c('ControllerPublishVolume', { volume_id: id, node_id: 'node-a', volume_capability: blockCap(), readonly: false });
+    expect((await c('CreateSnapshot', { name: 'snap-rs-1', source_volume_id: id })).snapshot.ready_to_use).toBe(false);
+    try {
+      await block.attach(id); // volume.json still names snap-rs-0 as the image's backing
+      const device = openSync(paths(id).device, 'r');
+      const at = (offset: number) => {
+        const buf = Buffer.alloc(4096);
+        readSync(device, buf, 0, buf.length, offset);
+        return buf;
+      };
+      try {
+        expect(at(1024 * 1024).equals(Buffer.alloc(4096, 0x22))).toBe(true);
+        expect(at(0).equals(Buffer.alloc(4096, 0x11))).toBe(true);
+      } finally {
+        closeSync(device);
+      }
+      expect((await snapshotReady('snap-rs-1', id)).ready_to_use).toBe(true);
+      expect(volMeta(id).backing).toBe('snap-rs-1');
+    } finally {
+      await block.detach(id);
+    }
+    expect(matches(snapImage('snap-rs-1'), 0x22, 1024 * 1024)).toBe(true);
+    for (const img of [image(id), snapImage('snap-rs-0'), snapImage('snap-rs-1')]) checkClean(img);
+    await c('DeleteVolume', { volume_id: id });
+    for (const snap of ['snap-rs-1', 'snap-rs-0']) await c('DeleteSnapshot', { snapshot_id: snap });
+    expect(leftovers(kubelet)).toEqual([]);
   });
 
   describe('a volume a pod is writing', () => {

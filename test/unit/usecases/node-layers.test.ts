@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Merger } from '../../../src/controller/merger.js';
 import { internal } from '../../../src/domain/errors.js';
 import { MiB } from '../../../src/domain/sizes.js';
-import { layerNode, nodeVolumeKey } from '../../../src/node/layers.js';
+import { baseNode, layerNode, nodeVolumeKey } from '../../../src/node/layers.js';
 import { volumeTag } from '../../../src/node/state.js';
 import { backingReference } from '../../../src/storage/image-header.js';
 import { readIntent, readMerge } from '../../../src/storage/layering.js';
@@ -101,6 +101,25 @@ describe('snapshot layers on a served volume', () => {
     expect(await readIntent(layout, 'pvc-1')).toBeUndefined();
   });
 
+  it('restages onto a second snapshot the controller has yet to record, reading the data under it', async () => {
+    const { w, device } = await served();
+    const OTHER = Buffer.alloc(4096, 0x42);
+    await device().write(8 * Number(MiB), MARK);
+    await withNode(w, w.snapshots.create('snap-0', 'pvc-1', {}, log));
+    await device().write(12 * Number(MiB), OTHER); // lands in the layer that becomes snap-1
+    expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(false);
+    await w.reboot();
+    await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
+    const rec = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
+    // volume.json still says snap-0 is under the image; the image's header says snap-1.
+    expect(rec.layers).toEqual({ 'snap-1': baseNode('pvc-1', 'snap-1'), 'snap-0': baseNode('pvc-1', 'snap-0') });
+    const medium = w.sys.loops.medium(rec.device ?? '');
+    if (medium === undefined || medium === 'dead') throw new Error('the restaged loop device is gone');
+    expect((await medium.medium.read(12 * Number(MiB), 4096)).equals(OTHER)).toBe(true);
+    expect((await medium.medium.read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
+    expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(true);
+  });
+
   it('starts the export of a restaged volume on the overlay when the switch was ready but nothing served it', async () => {
     const { w, images } = await served();
     // The controller asks; the node goes down before it switches.
@@ -109,12 +128,12 @@ describe('snapshot layers on a served volume', () => {
     await w.reboot();
     await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
     const rec = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
-    // The export serves the overlay over the snapshot. qemu opens the snapshot from the overlay's header, unnamed:
-    // volume.json names its backing only once the controller records the layer, after the rename.
+    // The export serves the overlay over the snapshot, named as merges expect, though volume.json
+    // names its backing only once the controller records the layer.
     const nodes = w.sys.exports.nodes(volumeTag('pvc-1'));
     expect(nodes[`t${volumeTag('pvc-1')}`]).toBe(images.volume);
-    expect(Object.values(nodes).map((p) => resolve(p))).toEqual([images.volume, images.snapshot('snap-1')]);
-    expect(rec.layers).toEqual({});
+    expect(resolve(nodes[baseNode('pvc-1', 'snap-1')] ?? '')).toBe(images.snapshot('snap-1'));
+    expect(rec.layers).toEqual({ 'snap-1': baseNode('pvc-1', 'snap-1') });
     expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(true);
     expect(await w.sys.fs.probe(rec.device!)).toEqual({ kind: 'filesystem', fsType: 'ext4' });
   });
@@ -144,6 +163,29 @@ describe('online merges', () => {
     expect(w.contents('fast').snapshots).toEqual(['snap-2']);
     expect(await readMerge(layout, 'pvc-1')).toBeUndefined();
     expect((await device().read(0, Number(16n * MiB))).equals(before)).toBe(true);
+  });
+
+  it('merges a snapshot whose switch a restage finished before the controller recorded it', async () => {
+    const { w, images, device } = await served();
+    const merger = new Merger(w.mounts, w.store, w.snapshotStore, w.qemuImg, w.node.locks, log);
+    await device().write(8 * Number(MiB), MARK);
+    expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(false);
+    await w.reboot();
+    await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
+    expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(true);
+    await withNode(w, w.snapshots.create('snap-2', 'pvc-1', {}, log));
+    const restaged = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
+    const medium = w.sys.loops.medium(restaged.device ?? '');
+    if (medium === undefined || medium === 'dead') throw new Error('the restaged loop device is gone');
+    const before = await medium.medium.read(0, Number(16n * MiB));
+    expect(before.subarray(8 * Number(MiB), 8 * Number(MiB) + 4096).equals(MARK)).toBe(true);
+    await w.snapshots.delete('snap-1', log);
+    expect(await merger.mergeAt('fast', 'snap-1')).toBe('waiting');
+    await w.node.layers.poll();
+    await w.sys.exports.finishJobs();
+    expect(await merger.mergeAt('fast', 'snap-1')).toBe('merged');
+    expect(await backingReference(images.snapshot('snap-2'))).toBeUndefined();
+    expect((await medium.medium.read(0, Number(16n * MiB))).equals(before)).toBe(true);
   });
 
   it('reports a stream it cannot start in the request, and the controller tries again later', async () => {
