@@ -90,10 +90,11 @@ export class NodeLayering {
    */
   async chain(mount: string, volumeId: string): Promise<(ChainLayer & { id: string })[]> {
     const layout = this.mounts.layout(mount);
-    const volume = await readRecord(layout.metaPath(volumeId));
+    // The intent first: the controller writes volume.json before it removes the intent, never after.
     const intent = await readIntent(layout, volumeId);
     const switched = intent !== undefined && (await phaseOf(layout, volumeId, intent)) === 'switched';
-    const chain = await chainOf(layout, switched ? intent.snapshotId : (volume?.backing ?? null));
+    const backing = switched ? intent.snapshotId : ((await readRecord(layout.metaPath(volumeId)))?.backing ?? null);
+    const chain = await chainOf(layout, backing);
     return chain.map((r) => ({ id: r.id, node: baseNode(volumeId, r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 
