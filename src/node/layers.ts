@@ -16,7 +16,7 @@ import { crashPoint } from '../domain/crash.js';
 import { busy, describe } from '../domain/errors.js';
 import { backingReference } from '../storage/image-header.js';
 import { Layout } from '../storage/layout.js';
-import { chainOf, overlayPath, phaseOf, promoteOverlay, readIntent, readMerge, writeIntent, writeMerge } from '../storage/layering.js';
+import { headerChain, overlayPath, phaseOf, promoteOverlay, readIntent, readMerge, writeIntent, writeMerge } from '../storage/layering.js';
 import { readRecord, readSnapshot } from '../storage/records.js';
 import type { Mounts } from '../storage/mounts.js';
 import type { ChainLayer, ExportHandle, QemuExports } from '../system/qemu-export.js';
@@ -84,17 +84,13 @@ export class NodeLayering {
 
   /**
    * The layers under the volume's image as the export opens them: nearest
-   * first, with our node names (merges address them by name). A switch the
-   * controller has yet to record (the overlay renamed in, volume.json not
-   * written) already has the new snapshot under the image.
+   * first, with our node names (merges address them by name). Read from the
+   * image headers, not volume.json: after a switch or a merge the controller
+   * has yet to record, only the headers say what is under the image.
    */
   async chain(mount: string, volumeId: string): Promise<(ChainLayer & { id: string })[]> {
     const layout = this.mounts.layout(mount);
-    // The intent first: the controller writes volume.json before it removes the intent, never after.
-    const intent = await readIntent(layout, volumeId);
-    const switched = intent !== undefined && (await phaseOf(layout, volumeId, intent)) === 'switched';
-    const backing = switched ? intent.snapshotId : ((await readRecord(layout.metaPath(volumeId)))?.backing ?? null);
-    const chain = await chainOf(layout, backing);
+    const chain = await headerChain(layout, layout.imagePath(volumeId, 'qcow2'));
     return chain.map((r) => ({ id: r.id, node: baseNode(volumeId, r.id), image: layout.snapshotImage(r.id, r.format), format: r.format }));
   }
 

@@ -20,9 +20,11 @@
  */
 import { link, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isFormat, type Format } from '../domain/parameters.js';
+import { backingReference } from './image-header.js';
 import { Layout } from './layout.js';
 import type { QemuImg } from '../system/qemu-img.js';
-import { readJsonFile, readSnapshot, uniqueSuffix, writeJsonAtomic, type SnapshotRecord } from './records.js';
+import { readJsonFile, uniqueSuffix, writeJsonAtomic } from './records.js';
 
 export interface LayerIntent {
   /** The snapshot the volume's current image becomes. */
@@ -113,15 +115,32 @@ export async function createOverlayWhole(qemuImg: Pick<QemuImg, 'createOverlay'>
   }
 }
 
-/** The snapshots whose images lie under a volume's, nearest first, as their records say. */
-export async function chainOf(layout: Layout, backing: string | null): Promise<SnapshotRecord[]> {
-  const chain: SnapshotRecord[] = [];
-  for (let id = backing; id !== null;) {
-    const r = await readSnapshot(layout.snapshotMeta(id));
-    if (r === undefined) throw new Error(`snapshot ${id} under ${layout.root} is missing; run filedriver doctor`);
-    if (chain.length > 1000) throw new Error(`snapshot ${id} has a backing loop; run filedriver doctor`);
-    chain.push(r);
-    id = r.backing;
+/** A layer under an image, as the image headers name it. */
+export interface HeaderLayer {
+  id: string;
+  format: Format;
+}
+
+const SNAPSHOT_REF = /^\.\.\/\.\.\/snapshots\/([^/]+)\/disk\.(qcow2|raw)$/;
+
+/**
+ * The snapshots under qcow2 image `image`, nearest first, as the headers name
+ * them: what qemu will read. The records may lag behind the files (a switch or
+ * a merge the controller has yet to record); the headers never do.
+ */
+export async function headerChain(layout: Layout, image: string): Promise<HeaderLayer[]> {
+  const chain: HeaderLayer[] = [];
+  for (let path = image, ref = await backingReference(path); ref !== undefined;) {
+    const m = SNAPSHOT_REF.exec(ref);
+    const id = m?.[1];
+    const format = m?.[2];
+    if (id === undefined || format === undefined || !isFormat(format)) {
+      throw new Error(`${path} reads through ${ref}, which is not a snapshot of mount ${layout.root}; run filedriver doctor`);
+    }
+    if (chain.length > 1000) throw new Error(`${image} has a backing loop; run filedriver doctor`);
+    chain.push({ id, format });
+    path = layout.snapshotImage(id, format);
+    ref = format === 'qcow2' ? await backingReference(path) : undefined;
   }
   return chain;
 }
