@@ -92,6 +92,7 @@ export function world(options: WorldOptions = {}) {
     ledger,
     snapshotStore,
     placer,
+    mover,
     volumes,
     snapshots,
     sources,
