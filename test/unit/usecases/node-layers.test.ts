@@ -32,12 +32,7 @@ async function served() {
   await w.store.update(layout, { ...v.record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
   await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
   const rec = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
-  /** What the pod reads and writes: the staged loop device. */
-  const device = () => {
-    const m = w.sys.loops.medium(rec.device ?? '');
-    if (m === undefined || m === 'dead') throw new Error('the loop device is gone');
-    return m.medium;
-  };
+  const device = () => w.device('pvc-1');
   const images = { volume: v.image, snapshot: (id: string) => layout.snapshotImage(id, 'qcow2') };
   return { w, layout, rec, device, images };
 }
@@ -113,10 +108,8 @@ describe('snapshot layers on a served volume', () => {
     const rec = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
     // volume.json still says snap-0 is under the image; the image's header says snap-1.
     expect(rec.layers).toEqual({ 'snap-1': baseNode('pvc-1', 'snap-1'), 'snap-0': baseNode('pvc-1', 'snap-0') });
-    const medium = w.sys.loops.medium(rec.device ?? '');
-    if (medium === undefined || medium === 'dead') throw new Error('the restaged loop device is gone');
-    expect((await medium.medium.read(12 * Number(MiB), 4096)).equals(OTHER)).toBe(true);
-    expect((await medium.medium.read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
+    expect((await device().read(12 * Number(MiB), 4096)).equals(OTHER)).toBe(true);
+    expect((await device().read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
     expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(true);
   });
 
@@ -174,10 +167,7 @@ describe('online merges', () => {
     await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
     expect((await w.snapshots.create('snap-1', 'pvc-1', {}, log)).readyToUse).toBe(true);
     await withNode(w, w.snapshots.create('snap-2', 'pvc-1', {}, log));
-    const restaged = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
-    const medium = w.sys.loops.medium(restaged.device ?? '');
-    if (medium === undefined || medium === 'dead') throw new Error('the restaged loop device is gone');
-    const before = await medium.medium.read(0, Number(16n * MiB));
+    const before = await device().read(0, Number(16n * MiB));
     expect(before.subarray(8 * Number(MiB), 8 * Number(MiB) + 4096).equals(MARK)).toBe(true);
     await w.snapshots.delete('snap-1', log);
     expect(await merger.mergeAt('fast', 'snap-1')).toBe('waiting');
@@ -185,7 +175,7 @@ describe('online merges', () => {
     await w.sys.exports.finishJobs();
     expect(await merger.mergeAt('fast', 'snap-1')).toBe('merged');
     expect(await backingReference(images.snapshot('snap-2'))).toBeUndefined();
-    expect((await medium.medium.read(0, Number(16n * MiB))).equals(before)).toBe(true);
+    expect((await device().read(0, Number(16n * MiB))).equals(before)).toBe(true);
   });
 
   it('reports a stream it cannot start in the request, and the controller tries again later', async () => {

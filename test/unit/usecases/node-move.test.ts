@@ -30,12 +30,7 @@ async function served() {
   const to = from === 'fast' ? 'slow' : 'fast';
   await w.store.update(w.shares.layout(from), { ...v.record, publications: [{ node: 'node-1', mode: 'SINGLE_NODE_WRITER', readonly: false }] });
   await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
-  const device = async () => {
-    const rec = await w.node.stager.requireStaged('pvc-1', w.staging('pvc-1'));
-    const m = w.sys.loops.medium(rec.device ?? '');
-    if (m === undefined || m === 'dead') throw new Error('the loop device is gone');
-    return m.medium;
-  };
+  const device = () => w.device('pvc-1');
   const found = async () => {
     const f = await w.store.find('pvc-1');
     if (f === undefined) throw new Error('pvc-1 is gone');
@@ -47,7 +42,7 @@ async function served() {
 describe('a live move, the node its half', () => {
   it('moves the writes to the target, then reads the copied base; the record follows, nothing stays behind', async () => {
     const { w, from, to, device, found } = await served();
-    await (await device()).write(8 * Number(MiB), MARK);
+    await device().write(8 * Number(MiB), MARK);
     expect(await w.mover.move(await found(), to, log)).toBe('pending');
 
     // The node's first poll: the writes land on the new top on the target, reading through the source.
@@ -56,7 +51,7 @@ describe('a live move, the node its half', () => {
     expect(intent).toMatchObject({ to, switching: true, switched: true });
     const rec = await w.state.read('pvc-1');
     expect(await w.sys.exports.top(rec!.export!)).toBe(moveNode('pvc-1', intent!.base));
-    await (await device()).write(12 * Number(MiB), LATER);
+    await device().write(12 * Number(MiB), LATER);
     expect(await w.qemuImg.holds(arrivalImage(w.shares.layout(to), 'pvc-1'))).toBe(true);
 
     // The controller copies the now immutable source chain; the node points the top at the copy.
@@ -74,8 +69,8 @@ describe('a live move, the node its half', () => {
     expect(w.contents(to).volumes).toEqual(['pvc-1']);
     await w.node.layers.poll();
     expect(await w.state.read('pvc-1')).toMatchObject({ mount: to, image: w.shares.layout(to).imagePath('pvc-1', 'qcow2') });
-    expect((await (await device()).read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
-    expect((await (await device()).read(12 * Number(MiB), 4096)).equals(LATER)).toBe(true);
+    expect((await device().read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
+    expect((await device().read(12 * Number(MiB), 4096)).equals(LATER)).toBe(true);
     expect(await w.node.layers.poll()).toBe(false);
 
     // Unstaged and staged again, it opens from the target alone.
@@ -84,7 +79,7 @@ describe('a live move, the node its half', () => {
     await w.node.stager.stage(w.stageInput('pvc-1', fsCap()), log);
     const again = await w.state.read('pvc-1');
     expect(again?.layers).toEqual({ [intent!.base]: baseNode('pvc-1', intent!.base) });
-    expect((await (await device()).read(12 * Number(MiB), 4096)).equals(LATER)).toBe(true);
+    expect((await device().read(12 * Number(MiB), 4096)).equals(LATER)).toBe(true);
   });
 
   it('refuses to stage a volume that is moving: the target may hold its newest writes', async () => {
@@ -100,7 +95,7 @@ describe('a live move, the node its half', () => {
 
   it('a switch qemu refuses is written into the intent, and the controller undoes the move', async () => {
     const { w, from, to, device, found } = await served();
-    await (await device()).write(8 * Number(MiB), MARK);
+    await device().write(8 * Number(MiB), MARK);
     w.sys.exports.failOn('switchTo', internal('blockdev-snapshot failed: Permission denied'));
     expect(await w.mover.move(await found(), to, log)).toBe('pending');
     await w.node.layers.poll();
@@ -114,6 +109,6 @@ describe('a live move, the node its half', () => {
     const rec = await w.state.read('pvc-1');
     expect(rec?.mount).toBe(from);
     expect(await w.sys.exports.top(rec!.export!)).toBe(`t${volumeTag('pvc-1')}`);
-    expect((await (await device()).read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
+    expect((await device().read(8 * Number(MiB), 4096)).equals(MARK)).toBe(true);
   });
 });

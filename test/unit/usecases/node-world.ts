@@ -18,6 +18,7 @@ import { Publisher, type PublishInput } from '../../../src/node/publish.js';
 import { SafePaths } from '../../../src/node/safe-path.js';
 import { Stager, type StageInput } from '../../../src/node/stage.js';
 import { StageState } from '../../../src/node/state.js';
+import type { Medium } from '../../fakes/medium.js';
 import { fakeNodeSystem } from '../../fakes/node-system.js';
 import { DRIVER, log, world, type WorldOptions } from './world.js';
 
@@ -96,6 +97,18 @@ export function nodeWorld(options: WorldOptions = {}) {
       readonly,
       paths,
     }),
+    /** What the pod reads and writes: `id`'s staged loop device, looked up at each call (a restage gives it a new one). */
+    device(id: string): Pick<Medium, 'read' | 'write'> {
+      const medium = async () => {
+        const m = node.sys.loops.medium((await state.read(id))?.device ?? '');
+        if (m === undefined || m === 'dead') throw new Error(`the loop device of ${id} is gone`);
+        return m.medium;
+      };
+      return {
+        read: async (offset, length) => (await medium()).read(offset, length),
+        write: async (offset, data) => (await medium()).write(offset, data),
+      };
+    },
     /** What is attached, mounted and exported on the node. */
     async held() {
       return {
