@@ -9,6 +9,7 @@ import { findQemu, QEMU_TOOLS, type QemuTool } from '../../src/system/qemu-tools
 /** The qemu the driver runs (FILEDRIVER_QEMU, else its default): floors must use the same one. */
 export const qemu = findQemu(process.env['FILEDRIVER_QEMU']);
 const isQemuTool = (tool: string): tool is QemuTool => (QEMU_TOOLS as readonly string[]).includes(tool);
+const env = { ...process.env, ...qemu.env };
 
 export interface ShResult {
   stdout: string;
@@ -28,10 +29,8 @@ export class ShFailed extends Error {
 
 export function sh(argv: readonly string[], options: { timeoutMs?: number } = {}): Promise<ShResult> {
   const [tool, ...rest] = argv;
-  if (tool === undefined) throw new Error('empty argv');
-  const [file, ...args] = isQemuTool(tool) ? qemu.argv(tool, rest) : argv;
+  const [file, ...args] = tool !== undefined && isQemuTool(tool) ? qemu.argv(tool, rest) : argv;
   if (file === undefined) throw new Error('empty argv');
-  const env = { ...process.env, ...qemu.env };
   return new Promise((resolve, reject) => {
     execFile(file, args, { encoding: 'utf8', env, maxBuffer: 64 * 1024 * 1024, timeout: options.timeoutMs ?? 600_000 }, (err, stdout, stderr) => {
       if (err) reject(new ShFailed(argv, (err as NodeJS.ErrnoException & { code?: number | string }).code, stderr || err.message));
