@@ -20,7 +20,7 @@
  */
 import { link, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isFormat, type Format } from '../domain/parameters.js';
+import type { Format } from '../domain/parameters.js';
 import { backingReference } from './image-header.js';
 import { Layout } from './layout.js';
 import type { QemuImg } from '../system/qemu-img.js';
@@ -121,8 +121,6 @@ export interface HeaderLayer {
   format: Format;
 }
 
-const SNAPSHOT_REF = /^\.\.\/\.\.\/snapshots\/([^/]+)\/disk\.(qcow2|raw)$/;
-
 /**
  * The snapshots under qcow2 image `image`, nearest first, as the headers name
  * them: what qemu will read. The records may lag behind the files (a switch or
@@ -131,16 +129,12 @@ const SNAPSHOT_REF = /^\.\.\/\.\.\/snapshots\/([^/]+)\/disk\.(qcow2|raw)$/;
 export async function headerChain(layout: Layout, image: string): Promise<HeaderLayer[]> {
   const chain: HeaderLayer[] = [];
   for (let path = image, ref = await backingReference(path); ref !== undefined;) {
-    const m = SNAPSHOT_REF.exec(ref);
-    const id = m?.[1];
-    const format = m?.[2];
-    if (id === undefined || format === undefined || !isFormat(format)) {
-      throw new Error(`${path} reads through ${ref}, which is not a snapshot of mount ${layout.root}; run filedriver doctor`);
-    }
+    const layer = Layout.snapshotOfRef(ref);
+    if (layer === undefined) throw new Error(`${path} reads through ${ref}, which is not a snapshot of mount ${layout.root}; run filedriver doctor`);
     if (chain.length > 1000) throw new Error(`${image} has a backing loop; run filedriver doctor`);
-    chain.push({ id, format });
-    path = layout.snapshotImage(id, format);
-    ref = format === 'qcow2' ? await backingReference(path) : undefined;
+    chain.push(layer);
+    path = layout.snapshotImage(layer.id, layer.format);
+    ref = layer.format === 'qcow2' ? await backingReference(path) : undefined;
   }
   return chain;
 }

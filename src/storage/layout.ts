@@ -3,7 +3,7 @@
  * under `<mount>/filedriver/`; nothing outside it is touched.
  */
 import { join } from 'node:path';
-import type { Format } from '../domain/parameters.js';
+import { isFormat, type Format } from '../domain/parameters.js';
 
 export const TREE = 'filedriver';
 
@@ -67,5 +67,12 @@ export class Layout {
    */
   static backingRef(snapshotId: string, format: Format): string {
     return `../../snapshots/${snapshotId}/${Layout.imageName(format)}`;
+  }
+
+  /** The snapshot a backing reference names, or undefined when it is not one backingRef makes. */
+  static snapshotOfRef(ref: string): { id: string; format: Format } | undefined {
+    const m = /^\.\.\/\.\.\/snapshots\/([^/]+)\/disk\.([a-z0-9]+)$/.exec(ref);
+    const [id, format] = [m?.[1], m?.[2]];
+    return id !== undefined && format !== undefined && isFormat(format) ? { id, format } : undefined;
   }
 }
