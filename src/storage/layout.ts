@@ -3,6 +3,7 @@
  * under `<mount>/filedriver/`; nothing outside it is touched.
  */
 import { join } from 'node:path';
+import { isValidId } from '../domain/ids.js';
 import { isFormat, type Format } from '../domain/parameters.js';
 
 export const TREE = 'filedriver';
@@ -73,6 +74,6 @@ export class Layout {
   static snapshotOfRef(ref: string): { id: string; format: Format } | undefined {
     const m = /^\.\.\/\.\.\/snapshots\/([^/]+)\/disk\.([a-z0-9]+)$/.exec(ref);
     const [id, format] = [m?.[1], m?.[2]];
-    return id !== undefined && format !== undefined && isFormat(format) ? { id, format } : undefined;
+    return id !== undefined && isValidId(id) && format !== undefined && isFormat(format) ? { id, format } : undefined;
   }
 }

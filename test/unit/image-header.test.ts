@@ -84,6 +84,9 @@ describe('the chain under an image, from its headers', () => {
     await expect(headerChain(layout, layout.imagePath('pvc-1', 'qcow2'))).rejects.toThrow(/reads through \/etc\/shadow, which is not a snapshot/);
     qcow2(layout.imagePath('pvc-2', 'qcow2'), '../../snapshots/../volumes/x/disk.qcow2');
     await expect(headerChain(layout, layout.imagePath('pvc-2', 'qcow2'))).rejects.toThrow(/not a snapshot/);
+    // '..' as a snapshot id would name filedriver/disk.qcow2, outside snapshots/.
+    qcow2(layout.imagePath('pvc-3', 'qcow2'), '../../snapshots/../disk.qcow2');
+    await expect(headerChain(layout, layout.imagePath('pvc-3', 'qcow2'))).rejects.toThrow(/not a snapshot/);
   });
 
   it('stops at a loop instead of following it forever', async () => {
